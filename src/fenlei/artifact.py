@@ -1,0 +1,321 @@
+"""The run folder: the one artifact every stage after training reads.
+
+Layout (see docs/architecture.md)::
+
+    config.json  labels.json  tokenizer.json  model_config.json  model.safetensors
+    metrics.json  metrics.jsonl  plots/*.png  manifest.json
+
+Every file is written atomically (temporary file, fsync, rename) and ``manifest.json`` is
+written last, so a run without a manifest is an unfinished one. :func:`load_run` checks the
+manifest's sha256 and size of every file and refuses anything that does not match.
+Checkpoints (``checkpoint/``) are safetensors plus JSON. Nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+from fenlei._version import __version__
+from fenlei.config import RunConfig
+from fenlei.errors import ArtifactError
+from fenlei.models import ModelSpec, build_model
+from fenlei.tokenize import Encoder
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LoadedRun",
+    "atomic_write",
+    "atomic_write_text",
+    "load_checkpoint",
+    "load_run",
+    "save_checkpoint",
+    "save_run",
+    "verify_manifest",
+    "write_manifest",
+]
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CHECKPOINT_DIR = "checkpoint"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Atomically write UTF-8 text."""
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(text, encoding="utf-8")
+
+    atomic_write(path, write)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _payload_files(run_dir: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in run_dir.rglob("*")
+        if p.is_file()
+        and p.name != MANIFEST
+        and not p.name.startswith(".")
+        and CHECKPOINT_DIR not in p.relative_to(run_dir).parts
+    )
+
+
+def write_manifest(run_dir: Path) -> dict[str, Any]:
+    """(Re)write ``manifest.json`` over every file of the run folder; return it."""
+    files = {
+        p.relative_to(run_dir).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        for p in _payload_files(run_dir)
+    }
+    manifest = {"format_version": FORMAT_VERSION, "fenlei_version": __version__, "files": files}
+    _write_json(run_dir / MANIFEST, manifest)
+    return manifest
+
+
+def verify_manifest(run_dir: Path) -> dict[str, Any]:
+    """Check every file listed in the manifest; return the manifest.
+
+    Raises:
+        ArtifactError: no run folder, no or unreadable manifest, unknown format version, or a
+            file that is missing, truncated or altered (the message names it).
+    """
+    if not run_dir.is_dir():
+        raise ArtifactError(f"{run_dir} is not a run folder (it does not exist)")
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(
+            f"{path} is missing: the run did not finish or this is not a fenlei run folder; "
+            "train again (or `fenlei train --resume`)"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        version = manifest["format_version"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is not a valid manifest: {exc}") from exc
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{run_dir} has run-folder format {version}; this fenlei reads {FORMAT_VERSION}"
+        )
+    for rel, meta in files.items():
+        file = run_dir / rel
+        if not file.is_file():
+            raise ArtifactError(f"{file} is listed in the manifest but missing")
+        size = file.stat().st_size
+        if size != meta["bytes"]:
+            raise ArtifactError(
+                f"{file} has {size} bytes, the manifest says {meta['bytes']}: it is truncated "
+                "or altered; restore it or train again"
+            )
+        if _sha256(file) != meta["sha256"]:
+            raise ArtifactError(
+                f"{file} does not match its sha256 in the manifest: it was altered or "
+                "corrupted; restore it or train again"
+            )
+    return dict(manifest)
+
+
+def _model_spec(model: nn.Module, spec: ModelSpec) -> ModelSpec:
+    encoder_config = getattr(model, "encoder_config", None)
+    if callable(encoder_config) and spec.transformer_config is None:
+        return ModelSpec(spec.vocab_size, spec.pad_id, spec.n_outputs, encoder_config())
+    return spec
+
+
+def save_run(
+    run_dir: Path,
+    cfg: RunConfig,
+    labels: tuple[str, ...],
+    encoder: Encoder,
+    model: nn.Module,
+    spec: ModelSpec,
+    metrics: dict[str, Any],
+) -> None:
+    """Write the run folder's files, then its manifest; remove the training checkpoint.
+
+    Files already there (``metrics.jsonl``, plots) are kept and listed in the manifest.
+
+    Example:
+        >>> save_run(Path("runs/x"), cfg, labels, encoder, model, spec, {})  # doctest: +SKIP
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / MANIFEST).unlink(missing_ok=True)  # the run is unfinished until written again
+    _write_json(
+        run_dir / "config.json",
+        {"fenlei_version": __version__, **cfg.model_dump(mode="json")},
+    )
+    _write_json(
+        run_dir / "labels.json", {"labels": list(labels), "multi_label": cfg.data.multi_label}
+    )
+    _write_json(run_dir / "model_config.json", _model_spec(model, spec).to_dict())
+    atomic_write(run_dir / "tokenizer.json", encoder.save)
+    atomic_write(run_dir / "model.safetensors", lambda tmp: save_model(model, str(tmp)))
+    _write_json(run_dir / "metrics.json", metrics)
+    write_manifest(run_dir)
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+
+
+@dataclass
+class LoadedRun:
+    """Everything a run folder holds, rebuilt."""
+
+    run_dir: Path
+    config: RunConfig
+    labels: tuple[str, ...]
+    multi_label: bool
+    encoder: Encoder
+    model: nn.Module
+    spec: ModelSpec
+    metrics: dict[str, Any]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is not readable JSON: {exc}") from exc
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Verify the manifest and rebuild config, labels, encoder and model (in eval mode).
+
+    Raises:
+        ArtifactError: the folder is missing, incomplete, altered or incompatible.
+
+    Example:
+        >>> run = load_run("runs/demo")  # doctest: +SKIP
+    """
+    from pydantic import ValidationError
+
+    root = Path(run_dir)
+    verify_manifest(root)
+    raw_cfg = _read_json(root / "config.json")
+    raw_cfg.pop("fenlei_version", None)
+    try:
+        cfg = RunConfig.model_validate(raw_cfg)
+        spec = ModelSpec(**_read_json(root / "model_config.json"))
+    except (ValidationError, TypeError) as exc:
+        raise ArtifactError(f"{root / 'config.json'} does not describe a valid run: {exc}") from exc
+    label_info = _read_json(root / "labels.json")
+    encoder = Encoder.load(root / "tokenizer.json", cfg.encoder)
+    model = build_model(cfg.model, spec)
+    try:
+        load_model(model, str(root / "model.safetensors"), strict=True)
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        raise ArtifactError(f"{root / 'model.safetensors'} does not fit the model: {exc}") from exc
+    model.eval()
+    return LoadedRun(
+        run_dir=root,
+        config=cfg,
+        labels=tuple(label_info["labels"]),
+        multi_label=bool(label_info.get("multi_label", False)),
+        encoder=encoder,
+        model=model,
+        spec=spec,
+        metrics=_read_json(root / "metrics.json"),
+    )
+
+
+def _flatten_optimizers(
+    optimizers: list[torch.optim.Optimizer],
+) -> tuple[dict[str, torch.Tensor], list[Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    groups: list[Any] = []
+    for j, opt in enumerate(optimizers):
+        state = opt.state_dict()
+        groups.append(state["param_groups"])
+        for idx, slots in state["state"].items():
+            for key, value in slots.items():
+                tensors[f"optim{j}.{idx}.{key}"] = torch.as_tensor(value).clone().contiguous()
+    return tensors, groups
+
+
+def _unflatten_optimizers(
+    tensors: dict[str, torch.Tensor], groups: list[Any], optimizers: list[torch.optim.Optimizer]
+) -> None:
+    for j, opt in enumerate(optimizers):
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        prefix = f"optim{j}."
+        for name, value in tensors.items():
+            if name.startswith(prefix):
+                idx, key = name[len(prefix) :].split(".", 1)
+                state.setdefault(int(idx), {})[key] = value
+        opt.load_state_dict({"state": state, "param_groups": groups[j]})
+
+
+def save_checkpoint(
+    run_dir: Path,
+    model: nn.Module,
+    optimizers: list[torch.optim.Optimizer],
+    progress: dict[str, Any],
+) -> None:
+    """Atomically write ``checkpoint/`` (model + optimizer tensors, RNG, JSON progress)."""
+    folder = run_dir / CHECKPOINT_DIR
+    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    opt_tensors, groups = _flatten_optimizers(optimizers)
+    tensors.update(opt_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    atomic_write(folder / "state.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+    _write_json(folder / "progress.json", {**progress, "optimizer_groups": groups})
+
+
+def load_checkpoint(
+    run_dir: Path, model: nn.Module, optimizers: list[torch.optim.Optimizer]
+) -> dict[str, Any] | None:
+    """Restore the checkpoint into ``model`` and ``optimizers``; None when there is none.
+
+    Raises:
+        ArtifactError: the checkpoint exists but cannot be read or does not fit.
+    """
+    folder = run_dir / CHECKPOINT_DIR
+    if not (folder / "progress.json").is_file():
+        return None
+    progress = _read_json(folder / "progress.json")
+    try:
+        tensors = load_file(str(folder / "state.safetensors"))
+        model.load_state_dict(
+            {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        )
+        _unflatten_optimizers(tensors, progress.pop("optimizer_groups"), optimizers)
+    except (SafetensorError, RuntimeError, OSError, KeyError, ValueError) as exc:
+        raise ArtifactError(f"{folder} cannot be resumed ({exc}); delete it to start over") from exc
+    torch.set_rng_state(tensors["rng.torch"])
+    return dict(progress)

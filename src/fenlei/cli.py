@@ -1,0 +1,325 @@
+"""The ``fenlei`` command: a thin typer skin over the library.
+
+Each command parses its options, loads the config, calls one library function and shows
+the result with rich. A user's mistake (any :class:`~fenlei.errors.FenleiError`) becomes one
+line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fenlei.errors import FenleiError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="fenlei",
+    help="fenlei (分类): train, evaluate and use text classifiers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+PresetOpt = Annotated[
+    str, typer.Option("--preset", "-p", help="linear | lstm | seed-lstm | minilm")
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML config file (overrides --preset).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a setting: --set train.epochs=3 (repeatable)."),
+]
+TextColOpt = Annotated[
+    list[str] | None,
+    typer.Option("--text-col", help="Text column; repeat to join several columns."),
+]
+LabelColOpt = Annotated[str | None, typer.Option("--label-col", help="Label column.")]
+
+
+def _overrides(
+    sets: list[str] | None,
+    text_cols: list[str] | None = None,
+    label_col: str | None = None,
+    multi_label: bool = False,
+    label_sep: str | None = None,
+) -> list[str]:
+    items = list(sets or [])
+    if text_cols:
+        items.append(f"data.text_cols={json.dumps(text_cols)}")
+    if label_col:
+        items.append(f"data.label_col={json.dumps(label_col)}")
+    if multi_label:
+        items.append("data.multi_label=true")
+    if label_sep:
+        items.append(f"data.label_sep={json.dumps(label_sep)}")
+    return items
+
+
+def _summary_table(summaries: list[Any]) -> Table:
+    table = Table(title="Data", show_lines=False)
+    for col in ("split", "rows", "labels", "chars (min / median / p95 / max)"):
+        table.add_column(col)
+    for s in summaries:
+        counts = ", ".join(f"{k} {v}" for k, v in s.label_counts.items())
+        lengths = f"{s.chars_min} / {s.chars_median:.0f} / {s.chars_p95:.0f} / {s.chars_max}"
+        table.add_row(s.source, str(s.rows), counts, lengths)
+    return table
+
+
+def _metrics_table(metrics: dict[str, Any], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("n", "accuracy", "macro_f1", "micro_f1", "roc_auc"):
+        if key in metrics:
+            value = metrics[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    return table
+
+
+def _per_class_table(metrics: dict[str, Any]) -> Table:
+    table = Table(title="Per class")
+    for col in ("label", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    for name, m in metrics["per_class"].items():
+        table.add_row(
+            name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])
+        )
+    return table
+
+
+def _predictions_table(texts: list[str], predictions: list[Any], top_k: int) -> Table:
+    table = Table(title="Predictions")
+    table.add_column("text", overflow="fold", max_width=60)
+    table.add_column("label")
+    table.add_column(f"top {top_k}")
+    for text, pred in zip(texts, predictions, strict=True):
+        top = ", ".join(f"{lab} {p:.2f}" for lab, p in pred.top(top_k))
+        label = " | ".join(pred.labels) if len(pred.labels) > 1 else pred.label
+        table.add_row(text, label, top)
+    return table
+
+
+def _show_training_result(result: Any) -> None:
+    metrics = result.metrics
+    out.print(
+        f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, "
+        f"{metrics['train_seconds']:.1f}s"
+    )
+    out.print(_metrics_table(metrics["dev"], "Dev"))
+    if "test" in metrics:
+        out.print(_metrics_table(metrics["test"], "Test"))
+        out.print(_per_class_table(metrics["test"]))
+    out.print(f"run folder: [bold]{result.run_dir}[/bold]")
+
+
+def _run_training(cfg: Any, splits: Any, out_dir: Path, *, resume: bool, overwrite: bool) -> Any:
+    from fenlei.classifier import train_run
+    from fenlei.progress import RichProgress
+
+    out.print(_summary_table(splits.summaries()))
+    return train_run(
+        cfg,
+        splits,
+        out_dir,
+        resume=resume,
+        overwrite=overwrite,
+        progress=RichProgress(cfg.train.monitor),
+    )
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Training table: .csv .tsv .jsonl .parquet (.gz).")],
+    dev: Annotated[Path | None, typer.Option(help="Dev table (else split from DATA).")] = None,
+    test: Annotated[Path | None, typer.Option(help="Test table (else split from DATA).")] = None,
+    preset: PresetOpt = "linear",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    text_col: TextColOpt = None,
+    label_col: LabelColOpt = None,
+    multi_label: Annotated[bool, typer.Option(help="Rows may carry several labels.")] = False,
+    label_sep: Annotated[str | None, typer.Option(help="Label separator in CSV cells.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path(
+        "runs/latest"
+    ),
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the run folder's checkpoint.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a finished run in --out.")] = False,
+) -> None:
+    """Train a classifier on a labelled table and write a run folder.
+
+    Example: fenlei train reviews.csv --dev dev.csv --preset lstm --set train.epochs=5 -o runs/r1
+    """
+    from fenlei.classifier import prepare_splits
+    from fenlei.config import load_config
+    from fenlei.data import load_table
+
+    cfg = load_config(
+        config or preset, _overrides(set_, text_col, label_col, multi_label, label_sep)
+    )
+    train_set = load_table(data, cfg.data)
+    dev_set = load_table(dev, cfg.data) if dev else None
+    test_set = load_table(test, cfg.data) if test else None
+    splits = prepare_splits(cfg.data, train_set, dev_set, test_set)
+    result = _run_training(cfg, splits, out_dir, resume=resume, overwrite=overwrite)
+    _show_training_result(result)
+
+
+DEMO_TEXTS = [
+    "hi, my parcel still hasn't arrived, can you check where it is?",
+    "I want my money back for the broken blender",
+    "我忘记密码了，登录不了怎么办",
+    "你们周末几点开门？",
+    "can I talk to a real person please",
+    "这个耳机支持蓝牙5.3吗",
+]
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path(
+        "runs/demo"
+    ),
+    preset: PresetOpt = "linear",
+    set_: SetOpt = None,
+) -> None:
+    """Train on the bundled English + Chinese support-intent dataset and show results.
+
+    Example: fenlei demo --preset lstm --out runs/demo-lstm
+    """
+    from fenlei.classifier import prepare_splits
+    from fenlei.config import load_config
+    from fenlei.data import bundled_dataset_path, load_table
+
+    cfg = load_config(preset, list(set_ or []))
+    splits = prepare_splits(
+        cfg.data,
+        load_table(bundled_dataset_path("train"), cfg.data),
+        load_table(bundled_dataset_path("dev"), cfg.data),
+        load_table(bundled_dataset_path("test"), cfg.data),
+    )
+    result = _run_training(cfg, splits, out_dir, resume=False, overwrite=True)
+    _show_training_result(result)
+    out.print(_predictions_table(DEMO_TEXTS, result.predictor.predict(DEMO_TEXTS), 3))
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    data: Annotated[Path, typer.Argument(help="Labelled table to evaluate on.")],
+    text_col: TextColOpt = None,
+    label_col: LabelColOpt = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write metrics here.")
+    ] = None,
+    plots: Annotated[Path | None, typer.Option(help="Write a confusion-matrix PNG here.")] = None,
+) -> None:
+    """Evaluate a run folder on a labelled table.
+
+    Example: fenlei evaluate runs/r1 test.csv --json test-metrics.json --plots plots/
+    """
+    from fenlei.config import load_config
+    from fenlei.data import load_table
+    from fenlei.evaluate import evaluate as evaluate_metrics
+    from fenlei.evaluate import plot_confusion
+    from fenlei.predict import Predictor
+
+    predictor = Predictor.from_run(run)
+    assert predictor.run is not None
+    data_cfg = predictor.run.config.data
+    if text_col or label_col:
+        data_cfg = load_config(None, _overrides(None, text_col, label_col)).data.model_copy(
+            update={"multi_label": data_cfg.multi_label, "label_sep": data_cfg.label_sep}
+        )
+    metrics = evaluate_metrics(predictor, load_table(data, data_cfg))
+    out.print(_metrics_table(metrics, f"{data}"))
+    out.print(_per_class_table(metrics))
+    if json_out:
+        json_out.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+    if plots and "confusion_matrix" in metrics:
+        plot_confusion(
+            metrics["confusion_matrix"], predictor.labels, plots / "confusion_matrix.png"
+        )
+        out.print(f"plot: {plots / 'confusion_matrix.png'}")
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Table of texts.")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="CSV to write.")] = None,
+    text_col: TextColOpt = None,
+    top_k: Annotated[int, typer.Option(min=1, help="Labels shown per text.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Classify texts given on the command line, or a whole file into a CSV.
+
+    Example: fenlei predict runs/demo "where is my order?"
+
+    Example: fenlei predict runs/demo --file in.csv --out out.csv
+    """
+    from fenlei.classifier import predict_file
+    from fenlei.config import DataConfig
+    from fenlei.predict import Predictor
+
+    if not texts and not file:
+        raise typer.BadParameter("give texts to classify, or --file with --out")
+    if file and not out_file:
+        raise typer.BadParameter("--file needs --out (the CSV to write)")
+    predictor = Predictor.from_run(run)
+    if file and out_file:
+        cfg = DataConfig(text_cols=text_col) if text_col else DataConfig()
+        n = predict_file(predictor, file, out_file, cfg)
+        err.print(f"wrote {n} predictions to {out_file}")
+    if texts:
+        predictions = predictor.predict(texts)
+        if as_json:
+            for text, p in zip(texts, predictions, strict=True):
+                row = {"text": text, "label": p.label, "score": p.score, "top": p.top(top_k)}
+                out.print_json(json.dumps(row, ensure_ascii=False))
+        else:
+            out.print(_predictions_table(list(texts), predictions, top_k))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fenlei`` command; returns the exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=argv, standalone_mode=False)
+    except FenleiError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted; `fenlei train ... --resume` continues from the last epoch")
+        return 130
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""Every fenlei setting as a frozen, typed pydantic model, the presets, and TOML loading.
+
+Enter through :func:`load_config`, which starts from a preset or a TOML file, applies
+``--set section.key=value`` overrides and validates once, so a typo fails loudly::
+
+    cfg = load_config("lstm", ["train.epochs=3", "model.bidirectional=true"])
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fenlei.errors import ConfigError
+
+__all__ = [
+    "PRESETS",
+    "DataConfig",
+    "EncoderConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "load_config",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Section):
+    """How rows are read from a table and split."""
+
+    text_cols: list[str] = Field(
+        default_factory=lambda: ["text"], description="Text column(s); several are joined."
+    )
+    text_joiner: str = Field(" ", description="String placed between joined text columns.")
+    label_col: str = Field("label", description="Column holding the label(s).")
+    multi_label: bool = Field(False, description="Each row may carry several labels.")
+    label_sep: str = Field("|", description="Separator of several labels in a CSV/TSV cell.")
+    dev_fraction: float = Field(0.1, gt=0, lt=0.5, description="Dev share when splitting.")
+    test_fraction: float = Field(0.1, ge=0, lt=0.5, description="Test share when splitting.")
+    split_seed: int = Field(13, description="Seed of the stratified split.")
+
+
+class EncoderConfig(_Section):
+    """How text becomes token ids."""
+
+    kind: Literal["wordpiece", "unigram", "pretrained"] = Field(
+        "wordpiece", description="Vocabulary trained on train texts, or a pretrained tokenizer."
+    )
+    vocab_size: int = Field(30000, ge=100, description="Vocabulary size for a trained vocab.")
+    min_frequency: int = Field(2, ge=1, description="Minimum count of a vocabulary entry.")
+    lowercase: bool = Field(True, description="Lowercase before tokenizing.")
+    strip_accents: bool = Field(False, description="Remove accents (é -> e).")
+    strip_html: bool = Field(True, description="Replace HTML tags such as <br /> with spaces.")
+    max_length: int = Field(256, ge=2, description="Maximum tokens per text; longer is cut.")
+    truncation: Literal["head", "tail"] = Field(
+        "head", description="Keep the first (head) or last (tail) max_length tokens."
+    )
+    pretrained: str | None = Field(
+        None, description="Folder or hub id of a pretrained tokenizer (kind=pretrained)."
+    )
+
+
+class ModelConfig(_Section):
+    """Which network, and its sizes."""
+
+    architecture: str = Field(
+        "linear.v1", description="Registered family: linear.v1, lstm.v1, transformer.v1."
+    )
+    embedding_dim: int = Field(64, ge=1, description="Token embedding size (linear, lstm).")
+    hidden_size: int = Field(128, ge=1, description="LSTM hidden units per direction.")
+    num_layers: int = Field(1, ge=1, description="Stacked LSTM layers.")
+    bidirectional: bool = Field(False, description="Bidirectional LSTM.")
+    pooling: Literal["last", "max", "mean"] = Field(
+        "last", description="How LSTM states become one vector (last = final state)."
+    )
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the head.")
+    ngram: int = Field(2, ge=1, le=4, description="Largest token n-gram of the linear model.")
+    buckets: int = Field(200_000, ge=1, description="Hash buckets for linear n-grams.")
+    glove: bool = Field(False, description="Initialise LSTM embeddings from GloVe 6B 50d.")
+    pretrained: str | None = Field(None, description="Encoder folder or hub id for transformer.v1.")
+    single_logit: bool = Field(
+        False, description="Binary tasks: one sigmoid output (Keras Dense(1)) not softmax."
+    )
+
+    @model_validator(mode="after")
+    def _check_family_fields(self) -> ModelConfig:
+        if self.architecture.startswith("transformer") and not self.pretrained:
+            raise ValueError("model.architecture=transformer.v1 needs model.pretrained")
+        if self.glove and self.embedding_dim != 50:
+            raise ValueError("model.glove=true needs model.embedding_dim=50 (GloVe 6B 50d)")
+        return self
+
+
+class TrainConfig(_Section):
+    """The training loop's settings."""
+
+    epochs: int = Field(10, ge=1, description="Passes over the training data.")
+    batch_size: int = Field(32, ge=1, description="Examples per step.")
+    optimizer: Literal["adam", "adamw"] = Field("adamw", description="Optimizer.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (L2 for adam).")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps warming up.")
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate decay after warm-up."
+    )
+    clip_grad_norm: float | None = Field(1.0, gt=0, description="Max gradient norm, or none.")
+    class_weight: Literal["none", "balanced"] = Field(
+        "none", description="Weight the loss by inverse class frequency."
+    )
+    monitor: Literal["accuracy", "macro_f1", "loss"] = Field(
+        "accuracy", description="Dev metric for early stopping and the best epoch."
+    )
+    patience: int | None = Field(
+        3, ge=1, description="Stop after this many epochs without dev improvement; none = never."
+    )
+    restore_best: bool = Field(True, description="Keep the weights of the best dev epoch.")
+    bucket_by_length: bool = Field(True, description="Batch texts of similar length.")
+    seed: int = Field(13, description="Seed of every random choice in training.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
+    amp: bool = Field(True, description="Mixed precision on CUDA.")
+    threads: int | None = Field(None, ge=1, description="Torch CPU threads; none = default.")
+
+
+class EvalConfig(_Section):
+    """Evaluation settings."""
+
+    plots: bool = Field(True, description="Write PNG plots into the run folder.")
+    threshold: float = Field(0.5, gt=0, lt=1, description="Multi-label decision threshold.")
+    batch_size: int = Field(256, ge=1, description="Texts per inference batch.")
+
+
+class RunConfig(_Section):
+    """One resolved configuration: what a run folder's config.json holds."""
+
+    preset: str = Field("linear", description="Preset the config started from.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check_encoder_matches_model(self) -> RunConfig:
+        is_transformer = self.model.architecture.startswith("transformer")
+        if is_transformer and self.encoder.kind != "pretrained":
+            raise ValueError(
+                "model.architecture=transformer.v1 needs encoder.kind=pretrained "
+                "(the encoder's own tokenizer)"
+            )
+        if self.encoder.kind == "pretrained" and not (
+            self.encoder.pretrained or self.model.pretrained
+        ):
+            raise ValueError("encoder.kind=pretrained needs encoder.pretrained or model.pretrained")
+        return self
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The classic Keras example, exactly: Tokenizer(10000) -> pad(500) -> Embedding(10000, 64)
+    # -> LSTM(128) -> Dense(1, sigmoid); Adam 1e-3, binary cross-entropy, 10 epochs, batch 32.
+    # Keras pads and truncates at the front ("pre"), so the last 500 tokens are kept.
+    "seed-lstm": {
+        "encoder": {"vocab_size": 10000, "max_length": 500, "truncation": "tail"},
+        "model": {
+            "architecture": "lstm.v1",
+            "embedding_dim": 64,
+            "hidden_size": 128,
+            "single_logit": True,
+        },
+        "train": {
+            "epochs": 10,
+            "batch_size": 32,
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "clip_grad_norm": None,
+            "patience": None,
+        },
+    },
+    "linear": {
+        "encoder": {"vocab_size": 30000, "max_length": 512},
+        "model": {"architecture": "linear.v1", "embedding_dim": 64, "ngram": 2},
+        "train": {"epochs": 8, "batch_size": 32, "lr": 5e-3, "patience": 3},
+    },
+    "lstm": {
+        "encoder": {"vocab_size": 30000, "max_length": 400, "truncation": "tail"},
+        "model": {
+            "architecture": "lstm.v1",
+            "embedding_dim": 128,
+            "hidden_size": 128,
+            "bidirectional": True,
+            "pooling": "max",
+            "dropout": 0.3,
+        },
+        "train": {"epochs": 8, "batch_size": 32, "lr": 2e-3, "weight_decay": 0.01},
+    },
+    "minilm": {
+        "encoder": {"kind": "pretrained", "max_length": 128, "lowercase": True},
+        "model": {"architecture": "transformer.v1", "pretrained": "minilm", "dropout": 0.1},
+        "train": {
+            "epochs": 3,
+            "batch_size": 32,
+            "lr": 5e-5,
+            "weight_decay": 0.01,
+            "warmup_ratio": 0.1,
+            "schedule": "linear",
+            "patience": 2,
+        },
+    },
+}
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        if raw.lower() in {"none", "null"}:
+            return None
+        return raw
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a config tree (values parsed as JSON if they can).
+
+    Raises:
+        ConfigError: an override is not of the form ``section.key=value``.
+    """
+    tree = copy.deepcopy(tree)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) < 2 or not all(parts):
+            raise ConfigError(
+                f"override {item!r} is not of the form section.key=value "
+                "(for example --set train.epochs=3)"
+            )
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = _parse_value(raw.strip())
+    return tree
+
+
+def _format_validation_error(exc: ValidationError, origin: str) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(config)"
+        if err["type"] == "extra_forbidden":
+            problems.append(f"{loc}: unknown setting")
+        else:
+            problems.append(f"{loc}: {err['msg']}")
+    return f"invalid configuration ({origin}): " + "; ".join(problems)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Resolve a preset name or TOML file plus overrides into one validated :class:`RunConfig`.
+
+    A TOML file may name a preset at its top (``preset = "lstm"``) and override sections.
+
+    Args:
+        source: a preset name (``"linear"``, ``"lstm"``, ``"seed-lstm"``, ``"minilm"``), a path
+            to a TOML file, or None for the ``linear`` preset.
+        overrides: ``section.key=value`` strings applied last.
+
+    Returns:
+        The frozen, validated configuration.
+
+    Raises:
+        ConfigError: unknown preset, unreadable file, unknown key or invalid value.
+
+    Example:
+        >>> load_config("seed-lstm", ["train.epochs=2"]).train.epochs
+        2
+    """
+    tree: dict[str, Any]
+    origin = "preset linear"
+    if source is None:
+        tree = {"preset": "linear"}
+    elif str(source) in PRESETS:
+        tree = {"preset": str(source)}
+        origin = f"preset {source}"
+    elif str(source).endswith(".toml") or Path(source).exists():
+        tree = _read_toml(Path(source))
+        tree.setdefault("preset", "linear")
+        origin = f"file {source}"
+    else:
+        raise ConfigError(
+            f"unknown preset or missing config file {str(source)!r}; "
+            f"presets are: {', '.join(PRESETS)}"
+        )
+    preset = tree.get("preset")
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; presets are: {', '.join(PRESETS)}")
+    tree = _deep_merge(PRESETS[preset], tree)
+    tree = apply_overrides(tree, overrides or [])
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, origin)) from exc

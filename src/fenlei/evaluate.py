@@ -1,0 +1,167 @@
+"""Metrics (scikit-learn) and plots (matplotlib) for a predictor on a labelled dataset.
+
+Enter through :func:`evaluate`, which returns a JSON-ready dict, and :func:`write_plots`,
+which draws the confusion matrix and the training curves into ``plots/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+    roc_auc_score,
+)
+
+from fenlei.artifact import atomic_write
+from fenlei.data import Dataset
+from fenlei.errors import DataError
+from fenlei.predict import Predictor
+
+__all__ = ["evaluate", "plot_confusion", "plot_history", "write_plots"]
+
+logger = logging.getLogger(__name__)
+
+
+def _truth(dataset: Dataset, labels: tuple[str, ...], multi_label: bool) -> np.ndarray:
+    index = {name: i for i, name in enumerate(labels)}
+    for ex in dataset.examples:
+        for lab in ex.labels:
+            if lab not in index:
+                raise DataError(
+                    f"label {lab!r} is not one the model knows ({', '.join(labels)})",
+                    path=dataset.source,
+                    row=ex.source_row,
+                )
+    if multi_label:
+        y = np.zeros((len(dataset), len(labels)), dtype=int)
+        for row, ex in enumerate(dataset.examples):
+            y[row, [index[lab] for lab in ex.labels]] = 1
+        return y
+    return np.array([index[ex.labels[0]] for ex in dataset.examples])
+
+
+def evaluate(predictor: Predictor, dataset: Dataset) -> dict[str, Any]:
+    """Accuracy, macro/micro F1, per-class precision/recall/F1, confusion matrix, ROC-AUC.
+
+    Args:
+        predictor: a trained model.
+        dataset: labelled examples whose labels the model knows.
+
+    Returns:
+        A JSON-ready dict: ``accuracy``, ``macro_f1``, ``micro_f1``, ``per_class``,
+        ``confusion_matrix`` (single-label), ``roc_auc`` (binary), ``n``.
+
+    Raises:
+        DataError: a label of the dataset is unknown to the model.
+
+    Example:
+        >>> evaluate(Predictor.from_run("runs/demo"), load_table("test.csv"))  # doctest: +SKIP
+    """
+    labels = predictor.labels
+    y_true = _truth(dataset, labels, predictor.multi_label)
+    probs = predictor.predict_proba(dataset.texts)
+    if predictor.multi_label:
+        y_pred = (probs >= predictor.threshold).astype(int)
+    else:
+        y_pred = probs.argmax(axis=1)
+    label_ids = list(range(len(labels)))
+    report = classification_report(
+        y_true,
+        y_pred,
+        labels=None if predictor.multi_label else label_ids,
+        target_names=list(labels),
+        output_dict=True,
+        zero_division=0,
+    )
+    metrics: dict[str, Any] = {
+        "n": len(dataset),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+        "per_class": {
+            name: {
+                "precision": float(report[name]["precision"]),
+                "recall": float(report[name]["recall"]),
+                "f1": float(report[name]["f1-score"]),
+                "support": int(report[name]["support"]),
+            }
+            for name in labels
+        },
+    }
+    if not predictor.multi_label:
+        metrics["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=label_ids).tolist()
+        if len(labels) == 2 and len(set(y_true.tolist())) == 2:
+            metrics["roc_auc"] = float(roc_auc_score(y_true, probs[:, 1]))
+    return metrics
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_confusion(matrix: list[list[int]], labels: tuple[str, ...], path: Path) -> None:
+    """Draw a confusion matrix (rows: true, columns: predicted) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = max(5.0, 0.55 * len(labels) + 2)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay(np.array(matrix), display_labels=list(labels)).plot(
+        ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45
+    )
+    ax.set_title("Confusion matrix (test)")
+    _save_figure(fig, path)
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> None:
+    """Draw training loss, dev loss and dev accuracy per epoch as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train loss")
+    left.plot(epochs, [r["dev"]["loss"] for r in history], marker="o", label="dev loss")
+    left.set_xlabel("epoch")
+    left.legend()
+    right.plot(epochs, [r["dev"]["accuracy"] for r in history], marker="o", label="dev accuracy")
+    right.plot(epochs, [r["dev"]["macro_f1"] for r in history], marker="o", label="dev macro-F1")
+    right.set_xlabel("epoch")
+    right.legend()
+    fig.suptitle("Training curves")
+    _save_figure(fig, path)
+
+
+def write_plots(
+    run_dir: Path,
+    labels: tuple[str, ...],
+    history: list[dict[str, Any]],
+    test_metrics: dict[str, Any] | None,
+) -> list[Path]:
+    """Write ``plots/training_curves.png`` and, when known, ``plots/confusion_matrix.png``."""
+    written = []
+    if history:
+        path = run_dir / "plots" / "training_curves.png"
+        plot_history(history, path)
+        written.append(path)
+    if test_metrics and "confusion_matrix" in test_metrics:
+        path = run_dir / "plots" / "confusion_matrix.png"
+        plot_confusion(test_metrics["confusion_matrix"], labels, path)
+        written.append(path)
+    return written

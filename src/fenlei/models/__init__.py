@@ -1,0 +1,175 @@
+"""Model families (plain ``nn.Module``s, one file each) and the small registry that builds them.
+
+Every model maps ``forward(ids, mask)`` with ids and mask of shape (B, T) to logits of shape
+(B, n_outputs). Enter through :func:`build_model`; :func:`n_outputs` and :func:`to_probs`
+decide the head: softmax over classes, one sigmoid logit (binary, Keras-style) or one
+sigmoid per label (multi-label).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fenlei.config import ModelConfig
+from fenlei.errors import ConfigError
+from fenlei.tokenize import pad_ids
+
+__all__ = [
+    "REGISTRY",
+    "ModelSpec",
+    "batched_logits",
+    "build_model",
+    "n_outputs",
+    "to_probs",
+]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model needs besides its config; saved as ``model_config.json`` in a run folder."""
+
+    vocab_size: int
+    pad_id: int
+    n_outputs: int
+    transformer_config: dict[str, Any] | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+Builder = Callable[[ModelConfig, ModelSpec, dict[str, int] | None], nn.Module]
+
+
+def _build_linear(cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None) -> nn.Module:
+    from fenlei.models.linear import BagOfNgrams
+
+    return BagOfNgrams(
+        vocab_size=spec.vocab_size,
+        n_outputs=spec.n_outputs,
+        dim=cfg.embedding_dim,
+        ngram=cfg.ngram,
+        buckets=cfg.buckets,
+        dropout=cfg.dropout,
+    )
+
+
+def _build_lstm(cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None) -> nn.Module:
+    from fenlei.models.lstm import LSTMClassifier
+
+    model = LSTMClassifier(
+        vocab_size=spec.vocab_size,
+        n_outputs=spec.n_outputs,
+        embedding_dim=cfg.embedding_dim,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        bidirectional=cfg.bidirectional,
+        pooling=cfg.pooling,
+        dropout=cfg.dropout,
+        pad_id=spec.pad_id,
+    )
+    if cfg.glove and vocab is not None:
+        from fenlei.models.glove import init_from_glove
+
+        init_from_glove(model.embed, vocab)
+    return model
+
+
+def _build_transformer(
+    cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None
+) -> nn.Module:
+    from fenlei.models.transformer import TransformerClassifier
+
+    assert cfg.pretrained is not None  # checked by ModelConfig
+    if spec.transformer_config is not None:
+        return TransformerClassifier.from_config(
+            spec.transformer_config, n_outputs=spec.n_outputs, dropout=cfg.dropout
+        )
+    return TransformerClassifier.from_pretrained(
+        cfg.pretrained, n_outputs=spec.n_outputs, dropout=cfg.dropout
+    )
+
+
+REGISTRY: dict[str, Builder] = {
+    "linear.v1": _build_linear,
+    "lstm.v1": _build_lstm,
+    "transformer.v1": _build_transformer,
+}
+
+
+def build_model(
+    cfg: ModelConfig, spec: ModelSpec, *, vocab: dict[str, int] | None = None
+) -> nn.Module:
+    """Build the network that ``cfg.architecture`` names.
+
+    Args:
+        cfg: the model section of a run config.
+        spec: vocabulary size, padding id, number of outputs (and a saved transformer config
+            when rebuilding from a run folder, which skips loading pretrained weights).
+        vocab: token -> id, used only for GloVe initialisation.
+
+    Raises:
+        ConfigError: the architecture is not registered.
+
+    Example:
+        >>> m = build_model(ModelConfig(), ModelSpec(vocab_size=100, pad_id=0, n_outputs=3))
+    """
+    try:
+        builder = REGISTRY[cfg.architecture]
+    except KeyError as exc:
+        raise ConfigError(
+            f"model.architecture={cfg.architecture!r} is not registered; "
+            f"choose one of {', '.join(REGISTRY)}"
+        ) from exc
+    return builder(cfg, spec, vocab)
+
+
+def n_outputs(n_labels: int, *, multi_label: bool, single_logit: bool) -> int:
+    """Width of the output layer for a task."""
+    if single_logit and n_labels == 2 and not multi_label:
+        return 1
+    return n_labels
+
+
+def to_probs(logits: torch.Tensor, *, multi_label: bool) -> torch.Tensor:
+    """Probabilities (B, n_labels) from logits: softmax, sigmoid per label, or [1-p, p]."""
+    if multi_label:
+        return torch.sigmoid(logits)
+    if logits.shape[-1] == 1:
+        p = torch.sigmoid(logits)
+        return torch.cat([1 - p, p], dim=-1)
+    return torch.softmax(logits, dim=-1)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), for inference."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()
+def batched_logits(
+    model: nn.Module,
+    id_lists: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    batch_size: int = 256,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Logits (N, n_outputs) for token-id lists, batched by length so padding costs little.
+
+    The model must be in eval mode; results come back in input order, on the CPU.
+    """
+    device = device or torch.device("cpu")
+    chunks: dict[int, torch.Tensor] = {}
+    for batch in length_sorted_batches([len(ids) for ids in id_lists], batch_size):
+        ids, mask = pad_ids([id_lists[i] for i in batch], pad_id)
+        out = model(ids.to(device), mask.to(device)).float().cpu()
+        for row, i in enumerate(batch):
+            chunks[i] = out[row]
+    return torch.stack([chunks[i] for i in range(len(id_lists))])

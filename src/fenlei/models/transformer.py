@@ -1,0 +1,66 @@
+"""``transformer.v1``: any Hugging Face encoder, mean-pooled, with a linear head.
+
+Built from pretrained weights (a local folder, ``minilm`` for the packaged MiniLM, or a hub
+id) for training, or from a saved encoder config when a run folder is loaded, so loading
+never downloads anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from fenlei.errors import ConfigError
+from fenlei.tokenize import resolve_pretrained
+
+__all__ = ["TransformerClassifier"]
+
+
+class TransformerClassifier(nn.Module):
+    """HF encoder -> masked mean of the last hidden states -> dropout -> linear head."""
+
+    def __init__(self, encoder: nn.Module, *, hidden_size: int, n_outputs: int, dropout: float):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size, n_outputs)
+
+    @classmethod
+    def from_pretrained(cls, name: str, *, n_outputs: int, dropout: float) -> TransformerClassifier:
+        """Load pretrained encoder weights from a folder or hub id; the head is new."""
+        from transformers import AutoModel
+
+        try:
+            encoder = AutoModel.from_pretrained(resolve_pretrained(name))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load pretrained encoder {name!r}: {exc}") from exc
+        return cls(
+            encoder, hidden_size=encoder.config.hidden_size, n_outputs=n_outputs, dropout=dropout
+        )
+
+    @classmethod
+    def from_config(
+        cls, config: dict[str, Any], *, n_outputs: int, dropout: float
+    ) -> TransformerClassifier:
+        """Build the architecture from a saved HF config dict (weights loaded afterwards)."""
+        from transformers import AutoConfig, AutoModel
+
+        cfg = dict(config)
+        model_type = cfg.pop("model_type")
+        hf_config = AutoConfig.for_model(model_type, **cfg)
+        encoder = AutoModel.from_config(hf_config)  # type: ignore[no-untyped-call]
+        return cls(encoder, hidden_size=hf_config.hidden_size, n_outputs=n_outputs, dropout=dropout)
+
+    def encoder_config(self) -> dict[str, Any]:
+        """The encoder's HF config as a JSON-ready dict (saved in the run folder)."""
+        config: Any = self.encoder.config
+        return dict(config.to_dict())
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, n_outputs) logits."""
+        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+        weights = mask[:, :, None].to(hidden.dtype)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return self.head(self.dropout(pooled))  # type: ignore[no-any-return]

