@@ -1,7 +1,58 @@
-"""fenlei (分类): from a labelled table of text to a trained, evaluated, served classifier."""
+"""fenlei (分类): from a labelled table of text to a trained, evaluated, served classifier.
+
+The public API, imported lazily so ``import fenlei`` stays fast::
+
+    from fenlei import TextClassifier
+    clf = TextClassifier("linear").fit(texts, labels)
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["__version__"]
+from fenlei._version import __version__
+
+if TYPE_CHECKING:
+    from fenlei.classifier import TextClassifier
+    from fenlei.config import RunConfig, load_config
+    from fenlei.data import Dataset, bundled_dataset_path, load_table
+    from fenlei.errors import ArtifactError, ConfigError, DataError, FenleiError
+    from fenlei.predict import Prediction, Predictor
+
+__all__ = [
+    "ArtifactError",
+    "ConfigError",
+    "DataError",
+    "Dataset",
+    "FenleiError",
+    "Prediction",
+    "Predictor",
+    "RunConfig",
+    "TextClassifier",
+    "__version__",
+    "bundled_dataset_path",
+    "load_config",
+    "load_table",
+]
+
+_HOME = {
+    "ArtifactError": "fenlei.errors",
+    "ConfigError": "fenlei.errors",
+    "DataError": "fenlei.errors",
+    "FenleiError": "fenlei.errors",
+    "Dataset": "fenlei.data",
+    "bundled_dataset_path": "fenlei.data",
+    "load_table": "fenlei.data",
+    "RunConfig": "fenlei.config",
+    "load_config": "fenlei.config",
+    "Prediction": "fenlei.predict",
+    "Predictor": "fenlei.predict",
+    "TextClassifier": "fenlei.classifier",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(importlib.import_module(_HOME[name]), name)
+    raise AttributeError(f"module 'fenlei' has no attribute {name!r}")

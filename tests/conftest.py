@@ -1,0 +1,84 @@
+"""Tiny shared fixtures: the bundled dataset, tiny settings per model family, a tiny encoder.
+
+Tests never download: the transformer family runs on a randomly initialised 2-layer BERT
+written into a temporary folder together with a tokenizer trained on the bundled texts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fenlei.config import EncoderConfig
+from fenlei.data import Dataset, bundled_dataset_path, load_table
+from fenlei.tokenize import train_encoder
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+FAMILIES = ["linear.v1", "lstm.v1", "transformer.v1"]
+
+
+@pytest.fixture(scope="session")
+def bundled() -> dict[str, Dataset]:
+    """The bundled support-intent dataset: train, dev and test."""
+    return {name: load_table(bundled_dataset_path(name)) for name in ("train", "dev", "test")}
+
+
+@pytest.fixture(scope="session")
+def tiny_transformer_dir(tmp_path_factory: pytest.TempPathFactory, bundled: dict[str, Dataset]) -> Path:
+    """A randomly initialised 2-layer BERT (hidden 32) and its tokenizer, in an HF folder."""
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    encoder = train_encoder(bundled["train"].texts, EncoderConfig(vocab_size=800))
+    encoder.save(folder / "tokenizer.json")
+    config = BertConfig(
+        vocab_size=encoder.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        pad_token_id=encoder.pad_id,
+    )
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def family_overrides(family: str, tiny_transformer_dir: Path | None = None) -> tuple[str, list[str]]:
+    """Preset and overrides that make a family tiny and fast."""
+    common = ["train.threads=1", "eval.plots=false"]
+    if family == "linear.v1":
+        return "linear", [
+            *common,
+            "encoder.vocab_size=600",
+            "model.buckets=2000",
+            "model.embedding_dim=16",
+            "train.lr=0.02",
+        ]
+    if family == "lstm.v1":
+        return "lstm", [
+            *common,
+            "encoder.vocab_size=600",
+            "model.embedding_dim=16",
+            "model.hidden_size=16",
+            "train.lr=0.01",
+        ]
+    assert tiny_transformer_dir is not None
+    return "minilm", [
+        *common,
+        f"model.pretrained={tiny_transformer_dir}",
+        "encoder.max_length=64",
+        "train.lr=0.003",
+        "train.warmup_ratio=0.0",
+        "train.schedule=constant",
+    ]
+
+
+@pytest.fixture
+def family_settings(tiny_transformer_dir: Path):  # type: ignore[no-untyped-def]
+    """A function family -> (preset, overrides) for tiny models."""
+    return lambda family: family_overrides(family, tiny_transformer_dir)
