@@ -28,7 +28,9 @@ def bundled() -> dict[str, Dataset]:
 
 
 @pytest.fixture(scope="session")
-def tiny_transformer_dir(tmp_path_factory: pytest.TempPathFactory, bundled: dict[str, Dataset]) -> Path:
+def tiny_transformer_dir(
+    tmp_path_factory: pytest.TempPathFactory, bundled: dict[str, Dataset]
+) -> Path:
     """A randomly initialised 2-layer BERT (hidden 32) and its tokenizer, in an HF folder."""
     from transformers import BertConfig, BertModel
 
@@ -48,7 +50,9 @@ def tiny_transformer_dir(tmp_path_factory: pytest.TempPathFactory, bundled: dict
     return folder
 
 
-def family_overrides(family: str, tiny_transformer_dir: Path | None = None) -> tuple[str, list[str]]:
+def family_overrides(
+    family: str, tiny_transformer_dir: Path | None = None
+) -> tuple[str, list[str]]:
     """Preset and overrides that make a family tiny and fast."""
     common = ["train.threads=1", "eval.plots=false"]
     if family == "linear.v1":

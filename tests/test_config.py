@@ -109,7 +109,7 @@ def test_override_bool_float_and_string() -> None:
 
 def test_override_json_list() -> None:
     cfg = load_config("linear", ['data.text_cols=["title", "body"]'])
-    assert cfg.data.text_cols == ["title", "body"]
+    assert cfg.data.text_cols == ("title", "body")
 
 
 @pytest.mark.parametrize("word", ["none", "None", "null"])

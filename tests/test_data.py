@@ -112,7 +112,9 @@ def test_load_jsonl(tmp_path: Path) -> None:
 
 
 def test_load_jsonl_skips_blank_lines_and_keeps_line_numbers(tmp_path: Path) -> None:
-    path = write_text(tmp_path / "d.jsonl", '{"text": "a", "label": "x"}\n\n{"text": "", "label": "y"}\n')
+    path = write_text(
+        tmp_path / "d.jsonl", '{"text": "a", "label": "x"}\n\n{"text": "", "label": "y"}\n'
+    )
     err = data_error(path)
     assert err.row == 3
 
@@ -566,11 +568,6 @@ def test_parquet_row_numbers_single_row_group(tmp_path: Path) -> None:
     assert (err.row, err.column) == (4, "text")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: _iter_parquet numbers rows per record batch (offset + 1 restarts at 1 for "
-    "every row group), so an error in a later row group reports the wrong row",
-)
 def test_parquet_row_numbers_across_row_groups(tmp_path: Path) -> None:
     path = tmp_path / "d.parquet"
     table = pa.table({"text": ["a", "b", "c", "", "e"], "label": list("xyxyx")})

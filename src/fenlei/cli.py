@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fenlei.errors import FenleiError
@@ -74,7 +75,7 @@ def _summary_table(summaries: list[Any]) -> Table:
     for s in summaries:
         counts = ", ".join(f"{k} {v}" for k, v in s.label_counts.items())
         lengths = f"{s.chars_min} / {s.chars_median:.0f} / {s.chars_p95:.0f} / {s.chars_max}"
-        table.add_row(s.source, str(s.rows), counts, lengths)
+        table.add_row(escape(s.source), str(s.rows), escape(counts), lengths)
     return table
 
 
@@ -95,7 +96,11 @@ def _per_class_table(metrics: dict[str, Any]) -> Table:
         table.add_column(col, justify="left" if col == "label" else "right")
     for name, m in metrics["per_class"].items():
         table.add_row(
-            name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])
+            escape(name),
+            f"{m['precision']:.3f}",
+            f"{m['recall']:.3f}",
+            f"{m['f1']:.3f}",
+            str(m["support"]),
         )
     return table
 
@@ -108,7 +113,7 @@ def _predictions_table(texts: list[str], predictions: list[Any], top_k: int) -> 
     for text, pred in zip(texts, predictions, strict=True):
         top = ", ".join(f"{lab} {p:.2f}" for lab, p in pred.top(top_k))
         label = " | ".join(pred.labels) if len(pred.labels) > 1 else pred.label
-        table.add_row(text, label, top)
+        table.add_row(escape(text), escape(label), escape(top))
     return table
 
 
@@ -122,7 +127,7 @@ def _show_training_result(result: Any) -> None:
     if "test" in metrics:
         out.print(_metrics_table(metrics["test"], "Test"))
         out.print(_per_class_table(metrics["test"]))
-    out.print(f"run folder: [bold]{result.run_dir}[/bold]")
+    out.print(f"run folder: [bold]{escape(str(result.run_dir))}[/bold]")
 
 
 def _run_training(cfg: Any, splits: Any, out_dir: Path, *, resume: bool, overwrite: bool) -> Any:
@@ -246,7 +251,7 @@ def evaluate(
             update={"multi_label": data_cfg.multi_label, "label_sep": data_cfg.label_sep}
         )
     metrics = evaluate_metrics(predictor, load_table(data, data_cfg))
-    out.print(_metrics_table(metrics, f"{data}"))
+    out.print(_metrics_table(metrics, escape(str(data))))
     out.print(_per_class_table(metrics))
     if json_out:
         json_out.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -291,7 +296,7 @@ def predict(
         if as_json:
             for text, p in zip(texts, predictions, strict=True):
                 row = {"text": text, "label": p.label, "score": p.score, "top": p.top(top_k)}
-                out.print_json(json.dumps(row, ensure_ascii=False))
+                typer.echo(json.dumps(row, ensure_ascii=False))
         else:
             out.print(_predictions_table(list(texts), predictions, top_k))
 
@@ -300,24 +305,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fenlei`` command; returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app(args=argv, standalone_mode=False)
+        # standalone mode: click reports usage errors itself (exit 2) and raises SystemExit
+        app(args=argv, prog_name="fenlei")
     except FenleiError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted; `fenlei train ... --resume` continues from the last epoch")
         return 130
-    except typer.Exit as exc:
-        return int(exc.exit_code)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            return 1
-        raise
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
 
 

@@ -38,8 +38,8 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """How rows are read from a table and split."""
 
-    text_cols: list[str] = Field(
-        default_factory=lambda: ["text"], description="Text column(s); several are joined."
+    text_cols: tuple[str, ...] = Field(
+        ("text",), min_length=1, description="Text column(s); several are joined."
     )
     text_joiner: str = Field(" ", description="String placed between joined text columns.")
     label_col: str = Field("label", description="Column holding the label(s).")

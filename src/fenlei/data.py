@@ -249,9 +249,11 @@ def _iter_parquet(path: Path, compressed: bool) -> Iterator[tuple[int, dict[str,
         raise DataError("file does not exist", path=str(path)) from exc
     except (pa.ArrowException, OSError, EOFError) as exc:
         raise DataError(f"not a readable Parquet file: {exc}", path=str(path)) from exc
+    rowno = 0
     for batch in table.to_batches():
-        for offset, row in enumerate(batch.to_pylist()):
-            yield offset + 1, row
+        for row in batch.to_pylist():
+            rowno += 1
+            yield rowno, row
 
 
 def iter_table_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -161,9 +161,35 @@ def train_encoder(texts: Iterable[str], cfg: EncoderConfig) -> Encoder:
         raise ConfigError("encoder.kind=pretrained is loaded, not trained")
     tok.normalizer = _normalizer(cfg)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(texts, trainer=trainer)
+    try:
+        tok.train_from_iterator(texts, trainer=trainer)
+    except Exception as exc:  # tokenizers raises bare Exceptions
+        raise ConfigError(
+            f"cannot train a {cfg.kind} vocabulary of encoder.vocab_size={cfg.vocab_size}: "
+            f"{exc}; raise encoder.vocab_size"
+        ) from exc
+    _canonical_ids(tok, cfg, special)
     logger.info("trained a %s vocabulary of %d entries", cfg.kind, tok.get_vocab_size())
     return Encoder(tok, cfg)
+
+
+def _canonical_ids(tok: Tokenizer, cfg: EncoderConfig, special: list[str]) -> None:
+    """Renumber the vocabulary in a fixed order (specials first, then sorted).
+
+    The trainers break ties through hash maps, so the same texts can yield the same pieces
+    under different ids; sorted ids make the same vocabulary give the same model.
+    """
+    if cfg.kind == "wordpiece":
+        pieces = [t for t in tok.get_vocab() if t not in special]
+        ordered = [*special, *sorted(pieces)]
+        tok.model = models.WordPiece(
+            vocab={t: i for i, t in enumerate(ordered)}, unk_token=UNK, max_input_chars_per_word=100
+        )
+        return
+    scored = json.loads(tok.to_str())["model"]["vocab"]
+    specials = [(p, s) for p, s in scored if p in special]
+    rest = sorted(((p, s) for p, s in scored if p not in special), key=lambda ps: (-ps[1], ps[0]))
+    tok.model = models.Unigram([*specials, *rest], unk_id=special.index(UNK), byte_fallback=False)
 
 
 def resolve_pretrained(name: str) -> str:

@@ -298,9 +298,8 @@ def _restore(run_dir: Path | None, ctx: _Context, model: nn.Module, state: _Stat
 def _checkpoint(run_dir: Path | None, model: nn.Module, ctx: _Context, state: _State) -> None:
     if run_dir is None:
         return
-    schedulers = [
-        {k: v for k, v in s.state_dict().items() if k != "lr_lambdas"} for s in ctx.schedulers
-    ]
+    # LambdaLR stores None for plain functions, so its state is JSON-ready
+    schedulers = [s.state_dict() for s in ctx.schedulers]
     save_checkpoint(
         run_dir,
         model,

@@ -1,0 +1,65 @@
+"""Encoders: CJK-aware vocabularies, truncation, normalisation, save and load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fenlei.config import EncoderConfig
+from fenlei.errors import ArtifactError
+from fenlei.tokenize import Encoder, train_encoder
+
+TEXTS = ["我想退款，订单号123", "Where is my ORDER?", "快递什么时候到", "Café <br />open"] * 20
+
+
+def test_chinese_needs_no_segmentation() -> None:
+    enc = train_encoder(TEXTS, EncoderConfig(vocab_size=200, min_frequency=1))
+    tokens = enc.tokenizer.encode("我想退款").tokens
+    assert tokens == ["我", "想", "退", "款"]
+
+
+def test_lowercase_and_html_are_configurable() -> None:
+    enc = train_encoder(TEXTS, EncoderConfig(vocab_size=200, min_frequency=1))
+    assert "order" in enc.tokenizer.encode("ORDER").tokens
+    assert "<" not in "".join(enc.tokenizer.encode("Café <br />open").tokens)
+    keep = train_encoder(TEXTS, EncoderConfig(vocab_size=200, min_frequency=1, lowercase=False))
+    assert "ORDER" in keep.tokenizer.encode("ORDER").tokens
+
+
+def test_truncation_head_and_tail() -> None:
+    long_text = " ".join(["first"] + ["word"] * 20 + ["last"])
+    head = train_encoder([long_text] * 5, EncoderConfig(vocab_size=100, max_length=5))
+    tail = train_encoder(
+        [long_text] * 5, EncoderConfig(vocab_size=100, max_length=5, truncation="tail")
+    )
+    assert head.tokenizer.encode(long_text).tokens[0] == "first"
+    assert tail.tokenizer.encode(long_text).tokens[-1] == "last"
+    assert len(head.encode_ids([long_text])[0]) == 5
+
+
+def test_padding_and_mask() -> None:
+    enc = train_encoder(TEXTS, EncoderConfig(vocab_size=200, min_frequency=1))
+    ids, mask = enc.encode_batch(["快递", "Where is my order?"])
+    assert ids.shape == mask.shape and ids.shape[0] == 2
+    assert mask[0].sum() == 2 and int(ids[0, -1]) == enc.pad_id == 0
+
+
+def test_unigram_kind_and_unknown_rate() -> None:
+    enc = train_encoder(TEXTS, EncoderConfig(kind="unigram", vocab_size=100, min_frequency=1))
+    assert enc.vocab_size <= 100
+    assert enc.tokenizer.encode("我想退款").tokens
+    wp = train_encoder(TEXTS, EncoderConfig(vocab_size=200, min_frequency=1))
+    assert wp.unknown_rate(["我想退款"]) == 0.0
+    assert wp.unknown_rate(["龘"]) == 1.0
+
+
+def test_save_and_load(tmp_path: Path) -> None:
+    cfg = EncoderConfig(vocab_size=200, min_frequency=1)
+    enc = train_encoder(TEXTS, cfg)
+    enc.save(tmp_path / "tokenizer.json")
+    again = Encoder.load(tmp_path / "tokenizer.json", cfg)
+    assert again.encode_ids(TEXTS[:4]) == enc.encode_ids(TEXTS[:4])
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ArtifactError, match=r"not a valid tokenizer\.json"):
+        Encoder.load(tmp_path / "bad.json", cfg)

@@ -1,0 +1,146 @@
+"""The training loop: batching, reproducibility, early stopping, class weights, kill + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fenlei.classifier import prepare_splits, train_run
+from fenlei.config import load_config
+from fenlei.data import Dataset, bundled_dataset_path
+from fenlei.predict import Predictor
+from fenlei.train import training_batches
+
+LSTM_TINY = [
+    "train.threads=1",
+    "eval.plots=false",
+    "encoder.vocab_size=600",
+    "model.embedding_dim=16",
+    "model.hidden_size=16",
+    "train.epochs=4",
+    "train.patience=none",
+]
+
+
+def test_batches_cover_every_index_once_and_group_lengths() -> None:
+    lengths = list(np.random.default_rng(0).integers(1, 400, size=1000))
+    batches = training_batches(lengths, 32, epoch_seed=1, bucket=True)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(1000))
+    spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches])
+    plain = training_batches(lengths, 32, epoch_seed=1, bucket=False)
+    plain_spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in plain])
+    assert spread < plain_spread / 5
+    assert training_batches(lengths, 32, epoch_seed=1, bucket=True) == batches
+    assert training_batches(lengths, 32, epoch_seed=2, bucket=True) != batches
+
+
+def _train(bundled: dict[str, Dataset], run_dir: Path, overrides: list[str]) -> np.ndarray:
+    cfg = load_config("lstm", [*LSTM_TINY, *overrides])
+    splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"])
+    result = train_run(cfg, splits, run_dir)
+    return result.predictor.predict_proba(bundled["test"].texts[:50])
+
+
+def test_training_is_reproducible(bundled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    first = _train(bundled, tmp_path / "a", ["train.epochs=2"])
+    second = _train(bundled, tmp_path / "b", ["train.epochs=2"])
+    np.testing.assert_array_equal(first, second)
+
+
+def test_early_stopping_restores_the_best_epoch(bundled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # a learning rate this high makes dev loss climb after the first epochs
+    _train(
+        bundled,
+        tmp_path / "r",
+        ["train.epochs=12", "train.patience=2", "train.monitor=loss", "train.lr=0.05"],
+    )
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    history = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics["stopped_early"] is True
+    assert len(history) < 12
+    best = min(history, key=lambda r: r["dev"]["loss"])
+    assert metrics["best_epoch"] == best["epoch"]
+    assert len(history) == best["epoch"] + 2
+    # the saved model is the best epoch's: its dev loss equals the best recorded dev loss
+    predictor = Predictor.from_run(tmp_path / "r")
+    assert abs(metrics["dev"]["accuracy"] - best["dev"]["accuracy"]) < 1e-9
+    assert predictor.labels
+
+
+def test_class_weights_balanced(bundled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    probs = _train(bundled, tmp_path / "w", ["train.epochs=1", "train.class_weight=balanced"])
+    assert probs.shape == (50, 12)
+
+
+def _cli_train(run_dir: Path, *extra: str) -> list[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "fenlei.cli",
+        "train",
+        str(bundled_dataset_path("train")),
+        "--dev",
+        str(bundled_dataset_path("dev")),
+        "--preset",
+        "lstm",
+        "--out",
+        str(run_dir),
+    ]
+    for item in [*LSTM_TINY, "train.epochs=6"]:
+        args += ["--set", item]
+    return [*args, *extra]
+
+
+def test_kill_during_training_then_resume(tmp_path: Path) -> None:
+    """A run killed after its first checkpoint resumes and ends exactly like an unbroken run."""
+    from fenlei.cli import main
+
+    assert main(_cli_train(tmp_path / "whole")[3:]) == 0
+
+    broken = tmp_path / "broken"
+    proc = subprocess.Popen(
+        _cli_train(broken), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    progress = broken / "checkpoint" / "progress.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if progress.is_file() and json.loads(progress.read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (broken / "manifest.json").exists()
+    killed_at = json.loads(progress.read_text())["epoch"]
+    assert 2 <= killed_at < 6
+
+    assert main(_cli_train(broken, "--resume")[3:]) == 0
+    history = [json.loads(x) for x in (broken / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]
+
+    texts = Dataset.from_lists(["where is my parcel", "我要退款", "hello"], ["a", "b", "c"]).texts
+    np.testing.assert_array_equal(
+        Predictor.from_run(broken).predict_proba(texts),
+        Predictor.from_run(tmp_path / "whole").predict_proba(texts),
+    )
+
+
+def test_resume_with_other_settings_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fenlei.cli import main
+
+    run = tmp_path / "r"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "checkpoint" / "run.json").write_text(json.dumps({"config": {}, "labels": []}))
+    assert main(_cli_train(run, "--resume")[3:]) == 2
+    assert "other settings" in capsys.readouterr().err
