@@ -296,7 +296,7 @@ def test_run_config_is_frozen() -> None:
         cfg.preset = "lstm"  # type: ignore[misc]
     with pytest.raises(ValidationError, match="frozen"):
         cfg.model = ModelConfig()  # type: ignore[misc]
-    assert cfg.train.epochs == 8
+    assert cfg.train.epochs == PRESETS["linear"]["train"]["epochs"]
 
 
 @pytest.mark.parametrize("section", [DataConfig, EncoderConfig, ModelConfig, TrainConfig])

@@ -86,6 +86,8 @@ class ModelConfig(_Section):
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the head.")
     ngram: int = Field(2, ge=1, le=4, description="Largest token n-gram of the linear model.")
     buckets: int = Field(200_000, ge=1, description="Hash buckets for linear n-grams.")
+    char_ngram_min: int = Field(3, ge=0, description="Shortest character n-gram (0 = none).")
+    char_ngram_max: int = Field(5, ge=0, description="Longest character n-gram (linear).")
     glove: bool = Field(False, description="Initialise LSTM embeddings from GloVe 6B 50d.")
     pretrained: str | None = Field(None, description="Encoder folder or hub id for transformer.v1.")
     single_logit: bool = Field(
@@ -188,7 +190,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "linear": {
         "encoder": {"vocab_size": 30000, "max_length": 512},
         "model": {"architecture": "linear.v1", "embedding_dim": 64, "ngram": 2},
-        "train": {"epochs": 8, "batch_size": 32, "lr": 5e-3, "patience": 3},
+        "train": {"epochs": 10, "batch_size": 32, "lr": 5e-3, "patience": 3},
     },
     "lstm": {
         "encoder": {"vocab_size": 30000, "max_length": 400, "truncation": "tail"},

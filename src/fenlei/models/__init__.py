@@ -55,7 +55,9 @@ def _build_linear(cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | Non
         dim=cfg.embedding_dim,
         ngram=cfg.ngram,
         buckets=cfg.buckets,
+        char_ngrams=(cfg.char_ngram_min, cfg.char_ngram_max),
         dropout=cfg.dropout,
+        vocab=vocab,
     )
 
 

@@ -1,8 +1,9 @@
-"""``linear.v1``: a fastText-like bag of token and token-n-gram embeddings, averaged.
+"""``linear.v1``: a fastText-like bag of word, word-n-gram and character-n-gram embeddings.
 
-Tokens are WordPiece pieces (sub-word, character n-gram units; single characters for CJK),
-so unigrams plus hashed n-grams of them give the word and character n-gram features of
-fastText without a second tokenizer.
+A text's vector is the mean, over its tokens and hashed token n-grams, of their embeddings;
+a token's embedding is its own vector plus the mean of its character n-grams' vectors
+(``<wo``, ``wor``, ``ord>`` ...), which is how fastText copes with typos and rare words.
+Tokens are WordPiece pieces (one piece per CJK character). N-grams share one hash table.
 """
 
 from __future__ import annotations
@@ -10,14 +11,46 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["BagOfNgrams"]
+__all__ = ["BagOfNgrams", "char_ngram_table", "fnv1a"]
 
 _PRIME = 1_000_003
 _MOD = 2_147_483_647
 
 
+def fnv1a(text: str) -> int:
+    """32-bit FNV-1a hash of the UTF-8 bytes (fastText's; stable across processes)."""
+    h = 2166136261
+    for byte in text.encode("utf-8"):
+        h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
+    return h
+
+
+def _char_ngrams(token: str, lo: int, hi: int) -> list[str]:
+    if token.startswith("##"):
+        word = token[2:] + ">"
+    else:
+        word = "<" + token + ">"
+    if len(word) <= 3 or not any(c.isalpha() and c.isascii() for c in word):
+        return []  # CJK characters and very short pieces are their own features
+    return [word[i : i + n] for n in range(lo, hi + 1) for i in range(len(word) - n + 1)]
+
+
+def char_ngram_table(
+    vocab: dict[str, int], *, lo: int, hi: int, width: int, offset: int, buckets: int, pad: int
+) -> torch.Tensor:
+    """(V, width) feature ids of each vocabulary entry's character n-grams, padded with ``pad``."""
+    table = torch.full((max(vocab.values()) + 1, width), pad, dtype=torch.long)
+    for token, index in vocab.items():
+        grams = _char_ngrams(token, lo, hi)[:width]
+        if grams:
+            table[index, : len(grams)] = torch.tensor(
+                [offset + fnv1a(g) % buckets for g in grams], dtype=torch.long
+            )
+    return table
+
+
 class BagOfNgrams(nn.Module):
-    """Mean of token and hashed n-gram embeddings -> dropout -> linear head."""
+    """Mean of token, token-n-gram and character-n-gram embeddings -> dropout -> head."""
 
     def __init__(
         self,
@@ -27,40 +60,71 @@ class BagOfNgrams(nn.Module):
         dim: int = 64,
         ngram: int = 2,
         buckets: int = 200_000,
+        char_ngrams: tuple[int, int] = (3, 5),
+        char_width: int = 24,
         dropout: float = 0.0,
+        vocab: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
         self.ngram = ngram
-        self.buckets = buckets if ngram > 1 else 0
-        self.pad_index = vocab_size + self.buckets  # one extra row, excluded from the mean
+        self.buckets = buckets
+        self.pad_index = vocab_size + buckets  # one extra row, excluded from every mean
         # Sparse gradients: a step touches only the rows its batch uses (see train.py).
         self.embed = nn.EmbeddingBag(
-            self.pad_index + 1, dim, mode="mean", sparse=True, padding_idx=self.pad_index
+            self.pad_index + 1, dim, mode="sum", sparse=True, padding_idx=self.pad_index
         )
+        lo, hi = char_ngrams
+        use_chars = hi >= lo > 0
+        table = torch.full((vocab_size, char_width if use_chars else 1), self.pad_index)
+        if vocab is not None and use_chars:
+            table = char_ngram_table(
+                vocab,
+                lo=lo,
+                hi=hi,
+                width=char_width,
+                offset=vocab_size,
+                buckets=buckets,
+                pad=self.pad_index,
+            )
+        self.register_buffer("char_table", table)  # (V, K): saved with the weights
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(dim, n_outputs)
         nn.init.uniform_(self.embed.weight, -1.0 / dim, 1.0 / dim)
         with torch.no_grad():
             self.embed.weight[self.pad_index].zero_()
 
-    def features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Feature ids (B, T') of unigrams and hashed n-grams; padding maps to ``pad_index``."""
+    def token_ngrams(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Feature ids (B, T') of tokens and hashed token n-grams; padding -> ``pad_index``."""
         valid = mask.bool()
         parts = [torch.where(valid, ids, self.pad_index)]
         for n in range(2, self.ngram + 1):
             if ids.shape[1] < n:
                 break
-            h = ids[:, : ids.shape[1] - n + 1].clone()
-            ok = valid[:, : ids.shape[1] - n + 1].clone()
+            width = ids.shape[1] - n + 1
+            h = ids[:, :width].clone()
+            ok = valid[:, :width].clone()
             for k in range(1, n):
-                nxt = ids[:, k : ids.shape[1] - n + 1 + k]
-                h = (h * _PRIME + nxt + n) % _MOD
-                ok &= valid[:, k : ids.shape[1] - n + 1 + k]
+                h = (h * _PRIME + ids[:, k : width + k] + n) % _MOD
+                ok &= valid[:, k : width + k]
             parts.append(torch.where(ok, self.vocab_size + h % self.buckets, self.pad_index))
         return torch.cat(parts, dim=1)
 
+    def _char_vectors(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Sum over valid tokens of the mean of their character-n-gram vectors: (B, D)."""
+        char_table: torch.Tensor = self.char_table  # type: ignore[assignment]
+        uniq, inverse = torch.unique(ids, return_inverse=True)
+        grams = char_table[uniq]  # (U, K)
+        counts = (grams != self.pad_index).sum(dim=1, keepdim=True).clamp(min=1)  # (U, 1)
+        per_token = self.embed(grams) / counts  # (U, D)
+        return (per_token[inverse] * valid[:, :, None]).sum(dim=1)  # (B, T, D) -> (B, D)
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and mask -> (B, n_outputs) logits."""
-        pooled = self.embed(self.features(ids, mask))  # (B, T') -> (B, D)
-        return self.head(self.dropout(pooled))  # type: ignore[no-any-return]
+        features = self.token_ngrams(ids, mask)  # (B, T')
+        total = self.embed(features)  # (B, D), sum over non-padding features
+        valid = mask.bool()
+        if self.char_table.shape[1] > 1:
+            total = total + self._char_vectors(ids, valid)
+        count = (features != self.pad_index).sum(dim=1, keepdim=True).clamp(min=1)
+        return self.head(self.dropout(total / count))  # type: ignore[no-any-return]
