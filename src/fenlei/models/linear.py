@@ -26,10 +26,7 @@ def fnv1a(text: str) -> int:
 
 
 def _char_ngrams(token: str, lo: int, hi: int) -> list[str]:
-    if token.startswith("##"):
-        word = token[2:] + ">"
-    else:
-        word = "<" + token + ">"
+    word = token[2:] + ">" if token.startswith("##") else "<" + token + ">"
     if len(word) <= 3 or not any(c.isalpha() and c.isascii() for c in word):
         return []  # CJK characters and very short pieces are their own features
     return [word[i : i + n] for n in range(lo, hi + 1) for i in range(len(word) - n + 1)]
