@@ -85,6 +85,7 @@ class BagOfNgrams(nn.Module):
                 pad=self.pad_index,
             )
         self.register_buffer("char_table", table)  # (V, K): saved with the weights
+        self.use_chars = use_chars
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(dim, n_outputs)
         nn.init.uniform_(self.embed.weight, -1.0 / dim, 1.0 / dim)
@@ -114,14 +115,15 @@ class BagOfNgrams(nn.Module):
         grams = char_table[uniq]  # (U, K)
         counts = (grams != self.pad_index).sum(dim=1, keepdim=True).clamp(min=1)  # (U, 1)
         per_token = self.embed(grams) / counts  # (U, D)
-        return (per_token[inverse] * valid[:, :, None]).sum(dim=1)  # (B, T, D) -> (B, D)
+        summed: torch.Tensor = (per_token[inverse] * valid[:, :, None]).sum(dim=1)
+        return summed  # (B, T, D) -> (B, D)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and mask -> (B, n_outputs) logits."""
         features = self.token_ngrams(ids, mask)  # (B, T')
         total = self.embed(features)  # (B, D), sum over non-padding features
         valid = mask.bool()
-        if self.char_table.shape[1] > 1:
+        if self.use_chars:
             total = total + self._char_vectors(ids, valid)
         count = (features != self.pad_index).sum(dim=1, keepdim=True).clamp(min=1)
         return self.head(self.dropout(total / count))  # type: ignore[no-any-return]
