@@ -37,6 +37,7 @@ from fenlei.evaluate import evaluate, write_plots
 from fenlei.models import ModelSpec, build_model, n_outputs
 from fenlei.predict import Prediction, Predictor
 from fenlei.progress import ProgressReporter, RichProgress
+from fenlei.reference import reference_stats
 from fenlei.tokenize import Encoder, load_pretrained_encoder, train_encoder
 from fenlei.train import fit
 
@@ -204,6 +205,10 @@ def train_run(
     }
     if splits.test is not None:
         metrics["test"] = evaluate(predictor, splits.test)
+    atomic_write_text(
+        root / "reference.json",
+        json.dumps(reference_stats(predictor, splits.dev.texts), ensure_ascii=False, indent=1),
+    )
     if cfg.eval.plots:
         write_plots(root, splits.labels.names, run.history, metrics.get("test") or metrics["dev"])
     save_run(root, cfg, splits.labels.names, encoder, run.model, spec, metrics)

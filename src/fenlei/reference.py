@@ -1,0 +1,110 @@
+"""Reference statistics of the training distribution, and the population stability index.
+
+Training writes ``reference.json`` into the run folder: for each monitored statistic the bin
+edges and the share of dev texts per bin. A server histograms recent traffic on the same
+edges and compares with :func:`psi`. Statistics: text length (characters), unknown-token
+rate, predicted label, and confidence (top probability).
+
+Conventional reading of PSI: < 0.1 stable, 0.1-0.2 moderate shift, > 0.2 drifted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fenlei.predict import Predictor
+
+__all__ = [
+    "DRIFT_THRESHOLD",
+    "STATISTICS",
+    "WARN_THRESHOLD",
+    "bin_shares",
+    "psi",
+    "reference_stats",
+    "text_statistics",
+]
+
+WARN_THRESHOLD = 0.1
+DRIFT_THRESHOLD = 0.2
+STATISTICS = ("length", "unknown_rate", "label", "confidence")
+_UNKNOWN_EDGES = [0.0, 0.005, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+_CONFIDENCE_EDGES = [0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]
+_EPS = 1e-4
+
+
+def _length_edges(lengths: Sequence[int], bins: int = 10) -> list[float]:
+    quantiles = np.quantile(np.asarray(lengths, dtype=float), np.linspace(0, 1, bins + 1))
+    edges = sorted({0.0, *(float(q) for q in quantiles[1:-1]), math.inf})
+    return edges
+
+
+def bin_shares(values: Sequence[float], edges: Sequence[float]) -> list[float]:
+    """Share of ``values`` per bin ``[edges[i], edges[i+1])`` (last bin closed)."""
+    if not values:
+        return [0.0] * (len(edges) - 1)
+    inner = np.asarray(edges[1:-1], dtype=float)
+    index = np.searchsorted(inner, np.asarray(values, dtype=float), side="right")
+    counts = np.bincount(index, minlength=len(edges) - 1)
+    return (counts / counts.sum()).tolist()  # type: ignore[no-any-return]
+
+
+def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
+    """Population stability index between two distributions over the same bins.
+
+    Example:
+        >>> round(psi([0.5, 0.5], [0.5, 0.5]), 3)
+        0.0
+    """
+    e = np.clip(np.asarray(expected, dtype=float), _EPS, None)
+    a = np.clip(np.asarray(actual, dtype=float), _EPS, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def text_statistics(predictor: Predictor, texts: Sequence[str]) -> dict[str, list[float]]:
+    """Per-text values of every monitored statistic (labels as label indices)."""
+    ids = predictor.encoder.encode_ids(texts)
+    unk = predictor.encoder.unk_id
+    probs = predictor.predict_proba(texts)
+    return {
+        "length": [float(len(t)) for t in texts],
+        "unknown_rate": [
+            (sum(1 for i in seq if i == unk) / len(seq)) if seq and unk is not None else 0.0
+            for seq in ids
+        ],
+        "label": [float(i) for i in probs.argmax(axis=1)] if len(texts) else [],
+        "confidence": [float(p) for p in probs.max(axis=1)] if len(texts) else [],
+    }
+
+
+def reference_stats(predictor: Predictor, texts: Sequence[str]) -> dict[str, Any]:
+    """Bin edges and reference shares of every statistic, measured on ``texts`` (dev).
+
+    Returns:
+        ``{"n": ..., "thresholds": {...}, "statistics": {name: {"edges", "shares"}}}``,
+        JSON-ready (an infinite edge is written as ``null``).
+    """
+    values = text_statistics(predictor, texts)
+    n_labels = len(predictor.labels)
+    edges = {
+        "length": _length_edges([int(v) for v in values["length"]]),
+        "unknown_rate": _UNKNOWN_EDGES,
+        "label": [i - 0.5 for i in range(n_labels + 1)],
+        "confidence": _CONFIDENCE_EDGES,
+    }
+    stats = {
+        name: {
+            "edges": [None if math.isinf(x) else x for x in edges[name]],
+            "shares": bin_shares(values[name], edges[name]),
+        }
+        for name in STATISTICS
+    }
+    return {
+        "n": len(texts),
+        "labels": list(predictor.labels),
+        "thresholds": {"warn": WARN_THRESHOLD, "drift": DRIFT_THRESHOLD},
+        "statistics": stats,
+    }
