@@ -301,6 +301,68 @@ def predict(
             out.print(_predictions_table(list(texts), predictions, top_k))
 
 
+def _named_runs(runs: list[str]) -> dict[str, Path]:
+    named: dict[str, Path] = {}
+    for item in runs:
+        name, sep, path = item.partition("=")
+        folder = Path(path) if sep else Path(item)
+        key = name if sep else folder.resolve().name
+        if key in named:
+            raise typer.BadParameter(f"two runs are named {key!r}; name them: NAME=RUN")
+        named[key] = folder
+    return named
+
+
+@app.command()
+def serve(
+    runs: Annotated[list[str], typer.Argument(help="Run folders to serve (NAME=RUN to rename).")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Most texts per model call.")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(min=0, help="Batching wait (ms).")] = 2.0,
+    max_texts: Annotated[int, typer.Option(min=1, help="Most texts per request.")] = 256,
+    max_chars: Annotated[int, typer.Option(min=1, help="Most characters per text.")] = 10_000,
+    token: Annotated[
+        str | None, typer.Option(envvar="FENLEI_TOKEN", help="Require this bearer token on /v1.")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="auto | torch | onnx")] = "auto",
+    drift_window: Annotated[int, typer.Option(min=10, help="Texts in the drift window.")] = 1000,
+) -> None:
+    """Serve run folders over HTTP: predictions, /metrics, drift, a page at /.
+
+    Example: fenlei serve runs/demo intents=runs/r1 --port 8000 --max-batch-size 64
+    """
+    try:
+        from fenlei.serve.app import serve as run_server
+        from fenlei.serve.schemas import ServeSettings
+    except ImportError as exc:
+        from fenlei.errors import MissingExtraError
+
+        raise MissingExtraError(exc.name or "fastapi", "serve", "fenlei serve") from exc
+    settings = ServeSettings(
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        max_texts=max_texts,
+        max_chars=max_chars,
+        token=token or None,
+        backend=backend,  # type: ignore[arg-type]
+        drift_window=drift_window,
+    )
+    run_server(_named_runs(runs), settings, host=host, port=port)
+
+
+@app.command()
+def export(run: Annotated[Path, typer.Argument(help="Run folder.")]) -> None:
+    """Export a run folder's model to ONNX (model.onnx); the server then uses ONNX Runtime.
+
+    Example: fenlei export runs/demo
+    """
+    from fenlei.onnx import export_onnx
+
+    path = export_onnx(run)
+    out.print(f"wrote [bold]{escape(str(path))}[/bold] (manifest updated)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fenlei`` command; returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

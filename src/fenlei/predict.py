@@ -1,8 +1,9 @@
 """Inference: :class:`Predictor` turns texts into labels and probabilities.
 
 Built from a run folder with :meth:`Predictor.from_run` (manifest verified) or from objects.
-Texts are encoded, grouped by length and run in batches on PyTorch. Never imports
-training code.
+Texts are encoded, grouped by length and run in batches on PyTorch, or on ONNX Runtime
+when the run folder holds ``model.onnx`` (``backend="auto"``; see :mod:`fenlei.onnx`), with
+the same outputs. Never imports training code.
 """
 
 from __future__ import annotations
@@ -16,11 +17,67 @@ import torch
 from torch import nn
 
 from fenlei.artifact import LoadedRun, load_run
-from fenlei.errors import DataError
+from fenlei.errors import ArtifactError, DataError, MissingExtraError
 from fenlei.models import batched_logits, to_probs
 from fenlei.tokenize import Encoder
 
-__all__ = ["Prediction", "Predictor"]
+__all__ = ["BACKENDS", "OnnxModule", "Prediction", "Predictor"]
+
+BACKENDS = ("auto", "torch", "onnx")
+ONNX_FILE = "model.onnx"
+
+
+class OnnxModule(nn.Module):
+    """Runs an exported ``model.onnx`` with ONNX Runtime behind the ``forward(ids, mask)``
+    of a torch model, so batching, padding and heads stay the same code.
+
+    Example:
+        >>> module = OnnxModule(Path("runs/demo/model.onnx"))  # doctest: +SKIP
+    """
+
+    backend = "onnx"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise MissingExtraError("onnxruntime", "serve", "the ONNX backend") from exc
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ArtifactError(f"{path} is not a loadable ONNX model: {exc}") from exc
+        self.input_names = {i.name for i in self.session.get_inputs()}
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, n_outputs) logits, computed by ONNX Runtime."""
+        feeds = {"ids": ids.numpy(), "mask": mask.numpy()}
+        out = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})
+        return torch.from_numpy(np.asarray(out[0]))
+
+
+def _onnx_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _backend_model(run: LoadedRun, backend: str) -> nn.Module:
+    """The module to run for ``backend``: the torch model, or ONNX Runtime over model.onnx."""
+    if backend not in BACKENDS:
+        raise DataError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    path = run.run_dir / ONNX_FILE
+    if backend == "onnx" and not path.is_file():
+        raise ArtifactError(f"{path} is missing: run `fenlei export {run.run_dir}` first")
+    if backend == "onnx" or (backend == "auto" and path.is_file() and _onnx_available()):
+        return OnnxModule(path)
+    return run.model
 
 
 @dataclass(frozen=True)
@@ -64,11 +121,17 @@ class Predictor:
         self.threshold = threshold
         self.batch_size = batch_size
         self.run = run
+        self.backend: str = getattr(model, "backend", "torch")
         torch.set_flush_denormal(True)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path) -> Predictor:
+    def from_run(cls, run_dir: str | Path, *, backend: str = "auto") -> Predictor:
         """Load a run folder (manifest checked).
+
+        Args:
+            run_dir: the run folder.
+            backend: ``"torch"``, ``"onnx"`` (needs ``model.onnx``) or ``"auto"`` (ONNX
+                Runtime when ``model.onnx`` exists and onnxruntime is installed).
 
         Raises:
             ArtifactError: the run folder is missing, incomplete or altered.
@@ -76,7 +139,7 @@ class Predictor:
         run = load_run(run_dir)
         return cls(
             run.encoder,
-            run.model,
+            _backend_model(run, backend),
             run.labels,
             multi_label=run.multi_label,
             threshold=run.config.eval.threshold,

@@ -1,0 +1,136 @@
+"""Export a run folder's model to ONNX (``model.onnx``) for ONNX Runtime inference.
+
+:func:`export_onnx` traces the model with ``torch.onnx.export`` (the default exporter, which
+needs ``onnxscript``; the legacy TorchScript exporter if that fails), with inputs ``ids`` and
+``mask`` of shape (batch, sequence), both dynamic, and output ``logits``. It checks ONNX
+Runtime against PyTorch on sample texts, then rewrites the manifest so the run folder stays
+verifiable. :meth:`fenlei.predict.Predictor.from_run` picks the file up (``backend="auto"``).
+
+Example:
+    >>> export_onnx("runs/demo")  # doctest: +SKIP
+    PosixPath('runs/demo/model.onnx')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fenlei.artifact import atomic_write, load_run, write_manifest
+from fenlei.errors import ArtifactError, MissingExtraError
+from fenlei.predict import ONNX_FILE, OnnxModule, Predictor
+
+__all__ = ["SAMPLE_TEXTS", "export_onnx"]
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_TEXTS = (
+    "where is my parcel? it should have arrived last week",
+    "我要退款",
+    "ok",
+    "can I change the delivery address of an order that has already shipped",
+)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporter's progress prints and internal deprecation noise."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        for category in (DeprecationWarning, FutureWarning, UserWarning):
+            warnings.simplefilter("ignore", category)
+        yield
+
+
+def _export(model: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path) -> str:
+    inputs, outputs = ["ids", "mask"], ["logits"]
+    try:
+        batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("seq", min=1)
+        dims = {"ids": {0: batch, 1: seq}, "mask": {0: batch, 1: seq}}
+        with _quiet():
+            torch.onnx.export(
+                model,
+                args,
+                str(path),
+                dynamic_shapes=dims,
+                dynamo=True,
+                verbose=False,
+                input_names=inputs,
+                output_names=outputs,
+            )  # type: ignore[arg-type]
+        return "dynamo"
+    except Exception as exc:  # the new exporter fails on some graphs; the legacy one may not
+        logger.warning("default ONNX exporter failed (%s); trying dynamo=False", exc)
+    axes = {"ids": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"}, "logits": {0: "batch"}}
+    with _quiet():
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            dynamic_axes=axes,
+            dynamo=False,
+            opset_version=17,
+            input_names=inputs,
+            output_names=outputs,
+        )  # type: ignore[arg-type]
+    return "torchscript"
+
+
+def _max_difference(run_dir: Path, path: Path, texts: Sequence[str]) -> float:
+    torch_predictor = Predictor.from_run(run_dir, backend="torch")
+    onnx_predictor = Predictor(
+        torch_predictor.encoder,
+        OnnxModule(path),
+        torch_predictor.labels,
+        multi_label=torch_predictor.multi_label,
+    )
+    a = torch_predictor.predict_proba(texts)
+    b = onnx_predictor.predict_proba(texts)
+    return float(np.abs(a - b).max())
+
+
+def export_onnx(
+    run_dir: str | Path, *, texts: Sequence[str] = SAMPLE_TEXTS, tolerance: float = 1e-4
+) -> Path:
+    """Write ``model.onnx`` into a run folder, check it against PyTorch, update the manifest.
+
+    Args:
+        run_dir: a finished run folder (its manifest is verified first).
+        texts: sample texts for tracing and for the equality check.
+        tolerance: largest allowed probability difference between the two backends.
+
+    Returns:
+        The path of ``model.onnx``.
+
+    Raises:
+        ArtifactError: the run folder is invalid, or the exported model disagrees with PyTorch.
+        MissingExtraError: ``onnx``/``onnxscript``/``onnxruntime`` are not installed.
+    """
+    for package in ("onnx", "onnxruntime"):
+        try:
+            __import__(package)
+        except ImportError as exc:
+            raise MissingExtraError(package, "serve", "ONNX export") from exc
+    root = Path(run_dir)
+    run = load_run(root)
+    ids, mask = run.encoder.encode_batch(list(texts))
+    path = root / ONNX_FILE
+    atomic_write(
+        path, lambda tmp: logger.info("exported with %s", _export(run.model, (ids, mask), tmp))
+    )
+    diff = _max_difference(root, path, texts)
+    if diff > tolerance:
+        path.unlink()
+        write_manifest(root)
+        raise ArtifactError(
+            f"{path}: ONNX Runtime differs from PyTorch by {diff:.2e} > {tolerance}"
+        )
+    write_manifest(root)
+    logger.info("wrote %s (max probability difference %.1e)", path, diff)
+    return path

@@ -1,0 +1,489 @@
+"""The HTTP service: :func:`create_app` (the app factory) and :func:`serve` (uvicorn).
+
+Each model is loaded once, in the app's lifespan, from its run folder (manifest verified),
+or injected ready-made by tests. A prediction request travels decode -> limits -> batch ->
+predict (thread) -> unbatch -> encode, each step a small function below.
+
+Example:
+    >>> app = create_app(["runs/demo"], ServeSettings(max_batch_size=32))  # doctest: +SKIP
+    >>> serve(["runs/demo"], ServeSettings(), host="127.0.0.1", port=8000)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fenlei._version import __version__
+from fenlei.errors import ConfigError
+from fenlei.predict import Predictor
+from fenlei.serve.batching import MicroBatcher
+from fenlei.serve.drift import DriftMonitor
+from fenlei.serve.metrics import CONTENT_TYPE, MetricsMiddleware, ServeMetrics
+from fenlei.serve.schemas import (
+    DriftReport,
+    ErrorResponse,
+    HealthResponse,
+    ModelInfo,
+    ModelList,
+    PredictRequest,
+    PredictResponse,
+    ServeSettings,
+)
+
+__all__ = ["ApiError", "ModelSource", "ServeState", "ServedModel", "create_app", "serve"]
+
+logger = logging.getLogger(__name__)
+
+ModelSource = Predictor | str | Path
+_HEADLINE = ("n", "accuracy", "macro_f1", "micro_f1", "roc_auc")
+
+
+class ApiError(Exception):
+    """A client (or server) error answered as ``{"error": {...}}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"code": code, "message": message, **extra}
+        self.headers: dict[str, str] | None = None
+
+
+@dataclass
+class ServedModel:
+    """One loaded model with its batcher, drift monitor and description."""
+
+    name: str
+    predictor: Predictor
+    batcher: MicroBatcher
+    drift: DriftMonitor | None
+    info: ModelInfo
+
+
+@dataclass
+class ServeState:
+    """What the handlers read: settings, metrics and the loaded models."""
+
+    settings: ServeSettings
+    metrics: ServeMetrics
+    models: dict[str, ServedModel] = field(default_factory=dict)
+    ready: bool = False
+
+
+# ---------------------------------------------------------------- loading (lifespan)
+
+
+def _name_sources(
+    models: Mapping[str, ModelSource] | Sequence[ModelSource] | ModelSource,
+) -> dict[str, ModelSource]:
+    if isinstance(models, Mapping):
+        return dict(models)
+    items = [models] if isinstance(models, str | Path | Predictor) else list(models)
+    named: dict[str, ModelSource] = {}
+    for i, item in enumerate(items):
+        if isinstance(item, Predictor):
+            name = item.run.run_dir.resolve().name if item.run is not None else f"model{i}"
+        else:
+            name = Path(item).resolve().name
+        if name in named:
+            raise ConfigError(
+                f"two models are both named {name!r}; pass a mapping {{name: run_dir}} "
+                "(or `fenlei serve name=RUN`) to name them apart"
+            )
+        named[name] = item
+    return named
+
+
+def _load(source: ModelSource, backend: str) -> Predictor:
+    if isinstance(source, Predictor):
+        return source
+    return Predictor.from_run(source, backend=backend)
+
+
+def _version(predictor: Predictor) -> str:
+    if predictor.run is None:
+        return f"{__version__}+unknown"
+    try:
+        manifest = json.loads((predictor.run.run_dir / "manifest.json").read_text("utf-8"))
+        sha = manifest["files"]["model.safetensors"]["sha256"][:12]
+        return f"{manifest.get('fenlei_version', __version__)}+{sha}"
+    except (OSError, ValueError, KeyError):
+        return f"{__version__}+unknown"
+
+
+def _headline_metrics(metrics: Mapping[str, Any]) -> dict[str, float | int | None]:
+    out: dict[str, float | int | None] = {}
+    for split in ("dev", "test"):
+        for key in _HEADLINE:
+            value = (
+                metrics.get(split, {}).get(key) if isinstance(metrics.get(split), dict) else None
+            )
+            if isinstance(value, int | float):
+                out[f"{split}_{key}"] = value
+    for key in ("best_epoch", "train_seconds"):
+        if isinstance(metrics.get(key), int | float):
+            out[key] = metrics[key]
+    return out
+
+
+def _model_info(name: str, predictor: Predictor) -> ModelInfo:
+    run = predictor.run
+    return ModelInfo(
+        name=name,
+        labels=list(predictor.labels),
+        version=_version(predictor),
+        preset=run.config.preset if run else "unknown",
+        architecture=run.config.model.architecture if run else type(predictor.model).__name__,
+        backend=str(getattr(predictor, "backend", "torch")),
+        metrics=_headline_metrics(run.metrics if run else {}),
+    )
+
+
+def _serve_model(name: str, predictor: Predictor, state: ServeState) -> ServedModel:
+    settings, metrics = state.settings, state.metrics
+    drift = DriftMonitor.from_predictor(
+        predictor, window=settings.drift_window, min_samples=settings.drift_min_samples
+    )
+    labels = predictor.labels
+
+    def observe(texts: list[str], probs: np.ndarray) -> None:
+        metrics.observe_batch(name, labels, texts, probs)
+        if drift is not None:
+            drift.observe(texts, probs)
+
+    batch_hist = metrics.batch_size.labels(name)
+    batcher = MicroBatcher(
+        predictor.predict_proba,
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        observe=observe,
+        on_batch=batch_hist.observe,
+    )
+    metrics.queue_depth.labels(name).set_function(lambda: batcher.queued_texts)
+    return ServedModel(name, predictor, batcher, drift, _model_info(name, predictor))
+
+
+def _lifespan(sources: dict[str, ModelSource], state: ServeState):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for name, source in sources.items():
+            predictor = _load(source, state.settings.backend)
+            state.models[name] = _serve_model(name, predictor, state)
+            logger.info("loaded model %s (%s)", name, state.models[name].info.version)
+        for served in state.models.values():
+            await served.batcher.start()
+        state.ready = True
+        try:
+            yield
+        finally:
+            state.ready = False
+            for served in state.models.values():
+                await served.batcher.stop()
+
+    return lifespan
+
+
+# ---------------------------------------------------------------- dependencies
+
+
+def _state(request: Request) -> ServeState:
+    state: ServeState = request.app.state.fenlei
+    return state
+
+
+def _authorize(request: Request, state: ServeState = Depends(_state)) -> None:
+    token = state.settings.token
+    if token is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+        error = ApiError(
+            401,
+            "unauthorized",
+            "missing or wrong bearer token: send `Authorization: Bearer <token>` "
+            "(the server's --token / FENLEI_TOKEN)",
+        )
+        error.headers = {"WWW-Authenticate": "Bearer"}
+        raise error
+
+
+def _model(name: str, state: ServeState = Depends(_state)) -> ServedModel:
+    served = state.models.get(name)
+    if served is None:
+        known = ", ".join(sorted(state.models)) or "none"
+        raise ApiError(404, "unknown_model", f"no model named {name!r}; loaded: {known}")
+    return served
+
+
+# ---------------------------------------------------------------- the prediction path
+
+
+def _check_limits(body: PredictRequest, settings: ServeSettings) -> None:
+    if len(body.texts) > settings.max_texts:
+        raise ApiError(
+            413,
+            "too_many_texts",
+            f"{len(body.texts)} texts in one request; the limit (max_texts) is "
+            f"{settings.max_texts}: split the request",
+            limit="max_texts",
+            max=settings.max_texts,
+            got=len(body.texts),
+        )
+    longest = max(range(len(body.texts)), key=lambda i: len(body.texts[i]))
+    if len(body.texts[longest]) > settings.max_chars:
+        raise ApiError(
+            413,
+            "text_too_long",
+            f"text {longest} has {len(body.texts[longest])} characters; the limit (max_chars) "
+            f"is {settings.max_chars}: shorten or split it",
+            limit="max_chars",
+            max=settings.max_chars,
+            got=len(body.texts[longest]),
+        )
+
+
+def _encode(name: str, labels: tuple[str, ...], probs: np.ndarray, top_k: int) -> dict[str, Any]:
+    k = min(top_k, len(labels))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # (N, C) -> (N, k)
+    predictions = []
+    for row, idx in zip(probs.tolist(), order.tolist(), strict=True):
+        top = [{"label": labels[j], "probability": row[j]} for j in idx]
+        predictions.append({"label": top[0]["label"], "score": top[0]["probability"], "top": top})
+    return {"model": name, "predictions": predictions}
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (401, 404, 413, 422)
+}
+
+
+async def predict(
+    body: PredictRequest,
+    served: ServedModel = Depends(_model),
+    state: ServeState = Depends(_state),
+    _: None = Depends(_authorize),
+) -> Response:
+    """Classify texts: labels with probabilities, in input order."""
+    _check_limits(body, state.settings)
+    probs = await served.batcher.submit(body.texts)
+    return JSONResponse(_encode(served.name, served.predictor.labels, probs, body.top_k))
+
+
+async def list_models(
+    state: ServeState = Depends(_state), _: None = Depends(_authorize)
+) -> ModelList:
+    """Every loaded model: name, labels, version, backend and training metrics."""
+    return ModelList(models=[m.info for m in state.models.values()])
+
+
+async def drift(
+    served: ServedModel = Depends(_model), _: None = Depends(_authorize)
+) -> DriftReport:
+    """PSI per statistic of recent traffic against the training reference."""
+    if served.drift is None:
+        raise ApiError(
+            404,
+            "no_reference",
+            f"model {served.name!r} has no reference.json (trained before drift monitoring); "
+            "retrain it to monitor drift",
+        )
+    return served.drift.report(served.name)
+
+
+async def healthz() -> HealthResponse:
+    """Liveness: the process answers."""
+    return HealthResponse(status="ok")
+
+
+async def readyz(state: ServeState = Depends(_state)) -> Response:
+    """Readiness: every model is loaded and the server is not shutting down."""
+    body = HealthResponse(status="ready" if state.ready else "not_ready", models=list(state.models))
+    return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
+
+
+async def metrics(state: ServeState = Depends(_state)) -> Response:
+    """Prometheus exposition: requests, latency, batches, queue, labels, lengths, drift."""
+    for served in state.models.values():
+        if served.drift is None:
+            continue
+        state.metrics.drift_window.labels(served.name).set(served.drift.size)
+        for stat, value in served.drift.psi_values().items():
+            gauge = state.metrics.drift_psi.labels(served.name, stat)
+            gauge.set(float("nan") if value is None else value)
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _error_response(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+async def _on_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _error_response(exc.status, exc.body, exc.headers)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    details = [
+        {
+            "loc": [str(p) for p in e.get("loc", ())],
+            "msg": str(e.get("msg")),
+            "type": str(e.get("type")),
+        }
+        for e in exc.errors()
+    ]
+    malformed = any(d["type"] == "json_invalid" for d in details)
+    message = (
+        "the body is not valid JSON"
+        if malformed
+        else 'the request does not match the schema: expected {"texts": ["..."], "top_k": 1}'
+    )
+    code = "malformed_json" if malformed else "invalid_request"
+    return _error_response(422, {"code": code, "message": message, "details": details})
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _error_response(exc.status_code, {"code": code, "message": str(exc.detail)})
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unexpected error on %s", request.url.path, exc_info=exc)
+    return _error_response(500, {"code": "internal_error", "message": "internal server error"})
+
+
+# ---------------------------------------------------------------- the page and the docs
+
+
+def _page() -> str:
+    return resources.files("fenlei.serve").joinpath("static/index.html").read_text("utf-8")
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the local ``swagger-ui-bundle`` (no CDN) when installed."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:  # fall back to FastAPI's CDN-hosted page
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        app.get("/docs", include_in_schema=False)(
+            lambda: get_swagger_ui_html(openapi_url="/openapi.json", title="fenlei API")
+        )
+        return
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
+
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="fenlei API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+        )
+
+    app.get("/docs", include_in_schema=False)(docs)
+
+
+def _routes(app: FastAPI) -> None:
+    page = _page()
+    app.get("/", include_in_schema=False)(lambda: HTMLResponse(page))
+    app.get("/healthz", response_model=HealthResponse)(healthz)
+    app.get("/readyz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})(
+        readyz
+    )
+    app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})(
+        metrics
+    )
+    app.get("/v1/models", response_model=ModelList, responses={401: _ERRORS[401]})(list_models)
+    app.post("/v1/models/{name}/predict", response_model=PredictResponse, responses=_ERRORS)(
+        predict
+    )
+    app.get(
+        "/v1/models/{name}/drift",
+        response_model=DriftReport,
+        responses={401: _ERRORS[401], 404: _ERRORS[404]},
+    )(drift)
+
+
+def create_app(
+    models: Mapping[str, ModelSource] | Sequence[ModelSource] | ModelSource,
+    settings: ServeSettings | None = None,
+) -> FastAPI:
+    """Build the service for run folders (loaded at start-up) or ready predictors.
+
+    Args:
+        models: run folders or :class:`Predictor` objects; a list names each by its folder,
+            a mapping names them explicitly.
+        settings: batching, limits, token, backend and drift window.
+
+    Raises:
+        ConfigError: two models would share a name.
+
+    Example:
+        >>> app = create_app({"intents": "runs/demo"})  # doctest: +SKIP
+    """
+    settings = settings or ServeSettings()
+    state = ServeState(settings=settings, metrics=ServeMetrics())
+    app = FastAPI(
+        title="fenlei",
+        version=__version__,
+        description="Text classification: predictions, model info, drift and metrics.",
+        lifespan=_lifespan(_name_sources(models), state),
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.fenlei = state
+    _add_docs(app)
+    _routes(app)
+    app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    return app
+
+
+def serve(
+    models: Mapping[str, ModelSource] | Sequence[ModelSource],
+    settings: ServeSettings | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+) -> None:
+    """Run the service with uvicorn until SIGINT/SIGTERM (in-flight requests finish first)."""
+    import uvicorn
+
+    settings = settings or ServeSettings()
+    app = create_app(models, settings)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s),
+        access_log=False,
+    )

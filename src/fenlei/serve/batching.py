@@ -1,0 +1,171 @@
+"""Dynamic micro-batching: concurrent requests share one model call.
+
+A :class:`MicroBatcher` owns an asyncio queue. Its worker takes the first waiting request,
+then gathers more until ``max_batch_size`` texts or ``max_wait_ms`` have passed, runs the
+batch function in a thread (so the event loop keeps serving), and hands each request its
+own rows back. A request is never split; one larger than ``max_batch_size`` runs alone.
+
+Example:
+    >>> batcher = MicroBatcher(predictor.predict_proba, max_batch_size=64, max_wait_ms=2)
+    >>> probs = await batcher.submit(["where is my parcel?"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["BatchFn", "BatchObserver", "MicroBatcher"]
+
+logger = logging.getLogger(__name__)
+
+BatchFn = Callable[[list[str]], np.ndarray]
+BatchObserver = Callable[[list[str], np.ndarray], None]
+
+
+@dataclass
+class _Pending:
+    texts: list[str]
+    future: asyncio.Future[np.ndarray]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher:
+    """Gathers texts from concurrent requests into batches for one model.
+
+    Args:
+        fn: texts -> array (N, C); runs in a worker thread.
+        max_batch_size: most texts per call (a bigger single request runs alone).
+        max_wait_ms: longest the first text of a batch waits for company.
+        observe: called in the worker thread after each batch with (texts, outputs).
+        on_batch: called on the event loop with the size of each batch (for metrics).
+    """
+
+    def __init__(
+        self,
+        fn: BatchFn,
+        *,
+        max_batch_size: int = 64,
+        max_wait_ms: float = 2.0,
+        observe: BatchObserver | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.fn = fn
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.observe = observe
+        self.on_batch = on_batch
+        self.queued_texts = 0
+        self.batch_sizes: list[int] = []  # recent sizes, for tests and /v1 introspection
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._carry: _Pending | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fenlei-infer")
+
+    async def start(self) -> None:
+        """Start the worker on the running event loop."""
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._run(), name="fenlei-batcher")
+
+    async def stop(self) -> None:
+        """Finish queued work, then stop the worker and its thread."""
+        if self._queue is not None:
+            while self.queued_texts and self._task is not None and not self._task.done():
+                await asyncio.sleep(0.005)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, texts: Sequence[str]) -> np.ndarray:
+        """Queue ``texts``; return their outputs (N, C) once their batch has run."""
+        if self._queue is None:
+            raise RuntimeError("MicroBatcher.start() was not awaited")
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self.queued_texts += len(texts)
+        self._queue.put_nowait(_Pending(list(texts), future))
+        return await future
+
+    async def _next(self, timeout: float | None) -> _Pending | None:
+        if self._carry is not None:
+            item, self._carry = self._carry, None
+            return item
+        assert self._queue is not None
+        if timeout is None:
+            return await self._queue.get()
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        if timeout <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def _gather(self) -> list[_Pending]:
+        first = await self._next(None)
+        assert first is not None
+        batch, size = [first], len(first.texts)
+        deadline = time.perf_counter() + self.max_wait
+        while size < self.max_batch_size:
+            item = await self._next(deadline - time.perf_counter())
+            if item is None:
+                break
+            if size + len(item.texts) > self.max_batch_size:
+                self._carry = item  # starts the next batch; requests are never split
+                break
+            batch.append(item)
+            size += len(item.texts)
+        return batch
+
+    def _call(self, texts: list[str]) -> np.ndarray:
+        out = self.fn(texts)
+        if self.observe is not None:
+            try:
+                self.observe(texts, out)
+            except Exception:  # monitoring must never fail a prediction
+                logger.exception("batch observer failed")
+        return out
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._gather()
+            self.queued_texts -= sum(len(p.texts) for p in batch)
+            batch = [p for p in batch if not p.future.cancelled()]
+            texts = [t for p in batch for t in p.texts]
+            if not texts:
+                continue
+            try:
+                out = await loop.run_in_executor(self._executor, self._call, texts)
+            except Exception as exc:
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            self._record(len(texts))
+            _split(batch, out)
+
+    def _record(self, size: int) -> None:
+        self.batch_sizes.append(size)
+        if len(self.batch_sizes) > 10_000:
+            del self.batch_sizes[:5_000]
+        if self.on_batch is not None:
+            self.on_batch(size)
+
+
+def _split(batch: list[_Pending], out: np.ndarray) -> None:
+    start = 0
+    for p in batch:
+        end = start + len(p.texts)
+        if not p.future.done():
+            p.future.set_result(out[start:end])
+        start = end

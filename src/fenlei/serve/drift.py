@@ -1,0 +1,172 @@
+"""Drift monitoring: recent traffic against the training distribution, per statistic.
+
+Training writes ``reference.json`` (bin edges and dev shares for text length, unknown-token
+rate, predicted label and confidence; see :mod:`fenlei.reference`). A :class:`DriftMonitor`
+keeps the last ``window`` texts' values of each statistic, histograms them on the same
+edges and reports the population stability index (PSI). Thresholds: PSI < 0.1 stable,
+0.1-0.2 warn (moderate shift), > 0.2 drifted.
+
+Example:
+    >>> monitor = DriftMonitor.from_run(predictor, window=1000)  # doctest: +SKIP
+    >>> monitor.observe(texts, probs); monitor.report("intents").drifted  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fenlei.errors import ArtifactError
+from fenlei.predict import Predictor
+from fenlei.reference import DRIFT_THRESHOLD, STATISTICS, WARN_THRESHOLD, bin_shares, psi
+from fenlei.serve.schemas import DriftReport, DriftStatistic
+
+__all__ = ["DriftMonitor", "load_reference"]
+
+Encode = Callable[[Sequence[str]], list[list[int]]]
+
+
+def load_reference(run_dir: Path) -> dict[str, Any] | None:
+    """``reference.json`` of a run folder with edges as floats (``None`` -> inf); None if absent.
+
+    Raises:
+        ArtifactError: the file exists but is not a valid reference.
+    """
+    path = run_dir / "reference.json"
+    if not path.is_file():
+        return None
+    try:
+        ref = json.loads(path.read_text(encoding="utf-8"))
+        for stat in ref["statistics"].values():
+            stat["edges"] = [math.inf if e is None else float(e) for e in stat["edges"]]
+            stat["shares"] = [float(s) for s in stat["shares"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ArtifactError(f"{path} is not a valid reference file: {exc}") from exc
+    return dict(ref)
+
+
+def _status(value: float | None, warn: float, drift: float) -> str:
+    if value is None:
+        return "insufficient_data"
+    if value > drift:
+        return "drifted"
+    return "warn" if value > warn else "stable"
+
+
+class DriftMonitor:
+    """Rolling window of per-text statistics and their PSI against the reference.
+
+    Thread-safe: :meth:`observe` runs in the inference thread, :meth:`report` on the loop.
+    """
+
+    def __init__(
+        self,
+        reference: dict[str, Any],
+        *,
+        encode: Encode,
+        unk_id: int | None,
+        window: int = 1000,
+        min_samples: int = 100,
+    ) -> None:
+        self.reference = reference
+        self.encode = encode
+        self.unk_id = unk_id
+        self.window = window
+        self.min_samples = min_samples
+        thresholds = reference.get("thresholds", {})
+        self.warn = float(thresholds.get("warn", WARN_THRESHOLD))
+        self.drift = float(thresholds.get("drift", DRIFT_THRESHOLD))
+        self.names = [s for s in STATISTICS if s in reference["statistics"]]
+        self._values: dict[str, deque[float]] = {s: deque(maxlen=window) for s in self.names}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_predictor(
+        cls, predictor: Predictor, *, window: int = 1000, min_samples: int = 100
+    ) -> DriftMonitor | None:
+        """A monitor for a predictor loaded from a run folder; None without reference.json."""
+        if predictor.run is None:
+            return None
+        reference = load_reference(predictor.run.run_dir)
+        if reference is None:
+            return None
+        return cls(
+            reference,
+            encode=predictor.encoder.encode_ids,
+            unk_id=predictor.encoder.unk_id,
+            window=window,
+            min_samples=min_samples,
+        )
+
+    def _unknown_rates(self, texts: Sequence[str]) -> list[float]:
+        if self.unk_id is None:
+            return [0.0] * len(texts)
+        unk = self.unk_id
+        return [
+            (sum(1 for i in seq if i == unk) / len(seq)) if seq else 0.0
+            for seq in self.encode(texts)
+        ]
+
+    def observe(self, texts: Sequence[str], probs: np.ndarray) -> None:
+        """Add a batch of texts and their probabilities (N, n_labels) to the window."""
+        if len(texts) == 0:
+            return
+        values: dict[str, Sequence[float]] = {
+            "length": [float(len(t)) for t in texts],
+            "label": probs.argmax(axis=1).astype(float).tolist(),
+            "confidence": probs.max(axis=1).astype(float).tolist(),
+        }
+        if "unknown_rate" in self.names:
+            values["unknown_rate"] = self._unknown_rates(texts)
+        with self._lock:
+            for name in self.names:
+                self._values[name].extend(values[name])
+
+    def psi_values(self) -> dict[str, float | None]:
+        """PSI per statistic; None while the window holds fewer than ``min_samples``."""
+        with self._lock:
+            snapshot = {name: list(vals) for name, vals in self._values.items()}
+        out: dict[str, float | None] = {}
+        for name, vals in snapshot.items():
+            if len(vals) < self.min_samples:
+                out[name] = None
+                continue
+            stat = self.reference["statistics"][name]
+            out[name] = round(psi(stat["shares"], bin_shares(vals, stat["edges"])), 6)
+        return out
+
+    @property
+    def size(self) -> int:
+        """Texts currently in the window."""
+        with self._lock:
+            return max((len(v) for v in self._values.values()), default=0)
+
+    def report(self, model: str) -> DriftReport:
+        """PSI and a status per statistic, and whether any statistic has drifted."""
+        values = self.psi_values()
+        stats = {
+            name: DriftStatistic(psi=v, status=_status(v, self.warn, self.drift))  # type: ignore[arg-type]
+            for name, v in values.items()
+        }
+        return DriftReport(
+            model=model,
+            window=self.size,
+            window_size=self.window,
+            min_samples=self.min_samples,
+            thresholds={"warn": self.warn, "drift": self.drift},
+            drifted=any(s.status == "drifted" for s in stats.values()),
+            statistics=stats,
+        )
+
+    def reset(self) -> None:
+        """Empty the window (e.g. after a retrained model is deployed)."""
+        with self._lock:
+            for vals in self._values.values():
+                vals.clear()

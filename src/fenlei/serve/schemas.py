@@ -1,0 +1,155 @@
+"""Pydantic models of the HTTP service: settings, requests, responses and errors.
+
+Everything here is frozen and strict. :class:`ServeSettings` holds every server knob
+(batching, limits, token, drift window); the request and response models are what the
+OpenAPI schema at ``/docs`` shows.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+__all__ = [
+    "DriftReport",
+    "DriftStatistic",
+    "ErrorBody",
+    "ErrorResponse",
+    "HealthResponse",
+    "LabelScore",
+    "ModelInfo",
+    "ModelList",
+    "PredictRequest",
+    "PredictResponse",
+    "ServeSettings",
+    "TextPrediction",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServeSettings(_Frozen):
+    """Every setting of the server (CLI flags map one to one)."""
+
+    max_batch_size: int = Field(64, ge=1, description="Most texts one model call takes.")
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="Longest a text waits for others to join its batch (ms)."
+    )
+    max_texts: int = Field(256, ge=1, description="Most texts in one request (else 413).")
+    max_chars: int = Field(10_000, ge=1, description="Most characters per text (else 413).")
+    token: str | None = Field(
+        None, description="Bearer token required on /v1/*; None leaves them open."
+    )
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="Inference backend: ONNX Runtime when model.onnx exists (auto)."
+    )
+    drift_window: int = Field(1000, ge=10, description="Recent texts kept per model for PSI.")
+    drift_min_samples: int = Field(
+        100, ge=1, description="Texts needed in the window before drift is judged."
+    )
+    graceful_timeout_s: float = Field(
+        30.0, ge=0, description="Seconds in-flight requests get to finish after SIGTERM."
+    )
+
+
+class PredictRequest(_Frozen):
+    """Texts to classify and how many labels to return per text."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        json_schema_extra={"examples": [{"texts": ["where is my parcel?"], "top_k": 2}]},
+    )
+
+    texts: list[StrictStr] = Field(
+        ..., min_length=1, description="Texts to classify (at least one)."
+    )
+    top_k: StrictInt = Field(1, ge=1, le=1000, description="Labels returned per text.")
+
+
+class LabelScore(_Frozen):
+    """One label and its probability."""
+
+    label: str
+    probability: float
+
+
+class TextPrediction(_Frozen):
+    """The result for one text: best label, its probability and the top-k labels."""
+
+    label: str
+    score: float
+    top: list[LabelScore]
+
+
+class PredictResponse(_Frozen):
+    """Predictions in the order of the request's texts."""
+
+    model: str
+    predictions: list[TextPrediction]
+
+
+class ModelInfo(_Frozen):
+    """What a loaded model is: name, labels, version, backend and training metrics."""
+
+    name: str
+    labels: list[str]
+    version: str = Field(description="fenlei version + first 12 hex of the weights' sha256.")
+    preset: str
+    architecture: str
+    backend: str
+    metrics: dict[str, float | int | None] = Field(
+        description="Headline dev/test metrics from training (accuracy, macro F1, ...)."
+    )
+
+
+class ModelList(_Frozen):
+    """Every model the server holds."""
+
+    models: list[ModelInfo]
+
+
+class HealthResponse(_Frozen):
+    """Liveness or readiness."""
+
+    status: str
+    models: list[str] = Field(default_factory=list)
+
+
+class DriftStatistic(_Frozen):
+    """PSI of one statistic over the rolling window."""
+
+    psi: float | None
+    status: Literal["stable", "warn", "drifted", "insufficient_data"]
+
+
+class DriftReport(_Frozen):
+    """Population stability index per statistic, recent traffic against training (dev)."""
+
+    model: str
+    window: int = Field(description="Texts currently in the rolling window.")
+    window_size: int = Field(description="Capacity of the rolling window.")
+    min_samples: int
+    thresholds: dict[str, float]
+    drifted: bool = Field(description="True when any statistic's PSI exceeds the drift level.")
+    statistics: dict[str, DriftStatistic]
+
+
+class ErrorBody(_Frozen):
+    """What went wrong, machine-readable (``code``, ``limit``) and in words."""
+
+    code: str
+    message: str
+    limit: str | None = None
+    max: int | None = None
+    got: int | None = None
+    details: list[dict[str, object]] | None = None
+
+
+class ErrorResponse(_Frozen):
+    """Every 4xx/5xx body: ``{"error": {...}}``."""
+
+    error: ErrorBody
