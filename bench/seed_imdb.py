@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--preset", default="seed-lstm")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", type=Path, default=Path("/tmp/fenlei-bench/seed_imdb"))
+    parser.add_argument("--resume", action="store_true", help="Continue an interrupted run.")
     parser.add_argument("--results", type=Path, default=HERE / "results" / "seed_imdb.json")
     args = parser.parse_args()
 
@@ -43,7 +44,12 @@ def main() -> None:
     splits = prepare_splits(cfg.data, train, None, test)
     load_seconds = time.perf_counter() - started
     result = train_run(
-        cfg, splits, args.out, overwrite=True, progress=RichProgress(cfg.train.monitor)
+        cfg,
+        splits,
+        args.out,
+        overwrite=not args.resume,
+        resume=args.resume,
+        progress=RichProgress(cfg.train.monitor),
     )
     epochs = [r["seconds"] for r in result.history]
     report = {
