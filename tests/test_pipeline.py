@@ -180,3 +180,12 @@ def test_multi_label_jsonl(tmp_path: Path) -> None:
     assert predictor.multi_label
     pred = predictor.predict(["double charge refund it #7"])[0]
     assert set(pred.labels) == {"billing", "refund"}
+
+
+def test_rare_label_cannot_be_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = ["text,label"] + [f"row {i},common" for i in range(20)] + ["lonely row,rare"]
+    path = tmp_path / "d.csv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "'rare' occurs in only 1 row(s) (row 22)" in err and str(path) in err

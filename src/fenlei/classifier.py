@@ -32,7 +32,7 @@ from fenlei.data import (
     split,
     summarize,
 )
-from fenlei.errors import ArtifactError, ConfigError, NotFittedError
+from fenlei.errors import ArtifactError, ConfigError, DataError, NotFittedError
 from fenlei.evaluate import evaluate, write_plots
 from fenlei.models import ModelSpec, build_model, n_outputs
 from fenlei.predict import Prediction, Predictor
@@ -70,6 +70,7 @@ def prepare_splits(
     """
     if dev is None:
         check_splits(train)  # one class is reported before trying to split
+        _check_enough_rows_to_split(train, 3 if test is None and cfg.test_fraction > 0 else 2)
         test_fraction = cfg.test_fraction if test is None else 0.0
         train, dev, made_test = split(
             train,
@@ -80,6 +81,22 @@ def prepare_splits(
         test = test if test is not None else made_test
     labels = check_splits(train, dev, test)
     return Splits(train, dev, test, labels)
+
+
+def _check_enough_rows_to_split(dataset: Dataset, needed: int) -> None:
+    if dataset.multi_label:
+        return
+    rows: dict[str, list[int]] = {}
+    for ex in dataset.examples:
+        rows.setdefault(ex.labels[0], []).append(ex.source_row)
+    for label, where in sorted(rows.items()):
+        if len(where) < needed:
+            raise DataError(
+                f"label {label!r} occurs in only {len(where)} row(s) (row {where[0]}); "
+                f"splitting into train/dev{'/test' if needed == 3 else ''} needs at least "
+                f"{needed} per label: add rows, merge the label, or give --dev",
+                path=dataset.source,
+            )
 
 
 @dataclass
