@@ -1,0 +1,108 @@
+"""Drift: in-distribution traffic raises no alarm, shifted traffic does (PSI > 0.2)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+
+from fenlei.data import Dataset
+from fenlei.predict import Predictor
+from fenlei.serve.drift import DriftMonitor, load_reference
+
+from .conftest import LiveServer, StartServer
+
+
+def _send(server: LiveServer, texts: list[str]) -> None:
+    with server.client() as c:
+        for i in range(0, len(texts), 16):
+            r = c.post("/v1/models/intents/predict", json={"texts": texts[i : i + 16]})
+            assert r.status_code == 200
+
+
+def _shifted(n: int) -> list[str]:
+    rng = random.Random(0)
+    alphabet = "ΩЖЯ☃★ЪЭ🙂ßØ"
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(300, 900))) for _ in range(n)]
+
+
+def test_in_distribution_traffic_raises_no_alarm(
+    start_server: StartServer, serve_run: Path, bundled: dict[str, Dataset]
+) -> None:
+    server = start_server({"intents": serve_run}, drift_min_samples=100)
+    texts = bundled["dev"].texts + bundled["test"].texts  # unseen, same distribution
+    _send(server, texts)
+    with server.client() as c:
+        report = c.get("/v1/models/intents/drift").json()
+        metrics = c.get("/metrics").text
+    assert report["window"] == len(texts)
+    assert report["thresholds"] == {"warn": 0.1, "drift": 0.2}
+    assert report["drifted"] is False, report
+    for stat in report["statistics"].values():
+        assert stat["psi"] is not None and stat["psi"] < 0.2
+    assert 'fenlei_drift_psi{model="intents",statistic="length"}' in metrics
+
+
+def test_shifted_traffic_raises_the_alarm(start_server: StartServer, serve_run: Path) -> None:
+    server = start_server({"intents": serve_run}, drift_min_samples=100, max_chars=1000)
+    _send(server, _shifted(150))
+    with server.client() as c:
+        report = c.get("/v1/models/intents/drift").json()
+        metrics = c.get("/metrics").text
+    assert report["drifted"] is True
+    assert report["statistics"]["length"]["status"] == "drifted"
+    assert report["statistics"]["length"]["psi"] > 0.2
+    line = next(
+        ln
+        for ln in metrics.splitlines()
+        if ln.startswith('fenlei_drift_psi{model="intents",statistic="length"}')
+    )
+    assert float(line.split()[-1]) > 0.2
+
+
+def test_too_few_texts_is_insufficient_data(live: LiveServer) -> None:
+    with live.client() as c:
+        report = c.get("/v1/models/intents/drift").json()
+    assert report["drifted"] is False
+    assert {s["status"] for s in report["statistics"].values()} <= {
+        "insufficient_data",
+        "stable",
+        "warn",
+    }
+
+
+def test_monitor_window_is_bounded(predictor: Predictor, serve_run: Path) -> None:
+    reference = load_reference(serve_run)
+    assert reference is not None
+    monitor = DriftMonitor(
+        reference,
+        encode=predictor.encoder.encode_ids,
+        unk_id=predictor.encoder.unk_id,
+        window=50,
+        min_samples=10,
+    )
+    texts = ["where is my parcel"] * 80
+    monitor.observe(texts, predictor.predict_proba(texts))
+    assert monitor.size == 50
+    values = monitor.psi_values()
+    assert set(values) == {"length", "unknown_rate", "label", "confidence"}
+    assert all(v is not None and np.isfinite(v) for v in values.values())
+    monitor.reset()
+    assert monitor.size == 0
+
+
+def test_run_without_reference_has_no_drift_endpoint(
+    start_server: StartServer, serve_run: Path, tmp_path: Path
+) -> None:
+    from fenlei.artifact import write_manifest
+
+    from .conftest import copy_run
+
+    run = copy_run(serve_run, tmp_path / "old")
+    (run / "reference.json").unlink()
+    write_manifest(run)
+    server = start_server({"old": run})
+    with server.client() as c:
+        r = c.get("/v1/models/old/drift")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "no_reference"

@@ -1,0 +1,108 @@
+"""The try-it page in a real headless browser (Debian chromium driven by Playwright).
+
+The browser is offline: every request that leaves the loopback server is blocked and the
+test fails if the page asks for one (no CDN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import LiveServer, StartServer
+
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield browser
+        browser.close()
+
+
+def _offline_page(browser: Any, server: LiveServer, outside: list[str]) -> Any:
+    page = browser.new_page()
+    page.set_default_timeout(10_000)
+
+    def route(r: Any) -> None:
+        if r.request.url.startswith(server.url):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    return page
+
+
+def test_page_classifies_text_and_draws_bars(
+    browser: Any, start_server: StartServer, serve_run: Path
+) -> None:
+    server = start_server({"intents": serve_run, "second": serve_run})
+    outside: list[str] = []
+    page = _offline_page(browser, server, outside)
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model option", state="attached")
+    assert page.locator("#model option").count() == 2
+    page.select_option("#model", "intents")
+    page.fill("#text", "hi, my parcel still hasn't arrived, where is it?")
+    page.click("#classify")
+    page.wait_for_selector(".bar-row")
+    rows = page.locator(".bar-row")
+    n_labels = len(server.state.models["intents"].predictor.labels)
+    assert rows.count() == n_labels
+    widths = [
+        float(rows.nth(i).locator(".bar").evaluate("el => parseFloat(el.style.width)"))
+        for i in range(n_labels)
+    ]
+    assert widths == sorted(widths, reverse=True)
+    assert sum(widths) == pytest.approx(100, abs=1)
+    assert "Top label: " in page.inner_text("#status")
+    assert outside == []
+    page.close()
+
+
+def test_page_shows_server_errors(browser: Any, start_server: StartServer, serve_run: Path) -> None:
+    server = start_server({"intents": serve_run}, max_chars=20)
+    outside: list[str] = []
+    page = _offline_page(browser, server, outside)
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model option", state="attached")
+    page.fill("#text", "this text is far longer than twenty characters")
+    page.click("#classify")
+    page.wait_for_selector("#status .error")
+    assert "max_chars" in page.inner_text("#status")
+    assert outside == []
+    page.close()
+
+
+def test_page_with_token(browser: Any, start_server: StartServer, serve_run: Path) -> None:
+    server = start_server({"intents": serve_run}, token="t0ken")
+    page = _offline_page(browser, server, [])
+    page.goto(server.url + "/")
+    page.wait_for_selector("#status .error")  # /v1/models answered 401
+    page.fill("#token", "t0ken")
+    page.dispatch_event("#token", "change")
+    page.wait_for_selector("#model option", state="attached")
+    page.fill("#text", "我要退款")
+    page.click("#classify")
+    page.wait_for_selector(".bar-row")
+    page.close()
