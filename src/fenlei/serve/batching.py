@@ -3,7 +3,9 @@
 A :class:`MicroBatcher` owns an asyncio queue. Its worker takes the first waiting request,
 then gathers more until ``max_batch_size`` texts or ``max_wait_ms`` have passed, runs the
 batch function in a thread (so the event loop keeps serving), and hands each request its
-own rows back. A request is never split; one larger than ``max_batch_size`` runs alone.
+own rows back. A request is never split; one larger than ``max_batch_size`` runs alone. Under light
+traffic (the previous batch held one request and nothing else waits) a request runs at once
+instead of waiting, so a lone client pays no batching delay.
 
 Example:
     >>> batcher = MicroBatcher(predictor.predict_proba, max_batch_size=64, max_wait_ms=2)
@@ -66,6 +68,8 @@ class MicroBatcher:
         self.batch_sizes: list[int] = []  # recent sizes, for tests and /v1 introspection
         self._queue: asyncio.Queue[_Pending] | None = None
         self._carry: _Pending | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._last_requests = 0
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fenlei-infer")
 
@@ -92,38 +96,57 @@ class MicroBatcher:
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self.queued_texts += len(texts)
         self._queue.put_nowait(_Pending(list(texts), future))
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and self.queued_texts >= self.max_batch_size:
+            waiter.set_result(None)  # a full batch is waiting: stop the timer early
         return await future
 
-    async def _next(self, timeout: float | None) -> _Pending | None:
-        if self._carry is not None:
-            item, self._carry = self._carry, None
-            return item
+    def _take(self, batch: list[_Pending], size: int) -> int:
+        """Move queued requests into ``batch`` without waiting; return its text count."""
         assert self._queue is not None
-        if timeout is None:
-            return await self._queue.get()
-        if not self._queue.empty():
-            return self._queue.get_nowait()
-        if timeout <= 0:
-            return None
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
-            return None
-
-    async def _gather(self) -> list[_Pending]:
-        first = await self._next(None)
-        assert first is not None
-        batch, size = [first], len(first.texts)
-        deadline = time.perf_counter() + self.max_wait
-        while size < self.max_batch_size:
-            item = await self._next(deadline - time.perf_counter())
-            if item is None:
-                break
+        while size < self.max_batch_size and not self._queue.empty():
+            item = self._queue.get_nowait()
             if size + len(item.texts) > self.max_batch_size:
                 self._carry = item  # starts the next batch; requests are never split
                 break
             batch.append(item)
             size += len(item.texts)
+        return size
+
+    async def _sleep_until(self, deadline: float) -> None:
+        """Sleep until ``deadline``, or until enough texts are queued to fill a batch."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiter = waiter
+        handle = loop.call_later(
+            max(0.0, deadline - time.perf_counter()),
+            lambda: None if waiter.done() else waiter.set_result(None),
+        )
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+            self._waiter = None
+
+    async def _gather(self) -> list[_Pending]:
+        assert self._queue is not None
+        if self._carry is not None:
+            first, self._carry = self._carry, None
+        else:
+            first = await self._queue.get()
+        batch = [first]
+        size = self._take(batch, len(first.texts))
+        # Adaptive wait: a lone request under light traffic (the last batch was one request
+        # and nothing else is queued) runs at once; under load the batch waits up to
+        # max_wait_ms (from the first request's arrival) for company.
+        busy = len(batch) > 1 or self._last_requests > 1
+        deadline = first.enqueued + self.max_wait
+        while busy and size < self.max_batch_size and self._carry is None:
+            if time.perf_counter() >= deadline:
+                break
+            await self._sleep_until(deadline)
+            size = self._take(batch, size)
+        self._last_requests = len(batch)
         return batch
 
     def _call(self, texts: list[str]) -> np.ndarray:
