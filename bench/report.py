@@ -71,6 +71,8 @@ def _system_note(cell: dict[str, Any]) -> str:
                 f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in keep.items()
             )
         )
+    if cell.get("machine", {}).get("loadavg"):
+        notes.append(f"load {cell['machine']['loadavg'][0]:.1f}")
     if "best_epoch" in det:
         notes.append(f"best epoch {det['best_epoch']}/{det.get('epochs_run')}")
     if "max_length" in settings:
@@ -79,6 +81,13 @@ def _system_note(cell: dict[str, Any]) -> str:
         if o.startswith(("encoder.max_length", "train.epochs")):
             notes.append(o)
     return "; ".join(notes)
+
+
+def _reason(cell: dict[str, Any]) -> str:
+    """The telling line of a failure (the last one naming an error), without progress noise."""
+    lines = [ln.strip() for ln in str(cell.get("reason", "")).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+    return (errors or lines or ["?"])[-1].replace("|", "/")
 
 
 def _dataset_table(cells: dict[tuple[str, str], dict[str, Any]], d: str) -> list[str]:
@@ -93,7 +102,7 @@ def _dataset_table(cells: dict[tuple[str, str], dict[str, Any]], d: str) -> list
             continue
         cell = cells.get((d, s))
         if cell is None or cell.get("status") != "done":
-            why = "not run: time box" if cell is None else f"{cell['status']}: {cell['reason']}"
+            why = "not run: time box" if cell is None else f"{cell['status']}: {_reason(cell)}"
             lines.append(f"| {label} | | | | | | | | | {why[:200]} |")
             continue
         lines.append(

@@ -74,7 +74,7 @@ def main() -> None:
         per_device_eval_batch_size=256,
         learning_rate=5e-5,
         weight_decay=0.01,
-        warmup_ratio=0.1,
+        warmup_steps=0.1,  # a float below 1 is a ratio of all steps (transformers 5)
         lr_scheduler_type="linear",
         eval_strategy="epoch",
         save_strategy="epoch",
@@ -86,7 +86,7 @@ def main() -> None:
         logging_strategy="epoch",
         seed=13,
         dataloader_num_workers=0,
-        group_by_length=True,
+        train_sampling_strategy="group_by_length",
     )
     trainer = Trainer(
         model=model,
@@ -94,6 +94,7 @@ def main() -> None:
         train_dataset=encode(tr_x, tr_y),
         eval_dataset=encode(va_x, va_y),
         data_collator=DataCollatorWithPadding(tok),
+        processing_class=tok,
         compute_metrics=accuracy,
     )
     trainer.train()
