@@ -7,7 +7,8 @@ concurrent client, one text per request) so that the client costs the shared CPU
 Servers compared in the same run, on the same model and the same texts:
 
 * ``fenlei``   -- ``fenlei serve``: micro-batching, inference in a worker thread.
-* ``naive``    -- a FastAPI endpoint calling ``Predictor.predict_proba`` once per request.
+* ``naive``    -- a FastAPI endpoint calling ``Predictor.predict_proba`` once per request
+  (same model, same backend as ``fenlei``: the difference is the batching).
 * ``pipeline`` -- (transformer runs only) a FastAPI endpoint calling a ``transformers``
   text-classification pipeline on the same pretrained encoder, once per request.
 
@@ -40,12 +41,12 @@ MAX_REQUESTS = 2_000_000  # hard bound per level, whatever the duration
 # ---------------------------------------------------------------- servers (subprocesses)
 
 
-def _naive_app(run: str) -> Any:
+def _naive_app(run: str, backend: str) -> Any:
     from fastapi import FastAPI
 
     from fenlei.predict import Predictor
 
-    predictor = Predictor.from_run(run, backend="torch")
+    predictor = Predictor.from_run(run, backend=backend)
     app = FastAPI()
 
     @app.post("/v1/models/{name}/predict")
@@ -101,17 +102,29 @@ def _pipeline_app(run: str) -> Any:
     return app
 
 
-def _serve_main(kind: str, run: str, port: int, max_batch_size: int, max_wait_ms: float) -> None:
+def _serve_main(
+    kind: str, run: str, port: int, max_batch_size: int, max_wait_ms: float, backend: str
+) -> None:
+    import torch
     import uvicorn
 
+    # Same intra-op threads for every server (FENLEI_BENCH_THREADS, default 1; 0 = torch's).
+    threads = int(os.environ.get("FENLEI_BENCH_THREADS", "1"))
+    if threads:
+        torch.set_num_threads(threads)
     if kind == "fenlei":
         from fenlei.serve.app import create_app
         from fenlei.serve.schemas import ServeSettings
 
-        settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+        settings = ServeSettings(
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            backend=backend,  # type: ignore[arg-type]
+            threads=threads or None,
+        )
         app = create_app({"bench": run}, settings)
     elif kind == "naive":
-        app = _naive_app(run)
+        app = _naive_app(run, backend)
     else:
         app = _pipeline_app(run)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
@@ -246,7 +259,7 @@ def bench_server(
 ) -> list[Level]:
     port = _free_port()
     cmd = [sys.executable, __file__, "_serve", kind, str(run), str(port)]
-    cmd += [str(args.max_batch_size), str(args.max_wait_ms)]
+    cmd += [str(args.max_batch_size), str(args.max_wait_ms), args.backend]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     with subprocess.Popen(cmd, env=env) as proc:
         try:
@@ -279,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_serve":
         kind, run, port, mbs, mw = argv[1:6]
-        _serve_main(kind, run, int(port), int(mbs), float(mw))
+        backend = argv[6] if len(argv) > 6 else "auto"
+        _serve_main(kind, run, int(port), int(mbs), float(mw), backend)
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -298,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,8,32,64")
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        help="fenlei and naive servers: auto (ONNX Runtime if model.onnx) | torch | onnx.",
+    )
     parser.add_argument("--out", type=Path, help="Also write the results as JSON here.")
     args = parser.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]

@@ -327,6 +327,9 @@ def serve(
     ] = None,
     backend: Annotated[str, typer.Option(help="auto | torch | onnx")] = "auto",
     drift_window: Annotated[int, typer.Option(min=10, help="Texts in the drift window.")] = 1000,
+    threads: Annotated[
+        int, typer.Option(min=0, help="Inference threads (0 = library default).")
+    ] = 1,
 ) -> None:
     """Serve run folders over HTTP: predictions, /metrics, drift, a page at /.
 
@@ -347,6 +350,7 @@ def serve(
         token=token or None,
         backend=backend,  # type: ignore[arg-type]
         drift_window=drift_window,
+        threads=threads or None,
     )
     run_server(_named_runs(runs), settings, host=host, port=port)
 

@@ -37,14 +37,17 @@ class OnnxModule(nn.Module):
 
     backend = "onnx"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, threads: int | None = None) -> None:
         super().__init__()
+        self.path = path
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise MissingExtraError("onnxruntime", "serve", "the ONNX backend") from exc
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if threads is not None:
+            options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"]

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fenlei._version import __version__
 from fenlei.errors import ConfigError
-from fenlei.predict import Predictor
+from fenlei.predict import OnnxModule, Predictor
 from fenlei.serve.batching import MicroBatcher
 from fenlei.serve.drift import DriftMonitor
 from fenlei.serve.metrics import CONTENT_TYPE, MetricsMiddleware, ServeMetrics
@@ -107,10 +107,21 @@ def _name_sources(
     return named
 
 
-def _load(source: ModelSource, backend: str) -> Predictor:
-    if isinstance(source, Predictor):
-        return source
-    return Predictor.from_run(source, backend=backend)
+def _load(source: ModelSource, backend: str, threads: int | None) -> Predictor:
+    predictor = (
+        source if isinstance(source, Predictor) else Predictor.from_run(source, backend=backend)
+    )
+    if threads is not None and isinstance(predictor.model, OnnxModule):
+        predictor.model = OnnxModule(predictor.model.path, threads=threads)
+    return predictor
+
+
+def _set_threads(threads: int | None) -> None:
+    """Limit intra-op threads: on few cores, spinning math threads starve the event loop."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _version(predictor: Predictor) -> str:
@@ -179,8 +190,9 @@ def _serve_model(name: str, predictor: Predictor, state: ServeState) -> ServedMo
 def _lifespan(sources: dict[str, ModelSource], state: ServeState):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _set_threads(state.settings.threads)
         for name, source in sources.items():
-            predictor = _load(source, state.settings.backend)
+            predictor = _load(source, state.settings.backend, state.settings.threads)
             state.models[name] = _serve_model(name, predictor, state)
             logger.info("loaded model %s (%s)", name, state.models[name].info.version)
         for served in state.models.values():
@@ -199,12 +211,12 @@ def _lifespan(sources: dict[str, ModelSource], state: ServeState):  # type: igno
 # ---------------------------------------------------------------- dependencies
 
 
-def _state(request: Request) -> ServeState:
+async def _state(request: Request) -> ServeState:
     state: ServeState = request.app.state.fenlei
     return state
 
 
-def _authorize(request: Request, state: ServeState = Depends(_state)) -> None:
+async def _authorize(request: Request, state: ServeState = Depends(_state)) -> None:
     token = state.settings.token
     if token is None:
         return
@@ -221,7 +233,7 @@ def _authorize(request: Request, state: ServeState = Depends(_state)) -> None:
         raise error
 
 
-def _model(name: str, state: ServeState = Depends(_state)) -> ServedModel:
+async def _model(name: str, state: ServeState = Depends(_state)) -> ServedModel:
     served = state.models.get(name)
     if served is None:
         known = ", ".join(sorted(state.models)) or "none"

@@ -46,6 +46,12 @@ class ServeSettings(_Frozen):
     backend: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="Inference backend: ONNX Runtime when model.onnx exists (auto)."
     )
+    threads: int | None = Field(
+        1,
+        ge=1,
+        description="Intra-op threads of PyTorch / ONNX Runtime; 1 leaves the other cores to "
+        "the event loop (best for small models); None keeps the libraries' default.",
+    )
     drift_window: int = Field(1000, ge=10, description="Recent texts kept per model for PSI.")
     drift_min_samples: int = Field(
         100, ge=1, description="Texts needed in the window before drift is judged."
