@@ -117,6 +117,15 @@ def _fit_encoder(cfg: RunConfig, texts: list[str]) -> Encoder:
     return train_encoder(texts, cfg.encoder)
 
 
+def _same_run(saved: dict[str, Any], cfg: RunConfig, labels: LabelSet) -> bool:
+    # Re-validate through today's schema so settings added since (with defaults) still match.
+    try:
+        then = RunConfig.model_validate(saved.get("config", {}))
+    except ValueError:
+        return False
+    return then == cfg and saved.get("labels") == list(labels.names)
+
+
 def _prepare_run_dir(
     run_dir: Path, cfg: RunConfig, labels: LabelSet, *, resume: bool
 ) -> Encoder | None:
@@ -125,7 +134,7 @@ def _prepare_run_dir(
     state = {"config": cfg.model_dump(mode="json"), "labels": list(labels.names)}
     if resume and (ckpt / "run.json").is_file():
         saved = json.loads((ckpt / "run.json").read_text(encoding="utf-8"))
-        if saved != state:
+        if not _same_run(saved, cfg, labels):
             raise ConfigError(
                 f"the checkpoint in {ckpt} was made with other settings or labels; "
                 "train again without --resume, or with the same config and data"
