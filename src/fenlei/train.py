@@ -288,7 +288,7 @@ def _restore(run_dir: Path | None, ctx: _Context, model: nn.Module, state: _Stat
         logger.info("no checkpoint in %s: starting from scratch", run_dir)
         return
     for sched, sd in zip(ctx.schedulers, progress["schedulers"], strict=True):
-        sched.load_state_dict(sd)
+        sched.load_state_dict({"lr_lambdas": [None], **sd})  # older checkpoints lack it
     state.epoch, state.step = progress["epoch"], progress["step"]
     state.best, state.best_epoch = progress["best"], progress["best_epoch"]
     state.bad_epochs, state.history = progress["bad_epochs"], progress["history"]
