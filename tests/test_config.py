@@ -312,3 +312,19 @@ def test_sections_are_frozen_and_reject_unknown_fields(section: type) -> None:
 def test_config_round_trips_through_json() -> None:
     cfg = load_config("seed-lstm", ["train.epochs=3"])
     assert RunConfig.model_validate_json(cfg.model_dump_json()) == cfg
+
+
+def test_configuration_docs_are_current() -> None:
+    """docs/configuration.md is generated from config.py; regenerate it after a change."""
+    import sys
+    from pathlib import Path
+
+    tools = Path(__file__).resolve().parent.parent / "tools"
+    sys.path.insert(0, str(tools))
+    try:
+        import gen_config_docs
+    finally:
+        sys.path.remove(str(tools))
+    assert gen_config_docs.DOC.read_text(encoding="utf-8") == gen_config_docs.render(), (
+        "run: .venv/bin/python tools/gen_config_docs.py"
+    )
