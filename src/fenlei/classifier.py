@@ -211,6 +211,7 @@ def train_run(
         run_dir=root,
         resume=resume,
         progress=progress,
+        augment=cfg.augment,
     )
     train_seconds = time.perf_counter() - started
     predictor = Predictor(

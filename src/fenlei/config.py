@@ -20,6 +20,7 @@ from fenlei.errors import ConfigError
 
 __all__ = [
     "PRESETS",
+    "AugmentConfig",
     "DataConfig",
     "EncoderConfig",
     "EvalConfig",
@@ -133,6 +134,18 @@ class TrainConfig(_Section):
     threads: int | None = Field(None, ge=1, description="Torch CPU threads; none = default.")
 
 
+class AugmentConfig(_Section):
+    """On-the-fly, label-preserving augmentation of training texts (token level)."""
+
+    delete: float = Field(0.0, ge=0, lt=1, description="Chance to drop each training token.")
+    swap: float = Field(0.0, ge=0, lt=1, description="Chance to swap a token with the next.")
+
+    @property
+    def active(self) -> bool:
+        """Whether any augmentation is switched on."""
+        return self.delete > 0 or self.swap > 0
+
+
 class EvalConfig(_Section):
     """Evaluation settings."""
 
@@ -149,6 +162,7 @@ class RunConfig(_Section):
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")

@@ -26,7 +26,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
 from fenlei.artifact import atomic_write, atomic_write_text, load_checkpoint, save_checkpoint
-from fenlei.config import TrainConfig
+from fenlei.augment import augment_batch
+from fenlei.config import AugmentConfig, TrainConfig
 from fenlei.data import Dataset, LabelSet
 from fenlei.models import batched_logits, to_probs
 from fenlei.progress import ProgressReporter
@@ -240,7 +241,10 @@ def _train_epoch(
     model.train()
     total = 0.0
     for batch in batches:
-        ids, mask = ctx.encoder.pad([train_ids[i] for i in batch])
+        seqs = [train_ids[i] for i in batch]
+        if ctx.augment is not None and ctx.augment.active:
+            seqs = augment_batch(seqs, ctx.augment, (ctx.cfg.seed, state.step), protect=ctx.protect)
+        ids, mask = ctx.encoder.pad(seqs)
         target = y[batch].to(ctx.device)
         for opt in ctx.optimizers:
             opt.zero_grad(set_to_none=True)
@@ -272,6 +276,8 @@ class _Context:
     dense_params: list[nn.Parameter]
     progress: ProgressReporter | None
     use_amp: bool
+    augment: AugmentConfig | None = None
+    protect: int = 0
 
     def autocast(self) -> Any:
         # bf16 autocast on CUDA needs no gradient scaler.
@@ -327,6 +333,7 @@ def fit(
     run_dir: Path | None = None,
     resume: bool = False,
     progress: ProgressReporter | None = None,
+    augment: AugmentConfig | None = None,
 ) -> Run:
     """Train ``model`` on ``train``, choosing the best epoch on ``dev``.
 
@@ -339,6 +346,7 @@ def fit(
         run_dir: where checkpoints and ``metrics.jsonl`` go (None: keep nothing on disk).
         resume: continue from ``run_dir/checkpoint`` when there is one.
         progress: receives epoch and step events (a progress bar).
+        augment: token deletion/swap applied to each training batch (seeded by step).
 
     Returns:
         The run, with the best dev epoch's weights loaded when ``cfg.restore_best``.
@@ -373,6 +381,8 @@ def fit(
         dense_params=_split_params(model)[0],
         progress=progress,
         use_amp=use_amp,
+        augment=augment,
+        protect=1 if encoder.cfg.kind == "pretrained" else 0,
     )
     state = _State()
     best_weights: dict[str, torch.Tensor] = {}
