@@ -41,12 +41,14 @@ MAX_REQUESTS = 2_000_000  # hard bound per level, whatever the duration
 # ---------------------------------------------------------------- servers (subprocesses)
 
 
-def _naive_app(run: str, backend: str) -> Any:
+def _naive_app(run: str, backend: str, threads: int) -> Any:
     from fastapi import FastAPI
 
-    from fenlei.predict import Predictor
+    from fenlei.predict import OnnxModule, Predictor
 
     predictor = Predictor.from_run(run, backend=backend)
+    if threads and isinstance(predictor.model, OnnxModule):  # same threads as fenlei's
+        predictor.model = OnnxModule(predictor.model.path, threads=threads)
     app = FastAPI()
 
     @app.post("/v1/models/{name}/predict")
@@ -124,7 +126,7 @@ def _serve_main(
         )
         app = create_app({"bench": run}, settings)
     elif kind == "naive":
-        app = _naive_app(run, backend)
+        app = _naive_app(run, backend, threads)
     else:
         app = _pipeline_app(run)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
