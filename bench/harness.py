@@ -447,7 +447,13 @@ def run_cell(
             raise RuntimeError(f"exit code {proc.returncode}: " + _tail(log))
         out = json.loads(last[0])
     except subprocess.TimeoutExpired:
-        record.update(status="not run", reason=f"time box ({timeout:.0f} s) exceeded")
+        # keep the pace it reached (peers log "EPOCH n seconds=..." lines on stderr)
+        epochs = [ln for ln in _tail(log, 200_000).splitlines() if ln.startswith("EPOCH ")]
+        record.update(
+            status="not run",
+            reason=f"time box ({timeout:.0f} s) exceeded",
+            partial_epochs=epochs,
+        )
         _atomic_json(cell_path(dataset, system), record)
         return record
     except (RuntimeError, json.JSONDecodeError, IndexError) as exc:

@@ -9,6 +9,7 @@ Run: ``bench/.venvs/keras/bin/python bench/peers/keras_peer.py task.json``.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -26,6 +27,19 @@ tf.config.threading.set_inter_op_parallelism_threads(THREADS)
 import keras  # noqa: E402
 from tensorflow.keras.preprocessing.sequence import pad_sequences  # noqa: E402
 from tensorflow.keras.preprocessing.text import Tokenizer  # noqa: E402
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One line per epoch on stderr (the cell's log), so a time-boxed run shows its pace."""
+
+    def on_epoch_begin(self, epoch: int, logs: object = None) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        seconds = time.perf_counter() - self.started
+        acc = (logs or {}).get("accuracy", float("nan"))
+        print(f"EPOCH {epoch + 1} seconds={seconds:.1f} train_accuracy={acc:.4f}", file=sys.stderr)
+        sys.stderr.flush()
 
 
 def main() -> None:
@@ -51,7 +65,7 @@ def main() -> None:
         ]
     )
     model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
-    history = model.fit(x, y, epochs=epochs, batch_size=32, verbose=2)
+    history = model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=[EpochLog()])
     train_seconds = time.perf_counter() - t0
 
     # one compiled graph for every batch size (calling the model eagerly runs the LSTM's
