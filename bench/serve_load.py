@@ -123,6 +123,7 @@ def _serve_main(
             max_wait_ms=max_wait_ms,
             backend=backend,  # type: ignore[arg-type]
             threads=threads or None,
+            workers=int(os.environ.get("FENLEI_BENCH_WORKERS", "1")),
         )
         app = create_app({"bench": run}, settings)
     elif kind == "naive":

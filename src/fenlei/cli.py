@@ -330,6 +330,9 @@ def serve(
     threads: Annotated[
         int, typer.Option(min=0, help="Inference threads (0 = library default).")
     ] = 1,
+    workers: Annotated[
+        int, typer.Option(min=1, max=16, help="Batches per model that may run at once.")
+    ] = 1,
 ) -> None:
     """Serve run folders over HTTP: predictions, /metrics, drift, a page at /.
 
@@ -351,6 +354,7 @@ def serve(
         backend=backend,  # type: ignore[arg-type]
         drift_window=drift_window,
         threads=threads or None,
+        workers=workers,
     )
     run_server(_named_runs(runs), settings, host=host, port=port)
 

@@ -127,3 +127,28 @@ def test_batches_larger_than_one_form_under_http_load(
         if line.startswith('fenlei_batch_size_count{model="intents"}')
     )
     assert count == pytest.approx(len(sizes))
+
+
+def test_two_workers_run_two_batches_at_once() -> None:
+    lock = threading.Lock()
+    active = [0, 0]  # now, most
+
+    def slow(texts: list[str]) -> np.ndarray:
+        with lock:
+            active[0] += 1
+            active[1] = max(active[1], active[0])
+        threading.Event().wait(0.05)
+        with lock:
+            active[0] -= 1
+        return _echo(texts)
+
+    async def main() -> list[np.ndarray]:
+        batcher = MicroBatcher(slow, max_batch_size=4, max_wait_ms=1, workers=2)
+        await batcher.start()
+        outs = await asyncio.gather(*(batcher.submit([f"t{i}"]) for i in range(16)))
+        await batcher.stop()
+        return list(outs)
+
+    outs = _run(main())
+    assert [o[0, 0] for o in outs] == [len(f"t{i}") for i in range(16)]
+    assert active[1] == 2

@@ -48,6 +48,8 @@ class MicroBatcher:
         max_wait_ms: longest the first text of a batch waits for company.
         observe: called in the worker thread after each batch with (texts, outputs).
         on_batch: called on the event loop with the size of each batch (for metrics).
+        workers: model calls that may run at once (each in its own thread); more than one
+            helps a model whose single call leaves cores idle.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class MicroBatcher:
         max_wait_ms: float = 2.0,
         observe: BatchObserver | None = None,
         on_batch: Callable[[int], None] | None = None,
+        workers: int = 1,
     ) -> None:
         self.fn = fn
         self.max_batch_size = max_batch_size
@@ -68,25 +71,28 @@ class MicroBatcher:
         self.batch_sizes: list[int] = []  # recent sizes, for tests and /v1 introspection
         self._queue: asyncio.Queue[_Pending] | None = None
         self._carry: _Pending | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: set[asyncio.Future[None]] = set()
         self._last_requests = 0
-        self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fenlei-infer")
+        self.workers = workers
+        self._tasks: list[asyncio.Task[None]] = []
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fenlei-infer")
 
     async def start(self) -> None:
         """Start the worker on the running event loop."""
         self._queue = asyncio.Queue()
-        self._task = asyncio.create_task(self._run(), name="fenlei-batcher")
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"fenlei-batcher-{i}")
+            for i in range(self.workers)
+        ]
 
     async def stop(self) -> None:
         """Finish queued work, then stop the worker and its thread."""
-        if self._queue is not None:
-            while self.queued_texts and self._task is not None and not self._task.done():
-                await asyncio.sleep(0.005)
-        if self._task is not None:
-            self._task.cancel()
+        while self.queued_texts and any(not t.done() for t in self._tasks):
+            await asyncio.sleep(0.005)
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         self._executor.shutdown(wait=True)
 
     async def submit(self, texts: Sequence[str]) -> np.ndarray:
@@ -96,9 +102,10 @@ class MicroBatcher:
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self.queued_texts += len(texts)
         self._queue.put_nowait(_Pending(list(texts), future))
-        waiter = self._waiter
-        if waiter is not None and not waiter.done() and self.queued_texts >= self.max_batch_size:
-            waiter.set_result(None)  # a full batch is waiting: stop the timer early
+        if self._waiters and self.queued_texts >= self.max_batch_size:
+            for waiter in self._waiters:  # a full batch is waiting: stop the timers early
+                if not waiter.done():
+                    waiter.set_result(None)
         return await future
 
     def _take(self, batch: list[_Pending], size: int) -> int:
@@ -117,7 +124,7 @@ class MicroBatcher:
         """Sleep until ``deadline``, or until enough texts are queued to fill a batch."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
-        self._waiter = waiter
+        self._waiters.add(waiter)
         handle = loop.call_later(
             max(0.0, deadline - time.perf_counter()),
             lambda: None if waiter.done() else waiter.set_result(None),
@@ -126,7 +133,7 @@ class MicroBatcher:
             await waiter
         finally:
             handle.cancel()
-            self._waiter = None
+            self._waiters.discard(waiter)
 
     async def _gather(self) -> list[_Pending]:
         assert self._queue is not None

@@ -52,6 +52,15 @@ class ServeSettings(_Frozen):
         description="Intra-op threads of PyTorch / ONNX Runtime; 1 leaves the other cores to "
         "the event loop (best for small models); None keeps the libraries' default.",
     )
+    workers: int = Field(
+        1, ge=1, le=16, description="Batches of one model that may run at once (threads)."
+    )
+    chunk_size: int | None = Field(
+        None,
+        ge=1,
+        description="Texts per model call inside a batch, grouped by length so padding stays "
+        "small; None: 8 for transformers, the run's eval.batch_size otherwise.",
+    )
     drift_window: int = Field(1000, ge=10, description="Recent texts kept per model for PSI.")
     drift_min_samples: int = Field(
         100, ge=1, description="Texts needed in the window before drift is judged."
