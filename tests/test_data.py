@@ -574,3 +574,9 @@ def test_parquet_row_numbers_across_row_groups(tmp_path: Path) -> None:
     pq.write_table(table, path, row_group_size=2)
     err = data_error(path)
     assert (err.row, err.column) == (4, "text")
+
+
+def test_from_lists_with_one_label_tuples_is_single_label() -> None:
+    ds = Dataset.from_lists(["a", "b"], [("x",), ("y",)])
+    assert ds.multi_label is False and ds.labels == [("x",), ("y",)]
+    assert Dataset.from_lists(["a", "b"], [("x", "y"), ("y",)]).multi_label is True

@@ -93,7 +93,8 @@ class Dataset:
         """
         if len(texts) != len(labels):
             raise DataError(f"got {len(texts)} texts but {len(labels)} labels", path=source)
-        multi = any(not isinstance(lab, str) for lab in labels)
+        # Lists of one label each (as Dataset.labels gives) are still a single-label task.
+        multi = any(not isinstance(lab, str) and len(lab) != 1 for lab in labels)
         examples = []
         for i, (text, label) in enumerate(zip(texts, labels, strict=True)):
             raw = [label] if isinstance(label, str) else list(label)
