@@ -35,6 +35,9 @@ def main() -> None:
     parser.add_argument(
         "--option", action="append", default=[], help="extra system option KEY=JSON (repeatable)"
     )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="CPU threads per cell (1 on a busy machine)"
+    )
     parser.add_argument("--not-run", metavar="REASON", help="record the cells as not run")
     parser.add_argument("--report-only", action="store_true", help="only regenerate the report")
     args = parser.parse_args()
@@ -60,6 +63,7 @@ def main() -> None:
             timeout=args.timeout,
             train_limit=args.train_limit,
             extra=extra or None,
+            threads=args.threads,
         )
     path = report.write_report()
     print(f"wrote {path}")

@@ -428,6 +428,7 @@ def run_cell(
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "machine": before,
         "split": split_record["files"]["test"]["rows"],
+        "threads": threads,
     }
     try:
         with log.open("w", encoding="utf-8") as fh:
@@ -513,6 +514,7 @@ def run(
     timeout: float | None = None,
     train_limit: int | None = None,
     extra: dict[str, Any] | None = None,
+    threads: int = 2,
 ) -> list[dict[str, Any]]:
     """Run every applicable (dataset, system) cell not yet done; return their records."""
     records = []
@@ -527,7 +529,9 @@ def run(
                 records.append(cell)
                 continue
             print(f"[run ] {d} / {s} ...", flush=True)
-            rec = run_cell(d, s, timeout=timeout, train_limit=train_limit, extra=extra)
+            rec = run_cell(
+                d, s, timeout=timeout, train_limit=train_limit, extra=extra, threads=threads
+            )
             summary = (
                 f"acc {rec['accuracy']:.4f} train {rec['train_seconds']:.1f}s"
                 if rec["status"] == "done"
