@@ -32,6 +32,17 @@ HINTS = {
 }
 
 
+# what this run found about particular cells (written by hand after reading their logs)
+FINDINGS = {
+    ("sst2", "hf-trainer-minilm"): "predicted one class for every text: the [CLS] pooler + "
+    "new head did not move in 32 steps (1,000 rows x 1 epoch); fenlei's mean pooling did",
+    ("sst2", "fenlei-minilm"): "batch-1 latency ~6x the HF pipeline's in this run (2 torch "
+    "threads under load 7-8); not investigated within the time box",
+    ("sms_spam", "fenlei-linear"): "1 torch thread; the first run with 2 threads under the "
+    "same load took 523 s (thread contention)",
+}
+
+
 def load_cells() -> dict[tuple[str, str], dict[str, Any]]:
     """Every saved cell, keyed by (dataset, system)."""
     cells = {}
@@ -85,6 +96,8 @@ def _system_note(cell: dict[str, Any]) -> str:
     for o in settings.get("overrides", []):
         if o.startswith(("encoder.max_length", "train.epochs")):
             notes.append(o)
+    if (finding := FINDINGS.get((cell["dataset"], cell["system"]))) is not None:
+        notes.append(finding)
     return "; ".join(notes)
 
 
