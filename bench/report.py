@@ -375,8 +375,11 @@ def write_report() -> Path:
         "",
         f"- CPU: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores; "
         f"{machine.get('os', '')}; Python {machine.get('python', '')}.",
-        "- Every cell runs in its own process with 2 threads. The machine was **shared with "
-        "other jobs** while these cells ran (1-minute load average at cell start: "
+        "- Every cell runs in its own process, with the thread count given in its notes. "
+        "With 2 torch threads on this busy machine fenlei linear ran 6x slower than with 1 "
+        "(thread contention), so fenlei cells run late in the session used 1. "
+        "The machine was **shared with other jobs** while these cells ran "
+        "(1-minute load average at cell start: "
         f"{min(loads, default=0):.1f}–{max(loads, default=0):.1f} on 2 cores), so times and "
         "latencies are pessimistic and noisy (±30 % or more); accuracies are not affected.",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + ".",
@@ -410,7 +413,10 @@ def write_report() -> Path:
         "    --systems sklearn-logreg,sklearn-svm,fasttext --timeout 900",
         ".venv/bin/python -m bench --datasets sms_spam,chnsenticorp,waimai_10k,sst2 \\",
         "    --systems fasttext-autotune --option autotune_seconds=60 --timeout 600",
-        ".venv/bin/python -m bench --datasets sms_spam --systems fenlei-linear",
+        ".venv/bin/python -m bench --datasets sms_spam,chnsenticorp,waimai_10k \\",
+        "    --systems fenlei-linear --threads 1 --force",
+        ".venv/bin/python -m bench --datasets imdb --systems sklearn-svm,fasttext,sklearn-logreg \\",
+        "    --timeout 780",
         ".venv/bin/python -m bench --datasets imdb --systems keras-seed --timeout 2750",
         ".venv/bin/python -m bench --datasets sst2 --systems hf-trainer-minilm,fenlei-minilm \\",
         "    --train-limit 1000 --option epochs=1 --option 'overrides=[\"train.epochs=1\"]' \\",
