@@ -193,6 +193,20 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
     raise AssertionError("server did not become ready")
 
 
+def _wait_queued(url: str, seconds: float = 2.0) -> None:
+    """Wait until the server shows a request in its batch queue, or ``seconds`` pass.
+
+    A lone request may skip the queue (adaptive batching), so the wait is bounded; on a busy
+    machine it gives the request time to arrive before the signal.
+    """
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+            if line.startswith("fenlei_queue_depth") and float(line.split()[-1]) > 0:
+                return
+        time.sleep(0.02)
+
+
 def test_sigterm_lets_in_flight_requests_finish(serve_run: Path) -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -211,7 +225,7 @@ def test_sigterm_lets_in_flight_requests_finish(serve_run: Path) -> None:
             _wait_ready(url, proc)
             thread = threading.Thread(target=call)
             thread.start()
-            time.sleep(0.5)  # the request now waits in the batcher (max wait 1.5 s)
+            _wait_queued(url)  # the request now waits in the batcher (max wait 1.5 s)
             proc.send_signal(signal.SIGTERM)
             thread.join(timeout=30)
             # uvicorn re-raises SIGTERM after its graceful shutdown: -15 is a clean exit
