@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch._dynamo
 
+# kept out of the training clock as every peer's imports are)
 from bench.peers import _common as c
 from fenlei.classifier import prepare_splits, train_run
 from fenlei.config import load_config

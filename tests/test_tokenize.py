@@ -54,6 +54,24 @@ def test_unigram_kind_and_unknown_rate() -> None:
     assert wp.unknown_rate(["龘"]) == 1.0
 
 
+def test_word_kind_is_the_keras_tokenizer(tmp_path: Path) -> None:
+    texts = ["Don't stop, it's GREAT!!", "great film :)", "我想退款"] * 5 + ["rare"]
+    enc = train_encoder(texts, EncoderConfig(kind="word", vocab_size=100, min_frequency=2))
+    # punctuation dropped, apostrophes kept, CJK characters are words, the rest unknown
+    assert enc.tokenizer.encode("Don't stop, it's great!").tokens == [
+        "don't",
+        "stop",
+        "it's",
+        "great",
+    ]
+    assert enc.tokenizer.encode("我想 film").tokens == ["我", "想", "film"]
+    assert enc.tokenizer.encode("rare").tokens == ["[UNK]"]
+    assert "rare" not in enc.tokenizer.get_vocab()
+    enc.save(tmp_path / "tokenizer.json")
+    again = Encoder.load(tmp_path / "tokenizer.json", enc.cfg)
+    assert again.encode_ids(texts) == enc.encode_ids(texts)
+
+
 def test_save_and_load(tmp_path: Path) -> None:
     cfg = EncoderConfig(vocab_size=200, min_frequency=1)
     enc = train_encoder(TEXTS, cfg)

@@ -144,3 +144,44 @@ def test_resume_with_other_settings_is_refused(
     (run / "checkpoint" / "run.json").write_text(json.dumps({"config": {}, "labels": []}))
     assert main(_cli_train(run, "--resume")[3:]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "adam", "sgd"])
+def test_linear_sparse_optimizers_learn(bundled, tmp_path: Path, optimizer: str) -> None:  # type: ignore[no-untyped-def]
+    lr = {"adagrad": 0.1, "adam": 0.01, "sgd": 20.0}[optimizer]
+    cfg = load_config(
+        "linear",
+        [
+            "train.threads=1",
+            "eval.plots=false",
+            "train.epochs=6",
+            "train.patience=none",
+            f"train.sparse_optimizer={optimizer}",
+            f"train.sparse_lr={lr}",
+        ],
+    )
+    splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"])
+    result = train_run(cfg, splits, tmp_path / optimizer)
+    assert result.metrics["dev"]["accuracy"] > 0.4  # 12 intents: chance is about 0.08
+
+
+def test_best_epoch_is_a_link_to_its_checkpoint(bundled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.torch import load_file
+
+    from fenlei.data import LabelSet
+    from fenlei.models import ModelSpec, build_model
+    from fenlei.tokenize import train_encoder
+    from fenlei.train import fit
+
+    cfg = load_config("lstm", [*LSTM_TINY, "train.epochs=3"])
+    labels = LabelSet.fit(bundled["train"])
+    encoder = train_encoder(bundled["train"].texts, cfg.encoder)
+    spec = ModelSpec(vocab_size=encoder.vocab_size, pad_id=encoder.pad_id, n_outputs=len(labels))
+    model = build_model(cfg.model, spec)
+    run = fit(model, encoder, bundled["train"], bundled["dev"], labels, cfg.train, run_dir=tmp_path)
+    best = tmp_path / "checkpoint" / "best.safetensors"
+    state = tmp_path / "checkpoint" / "state.safetensors"
+    best_weights = load_file(str(best))
+    for name, tensor in run.model.state_dict().items():
+        np.testing.assert_array_equal(tensor.numpy(), best_weights[f"model.{name}"].numpy())
+    assert (best.stat().st_ino == state.stat().st_ino) == (run.best_epoch == 3)

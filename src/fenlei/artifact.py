@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
@@ -39,8 +39,10 @@ __all__ = [
     "LoadedRun",
     "atomic_write",
     "atomic_write_text",
+    "load_best_weights",
     "load_checkpoint",
     "load_run",
+    "mark_best_checkpoint",
     "save_checkpoint",
     "save_run",
     "verify_manifest",
@@ -50,6 +52,9 @@ __all__ = [
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "state.safetensors"
+PROGRESS_KEY = "fenlei.progress"
+BEST_FILE = "best.safetensors"
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -255,7 +260,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 
 
 def _flatten_optimizers(
-    optimizers: list[torch.optim.Optimizer],
+    optimizers: list[torch.optim.Optimizer], seen: set[int]
 ) -> tuple[dict[str, torch.Tensor], list[Any]]:
     tensors: dict[str, torch.Tensor] = {}
     groups: list[Any] = []
@@ -264,8 +269,20 @@ def _flatten_optimizers(
         groups.append(state["param_groups"])
         for idx, slots in state["state"].items():
             for key, value in slots.items():
-                tensors[f"optim{j}.{idx}.{key}"] = torch.as_tensor(value).clone().contiguous()
+                tensors[f"optim{j}.{idx}.{key}"] = _unshared(torch.as_tensor(value), seen)
     return tensors, groups
+
+
+def _unshared(tensor: torch.Tensor, seen: set[int]) -> torch.Tensor:
+    """The tensor as safetensors can write it: contiguous, copied only if its memory is shared.
+
+    (Copying every tensor doubled the cost of a checkpoint of a large embedding table.)
+    """
+    tensor = tensor.detach().contiguous()
+    if tensor.data_ptr() in seen and tensor.numel():
+        return tensor.clone()
+    seen.add(tensor.data_ptr())
+    return tensor
 
 
 def _unflatten_optimizers(
@@ -289,12 +306,47 @@ def save_checkpoint(
 ) -> None:
     """Atomically write ``checkpoint/`` (model + optimizer tensors, RNG, JSON progress)."""
     folder = run_dir / CHECKPOINT_DIR
-    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    opt_tensors, groups = _flatten_optimizers(optimizers)
+    seen: set[int] = set()
+    tensors = {f"model.{k}": _unshared(v, seen) for k, v in model.state_dict().items()}
+    opt_tensors, groups = _flatten_optimizers(optimizers, seen)
     tensors.update(opt_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
-    atomic_write(folder / "state.safetensors", lambda tmp: save_file(tensors, str(tmp)))
-    _write_json(folder / "progress.json", {**progress, "optimizer_groups": groups})
+    # progress travels inside the tensor file, so one rename makes a checkpoint consistent
+    meta = {PROGRESS_KEY: json.dumps({**progress, "optimizer_groups": groups})}
+    atomic_write(folder / STATE_FILE, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    _write_json(folder / "progress.json", progress)  # a readable copy, never read back
+
+
+def mark_best_checkpoint(run_dir: Path) -> None:
+    """Keep the checkpoint just written as ``checkpoint/best.safetensors``.
+
+    A hard link, not a copy: the next checkpoint replaces ``state.safetensors`` by rename, so
+    the linked file keeps this epoch's weights without writing them twice.
+    """
+    folder = run_dir / CHECKPOINT_DIR
+    tmp = folder / f".{BEST_FILE}.link"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(folder / STATE_FILE, tmp)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(folder / STATE_FILE, tmp)
+    os.replace(tmp, folder / BEST_FILE)
+
+
+def load_best_weights(run_dir: Path) -> dict[str, torch.Tensor] | None:
+    """The model weights of ``checkpoint/best.safetensors``; None when there is none.
+
+    Raises:
+        ArtifactError: the file exists but cannot be read.
+    """
+    path = run_dir / CHECKPOINT_DIR / BEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ArtifactError(f"{path} cannot be read ({exc}); delete it to start over") from exc
+    return {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
 
 
 def load_checkpoint(
@@ -306,11 +358,12 @@ def load_checkpoint(
         ArtifactError: the checkpoint exists but cannot be read or does not fit.
     """
     folder = run_dir / CHECKPOINT_DIR
-    if not (folder / "progress.json").is_file():
+    if not (folder / STATE_FILE).is_file():
         return None
-    progress = _read_json(folder / "progress.json")
     try:
-        tensors = load_file(str(folder / "state.safetensors"))
+        with safe_open(str(folder / STATE_FILE), framework="pt") as fh:
+            progress = json.loads((fh.metadata() or {})[PROGRESS_KEY])
+        tensors = load_file(str(folder / STATE_FILE))
         model.load_state_dict(
             {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         )

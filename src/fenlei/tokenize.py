@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -38,14 +40,13 @@ UNK = "[UNK]"
 
 def pad_ids(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad id lists into ``(ids, mask)``, both (B, T) int64 tensors."""
-    longest = max(1, max(len(ids) for ids in batch))
-    ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), longest), dtype=torch.long)
-    for row, seq in enumerate(batch):
-        if seq:
-            ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-            mask[row, : len(seq)] = 1
-    return ids, mask
+    lengths = np.fromiter((len(seq) for seq in batch), dtype=np.int64, count=len(batch))
+    longest = max(1, int(lengths.max(initial=0)))
+    valid = np.arange(longest)[None, :] < lengths[:, None]
+    ids = np.full((len(batch), longest), pad_id, dtype=np.int64)
+    # row-major boolean assignment fills each row's prefix in order: one C loop, no per-row copy
+    ids[valid] = np.fromiter(chain.from_iterable(batch), dtype=np.int64, count=int(lengths.sum()))
+    return torch.from_numpy(ids), torch.from_numpy(valid.astype(np.int64))
 
 
 class Encoder:
@@ -113,6 +114,10 @@ class Encoder:
             raise ArtifactError(f"{path} is not a valid tokenizer.json: {exc}") from exc
 
 
+# Keras Tokenizer's default filters: every punctuation mark and symbol except the apostrophe.
+_WORD_FILTER = r"[^\p{L}\p{N}\p{M}\s']+"
+
+
 def _normalizer(cfg: EncoderConfig) -> normalizers.Normalizer:
     steps: list[normalizers.Normalizer] = [normalizers.NFKC()]
     if cfg.strip_html:
@@ -125,11 +130,16 @@ def _normalizer(cfg: EncoderConfig) -> normalizers.Normalizer:
             lowercase=cfg.lowercase,
         )
     )
+    if cfg.kind == "word":
+        steps.append(normalizers.Replace(Regex(_WORD_FILTER), " "))
     return normalizers.Sequence(steps)
 
 
 def train_encoder(texts: Iterable[str], cfg: EncoderConfig) -> Encoder:
-    """Train a WordPiece or Unigram vocabulary on ``texts``.
+    """Train a WordPiece, Unigram or word-level vocabulary on ``texts``.
+
+    ``word`` is the Keras ``Tokenizer``: the ``vocab_size`` most frequent words, punctuation
+    dropped, other words unknown; CJK characters count as words.
 
     Args:
         texts: the training texts (never dev or test).
@@ -152,6 +162,14 @@ def train_encoder(texts: Iterable[str], cfg: EncoderConfig) -> Encoder:
             show_progress=False,
         )
         tok.decoder = decoders.WordPiece()
+    elif cfg.kind == "word":
+        tok = Tokenizer(models.WordLevel(unk_token=UNK))
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=cfg.vocab_size,
+            min_frequency=cfg.min_frequency,
+            special_tokens=special,
+            show_progress=False,
+        )
     elif cfg.kind == "unigram":
         tok = Tokenizer(models.Unigram())
         trainer = trainers.UnigramTrainer(
@@ -160,7 +178,11 @@ def train_encoder(texts: Iterable[str], cfg: EncoderConfig) -> Encoder:
     else:
         raise ConfigError("encoder.kind=pretrained is loaded, not trained")
     tok.normalizer = _normalizer(cfg)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.pre_tokenizer = (
+        pre_tokenizers.WhitespaceSplit()
+        if cfg.kind == "word"
+        else pre_tokenizers.BertPreTokenizer()
+    )
     try:
         tok.train_from_iterator(texts, trainer=trainer)
     except Exception as exc:  # tokenizers raises bare Exceptions
@@ -179,11 +201,13 @@ def _canonical_ids(tok: Tokenizer, cfg: EncoderConfig, special: list[str]) -> No
     The trainers break ties through hash maps, so the same texts can yield the same pieces
     under different ids; sorted ids make the same vocabulary give the same model.
     """
-    if cfg.kind == "wordpiece":
+    if cfg.kind in ("wordpiece", "word"):
         pieces = [t for t in tok.get_vocab() if t not in special]
-        ordered = [*special, *sorted(pieces)]
-        tok.model = models.WordPiece(
-            vocab={t: i for i, t in enumerate(ordered)}, unk_token=UNK, max_input_chars_per_word=100
+        vocab = {t: i for i, t in enumerate([*special, *sorted(pieces)])}
+        tok.model = (
+            models.WordLevel(vocab=vocab, unk_token=UNK)
+            if cfg.kind == "word"
+            else models.WordPiece(vocab=vocab, unk_token=UNK, max_input_chars_per_word=100)
         )
         return
     scored = json.loads(tok.to_str())["model"]["vocab"]

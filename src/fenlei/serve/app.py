@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import hmac
 import json
 import logging
@@ -211,11 +212,16 @@ def _lifespan(sources: dict[str, ModelSource], state: ServeState):  # type: igno
             logger.info("loaded model %s (%s)", name, state.models[name].info.version)
         for served in state.models.values():
             await served.batcher.start()
+        # Everything loaded so far (torch, the models, the app) lives as long as the server:
+        # freezing it keeps the cyclic GC from rescanning it, which showed as tail latency.
+        gc.collect()
+        gc.freeze()
         state.ready = True
         try:
             yield
         finally:
             state.ready = False
+            gc.unfreeze()
             for served in state.models.values():
                 await served.batcher.stop()
 
