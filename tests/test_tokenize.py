@@ -56,7 +56,8 @@ def test_unigram_kind_and_unknown_rate() -> None:
 
 def test_word_kind_is_the_keras_tokenizer(tmp_path: Path) -> None:
     texts = ["Don't stop, it's GREAT!!", "great film :)", "我想退款"] * 5 + ["rare"]
-    enc = train_encoder(texts, EncoderConfig(kind="word", vocab_size=100, min_frequency=2))
+    cfg = EncoderConfig(kind="word", vocab_size=100, min_frequency=2, drop_punctuation=True)
+    enc = train_encoder(texts, cfg)
     # punctuation dropped, apostrophes kept, CJK characters are words, the rest unknown
     assert enc.tokenizer.encode("Don't stop, it's great!").tokens == [
         "don't",
@@ -70,6 +71,9 @@ def test_word_kind_is_the_keras_tokenizer(tmp_path: Path) -> None:
     enc.save(tmp_path / "tokenizer.json")
     again = Encoder.load(tmp_path / "tokenizer.json", enc.cfg)
     assert again.encode_ids(texts) == enc.encode_ids(texts)
+    # without drop_punctuation, punctuation marks are words of their own (as in fastText)
+    keep = train_encoder(texts, EncoderConfig(kind="word", vocab_size=100, min_frequency=2))
+    assert keep.tokenizer.encode("great!").tokens == ["great", "!"]
 
 
 def test_save_and_load(tmp_path: Path) -> None:

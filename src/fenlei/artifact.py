@@ -36,6 +36,7 @@ from fenlei.tokenize import Encoder
 
 __all__ = [
     "FORMAT_VERSION",
+    "CheckpointSnapshot",
     "LoadedRun",
     "atomic_write",
     "atomic_write_text",
@@ -45,7 +46,9 @@ __all__ = [
     "mark_best_checkpoint",
     "save_checkpoint",
     "save_run",
+    "snapshot",
     "verify_manifest",
+    "write_checkpoint",
     "write_manifest",
 ]
 
@@ -57,32 +60,39 @@ PROGRESS_KEY = "fenlei.progress"
 BEST_FILE = "best.safetensors"
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it."""
+def atomic_write(path: Path, write: Callable[[Path], None], *, durable: bool = True) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it.
+
+    The rename alone makes the write atomic for readers and against a killed process;
+    ``durable`` adds the fsync that also survives a power cut. Per-epoch checkpoints skip
+    it: on a busy disk it cost up to half a second per 120 MB checkpoint, and a checkpoint
+    lost to a power cut only means resuming one epoch earlier.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         write(tmp)
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with tmp.open("rb") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Atomically write UTF-8 text."""
+def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> None:
+    """Atomically write UTF-8 text (see :func:`atomic_write`)."""
 
     def write(tmp: Path) -> None:
         tmp.write_text(text, encoding="utf-8")
 
-    atomic_write(path, write)
+    atomic_write(path, write, durable=durable)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+def _write_json(path: Path, obj: Any, *, durable: bool = True) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n", durable=durable)
 
 
 def _sha256(path: Path) -> str:
@@ -260,7 +270,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 
 
 def _flatten_optimizers(
-    optimizers: list[torch.optim.Optimizer], seen: set[int]
+    optimizers: list[torch.optim.Optimizer],
 ) -> tuple[dict[str, torch.Tensor], list[Any]]:
     tensors: dict[str, torch.Tensor] = {}
     groups: list[Any] = []
@@ -269,20 +279,8 @@ def _flatten_optimizers(
         groups.append(state["param_groups"])
         for idx, slots in state["state"].items():
             for key, value in slots.items():
-                tensors[f"optim{j}.{idx}.{key}"] = _unshared(torch.as_tensor(value), seen)
+                tensors[f"optim{j}.{idx}.{key}"] = torch.as_tensor(value).detach().clone()
     return tensors, groups
-
-
-def _unshared(tensor: torch.Tensor, seen: set[int]) -> torch.Tensor:
-    """The tensor as safetensors can write it: contiguous, copied only if its memory is shared.
-
-    (Copying every tensor doubled the cost of a checkpoint of a large embedding table.)
-    """
-    tensor = tensor.detach().contiguous()
-    if tensor.data_ptr() in seen and tensor.numel():
-        return tensor.clone()
-    seen.add(tensor.data_ptr())
-    return tensor
 
 
 def _unflatten_optimizers(
@@ -298,23 +296,54 @@ def _unflatten_optimizers(
         opt.load_state_dict({"state": state, "param_groups": groups[j]})
 
 
+@dataclass(frozen=True)
+class CheckpointSnapshot:
+    """A copy of everything a checkpoint holds, taken at one moment (see :func:`snapshot`)."""
+
+    tensors: dict[str, torch.Tensor]
+    progress: dict[str, Any]
+
+
+def snapshot(
+    model: nn.Module, optimizers: list[torch.optim.Optimizer], progress: dict[str, Any]
+) -> CheckpointSnapshot:
+    """Copy the model, optimizer state and RNG now, so training may go on while it is written."""
+    tensors = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    opt_tensors, groups = _flatten_optimizers(optimizers)
+    tensors.update(opt_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    return CheckpointSnapshot(tensors, {**progress, "optimizer_groups": groups})
+
+
+def write_checkpoint(run_dir: Path, snap: CheckpointSnapshot, *, best: bool = False) -> None:
+    """Atomically write ``checkpoint/state.safetensors`` (+ ``best.safetensors`` when best).
+
+    The progress travels inside the tensor file's metadata, so one rename makes a consistent
+    checkpoint; ``progress.json`` beside it is a readable copy that is never read back.
+    """
+    folder = run_dir / CHECKPOINT_DIR
+    meta = {PROGRESS_KEY: json.dumps(snap.progress)}
+    atomic_write(
+        folder / STATE_FILE,
+        lambda tmp: save_file(snap.tensors, str(tmp), metadata=meta),
+        durable=False,
+    )
+    if best:
+        mark_best_checkpoint(run_dir)
+    readable = {k: v for k, v in snap.progress.items() if k != "optimizer_groups"}
+    _write_json(folder / "progress.json", readable, durable=False)
+
+
 def save_checkpoint(
     run_dir: Path,
     model: nn.Module,
     optimizers: list[torch.optim.Optimizer],
     progress: dict[str, Any],
+    *,
+    best: bool = False,
 ) -> None:
-    """Atomically write ``checkpoint/`` (model + optimizer tensors, RNG, JSON progress)."""
-    folder = run_dir / CHECKPOINT_DIR
-    seen: set[int] = set()
-    tensors = {f"model.{k}": _unshared(v, seen) for k, v in model.state_dict().items()}
-    opt_tensors, groups = _flatten_optimizers(optimizers, seen)
-    tensors.update(opt_tensors)
-    tensors["rng.torch"] = torch.get_rng_state()
-    # progress travels inside the tensor file, so one rename makes a checkpoint consistent
-    meta = {PROGRESS_KEY: json.dumps({**progress, "optimizer_groups": groups})}
-    atomic_write(folder / STATE_FILE, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-    _write_json(folder / "progress.json", progress)  # a readable copy, never read back
+    """Snapshot and write ``checkpoint/`` now (model + optimizer tensors, RNG, progress)."""
+    write_checkpoint(run_dir, snapshot(model, optimizers, progress), best=best)
 
 
 def mark_best_checkpoint(run_dir: Path) -> None:

@@ -130,7 +130,7 @@ def _normalizer(cfg: EncoderConfig) -> normalizers.Normalizer:
             lowercase=cfg.lowercase,
         )
     )
-    if cfg.kind == "word":
+    if cfg.drop_punctuation:
         steps.append(normalizers.Replace(Regex(_WORD_FILTER), " "))
     return normalizers.Sequence(steps)
 
@@ -138,8 +138,9 @@ def _normalizer(cfg: EncoderConfig) -> normalizers.Normalizer:
 def train_encoder(texts: Iterable[str], cfg: EncoderConfig) -> Encoder:
     """Train a WordPiece, Unigram or word-level vocabulary on ``texts``.
 
-    ``word`` is the Keras ``Tokenizer``: the ``vocab_size`` most frequent words, punctuation
-    dropped, other words unknown; CJK characters count as words.
+    ``word`` keeps the ``vocab_size`` most frequent whole words (each punctuation mark and
+    each CJK character is a word of its own; the rest is unknown), as fastText does; with
+    ``drop_punctuation`` it is the Keras ``Tokenizer``.
 
     Args:
         texts: the training texts (never dev or test).
@@ -178,10 +179,10 @@ def train_encoder(texts: Iterable[str], cfg: EncoderConfig) -> Encoder:
     else:
         raise ConfigError("encoder.kind=pretrained is loaded, not trained")
     tok.normalizer = _normalizer(cfg)
+    # Keras's word split keeps "don't" whole; otherwise every punctuation mark is a token
+    keras_words = cfg.kind == "word" and cfg.drop_punctuation
     tok.pre_tokenizer = (
-        pre_tokenizers.WhitespaceSplit()
-        if cfg.kind == "word"
-        else pre_tokenizers.BertPreTokenizer()
+        pre_tokenizers.WhitespaceSplit() if keras_words else pre_tokenizers.BertPreTokenizer()
     )
     try:
         tok.train_from_iterator(texts, trainer=trainer)

@@ -16,6 +16,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +28,13 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
 from fenlei.artifact import (
+    CheckpointSnapshot,
     atomic_write_text,
     load_best_weights,
     load_checkpoint,
     mark_best_checkpoint,
-    save_checkpoint,
+    snapshot,
+    write_checkpoint,
 )
 from fenlei.augment import augment_batch
 from fenlei.config import AugmentConfig, TrainConfig
@@ -221,15 +224,6 @@ class _State:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _keep_best(run_dir: Path | None, model: nn.Module, memory: dict[str, torch.Tensor]) -> None:
-    """Remember the current weights as the best: on disk when there is a run folder."""
-    if run_dir is not None:
-        mark_best_checkpoint(run_dir)  # links the checkpoint just written; no copy
-        return
-    memory.clear()
-    memory.update({k: v.detach().clone() for k, v in model.state_dict().items()})
-
-
 def _best_weights(
     run_dir: Path | None, memory: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor] | None:
@@ -241,7 +235,7 @@ def _best_weights(
 def _write_history(run_dir: Path | None, history: list[dict[str, Any]]) -> None:
     if run_dir is not None:
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in history)
-        atomic_write_text(run_dir / "metrics.jsonl", lines)
+        atomic_write_text(run_dir / "metrics.jsonl", lines, durable=False)
 
 
 def _train_epoch(
@@ -320,25 +314,100 @@ def _restore(run_dir: Path | None, ctx: _Context, model: nn.Module, state: _Stat
     logger.info("resuming after epoch %d", state.epoch)
 
 
-def _checkpoint(run_dir: Path | None, model: nn.Module, ctx: _Context, state: _State) -> None:
+def _run_epoch(
+    model: nn.Module,
+    train_ids: list[list[int]],
+    lengths: list[int],
+    y: torch.Tensor,
+    dev_ids: list[list[int]],
+    y_dev: torch.Tensor,
+    labels: LabelSet,
+    ctx: _Context,
+    state: _State,
+) -> dict[str, Any]:
+    """Train one epoch, score dev, update the early-stopping state; return the epoch record."""
+    cfg = ctx.cfg
+    epoch = state.epoch + 1
+    batches = training_batches(
+        lengths, cfg.batch_size, epoch_seed=cfg.seed + epoch, bucket=cfg.bucket_by_length
+    )
+    if ctx.progress is not None:
+        ctx.progress.epoch_start(epoch, cfg.epochs, len(batches))
+    started = time.perf_counter()
+    train_loss = _train_epoch(model, batches, train_ids, y, ctx, state)
+    dev_metrics = _dev_metrics(
+        model, dev_ids, y_dev.to(ctx.device), ctx.loss_fn, labels, ctx.encoder.pad_id, ctx.device
+    )
+    value = dev_metrics[cfg.monitor]
+    is_best = _improved(cfg.monitor, value, state.best)
+    if is_best:
+        state.best, state.best_epoch, state.bad_epochs = value, epoch, 0
+    else:
+        state.bad_epochs += 1
+    record = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "dev": dev_metrics,
+        "lr": ctx.optimizers[0].param_groups[0]["lr"],
+        "seconds": time.perf_counter() - started,
+        "is_best": is_best,
+    }
+    state.history.append(record)
+    state.epoch = epoch
+    return record
+
+
+class _CheckpointWriter:
+    """Writes checkpoints on one background thread, so disk time overlaps the next epoch.
+
+    The state is copied first (:func:`snapshot`); a new checkpoint waits for the previous one,
+    and :meth:`wait` (called before the best weights are read back and when training ends)
+    re-raises any error from the thread.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fenlei-checkpoint")
+        self._pending: Future[None] | None = None
+
+    def submit(self, run_dir: Path, snap: CheckpointSnapshot, *, best: bool) -> None:
+        self.wait()
+        self._pending = self._pool.submit(write_checkpoint, run_dir, snap, best=best)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def _checkpoint(
+    run_dir: Path | None,
+    model: nn.Module,
+    ctx: _Context,
+    state: _State,
+    writer: _CheckpointWriter,
+    *,
+    best: bool,
+) -> None:
     if run_dir is None:
         return
     # LambdaLR stores None for plain functions, so its state is JSON-ready
     schedulers = [s.state_dict() for s in ctx.schedulers]
-    save_checkpoint(
-        run_dir,
-        model,
-        ctx.optimizers,
-        {
-            "epoch": state.epoch,
-            "step": state.step,
-            "best": state.best,
-            "best_epoch": state.best_epoch,
-            "bad_epochs": state.bad_epochs,
-            "history": state.history,
-            "schedulers": schedulers,
-        },
-    )
+    progress = {
+        "epoch": state.epoch,
+        "step": state.step,
+        "best": state.best,
+        "best_epoch": state.best_epoch,
+        "bad_epochs": state.bad_epochs,
+        "history": state.history,
+        "schedulers": schedulers,
+    }
+    writer.submit(run_dir, snapshot(model, ctx.optimizers, progress), best=best)
 
 
 def fit(
@@ -409,43 +478,21 @@ def fit(
         _restore(run_dir, ctx, model, state)
     lengths = [len(ids) for ids in train_ids]
     stopped_early = False
-    while state.epoch < cfg.epochs:
-        if cfg.patience is not None and state.bad_epochs >= cfg.patience:
-            stopped_early = True
-            break
-        epoch = state.epoch + 1
-        batches = training_batches(
-            lengths, cfg.batch_size, epoch_seed=cfg.seed + epoch, bucket=cfg.bucket_by_length
-        )
-        if progress is not None:
-            progress.epoch_start(epoch, cfg.epochs, len(batches))
-        started = time.perf_counter()
-        train_loss = _train_epoch(model, batches, train_ids, y, ctx, state)
-        dev_metrics = _dev_metrics(
-            model, dev_ids, y_dev.to(device), ctx.loss_fn, labels, encoder.pad_id, device
-        )
-        value = dev_metrics[cfg.monitor]
-        is_best = _improved(cfg.monitor, value, state.best)
-        if is_best:
-            state.best, state.best_epoch, state.bad_epochs = value, epoch, 0
-        else:
-            state.bad_epochs += 1
-        record = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "dev": dev_metrics,
-            "lr": optimizers[0].param_groups[0]["lr"],
-            "seconds": time.perf_counter() - started,
-            "is_best": is_best,
-        }
-        state.history.append(record)
-        state.epoch = epoch
-        _write_history(run_dir, state.history)
-        _checkpoint(run_dir, model, ctx, state)
-        if is_best:
-            _keep_best(run_dir, model, best_weights)
-        if progress is not None:
-            progress.epoch_end(record)
+    writer = _CheckpointWriter()
+    try:
+        while state.epoch < cfg.epochs:
+            if cfg.patience is not None and state.bad_epochs >= cfg.patience:
+                stopped_early = True
+                break
+            record = _run_epoch(model, train_ids, lengths, y, dev_ids, y_dev, labels, ctx, state)
+            _write_history(run_dir, state.history)
+            _checkpoint(run_dir, model, ctx, state, writer, best=record["is_best"])
+            if record["is_best"] and run_dir is None:
+                best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if progress is not None:
+                progress.epoch_end(record)
+    finally:
+        writer.close()
     best = _best_weights(run_dir, best_weights) if cfg.restore_best else None
     if best:
         model.load_state_dict(best)
