@@ -123,7 +123,8 @@ def _serve_main(
             max_wait_ms=max_wait_ms,
             backend=backend,  # type: ignore[arg-type]
             threads=threads or None,
-            workers=int(os.environ.get("FENLEI_BENCH_WORKERS", "1")),
+            # FENLEI_BENCH_WORKERS overrides fenlei's own choice (0 = auto, the default)
+            workers=int(os.environ.get("FENLEI_BENCH_WORKERS", "0")) or None,
         )
         app = create_app({"bench": run}, settings)
     elif kind == "naive":

@@ -185,3 +185,20 @@ def test_best_epoch_is_a_link_to_its_checkpoint(bundled, tmp_path: Path) -> None
     for name, tensor in run.model.state_dict().items():
         np.testing.assert_array_equal(tensor.numpy(), best_weights[f"model.{name}"].numpy())
     assert (best.stat().st_ino == state.stat().st_ino) == (run.best_epoch == 3)
+
+
+def test_checkpoint_writer_reraises_errors_from_its_thread(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import fenlei.train as train_module
+    from fenlei.artifact import CheckpointSnapshot
+    from fenlei.errors import ArtifactError
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("fenlei.artifact.save_file", disk_full)
+    writer = train_module._CheckpointWriter()
+    writer.submit(tmp_path, CheckpointSnapshot({}, {}), best=False)
+    with pytest.raises(ArtifactError, match=r"cannot write the checkpoint.*free disk space"):
+        writer.close()

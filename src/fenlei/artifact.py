@@ -323,15 +323,21 @@ def write_checkpoint(run_dir: Path, snap: CheckpointSnapshot, *, best: bool = Fa
     """
     folder = run_dir / CHECKPOINT_DIR
     meta = {PROGRESS_KEY: json.dumps(snap.progress)}
-    atomic_write(
-        folder / STATE_FILE,
-        lambda tmp: save_file(snap.tensors, str(tmp), metadata=meta),
-        durable=False,
-    )
-    if best:
-        mark_best_checkpoint(run_dir)
-    readable = {k: v for k, v in snap.progress.items() if k != "optimizer_groups"}
-    _write_json(folder / "progress.json", readable, durable=False)
+    try:
+        atomic_write(
+            folder / STATE_FILE,
+            lambda tmp: save_file(snap.tensors, str(tmp), metadata=meta),
+            durable=False,
+        )
+        if best:
+            mark_best_checkpoint(run_dir)
+        readable = {k: v for k, v in snap.progress.items() if k != "optimizer_groups"}
+        _write_json(folder / "progress.json", readable, durable=False)
+    except OSError as exc:
+        raise ArtifactError(
+            f"cannot write the checkpoint in {folder}: {exc}; free disk space or choose "
+            "another --out, then resume with --resume"
+        ) from exc
 
 
 def save_checkpoint(

@@ -331,8 +331,14 @@ def serve(
         int, typer.Option(min=0, help="Inference threads (0 = library default).")
     ] = 1,
     workers: Annotated[
-        int, typer.Option(min=1, max=16, help="Batches per model that may run at once.")
-    ] = 1,
+        int,
+        typer.Option(
+            min=0,
+            max=16,
+            help="Batches per model that may run at once (0 = auto: one per free core for "
+            "transformers, one for other models).",
+        ),
+    ] = 0,
 ) -> None:
     """Serve run folders over HTTP: predictions, /metrics, drift, a page at /.
 
@@ -354,7 +360,7 @@ def serve(
         backend=backend,  # type: ignore[arg-type]
         drift_window=drift_window,
         threads=threads or None,
-        workers=workers,
+        workers=workers or None,
     )
     run_server(_named_runs(runs), settings, host=host, port=port)
 

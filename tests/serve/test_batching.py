@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
+from fenlei.config import load_config
 from fenlei.serve.batching import MicroBatcher
 
 from .conftest import StartServer
@@ -152,3 +154,19 @@ def test_two_workers_run_two_batches_at_once() -> None:
     outs = _run(main())
     assert [o[0, 0] for o in outs] == [len(f"t{i}") for i in range(16)]
     assert active[1] == 2
+
+
+def test_workers_auto_one_per_free_core_for_transformers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from fenlei.serve.app import _workers
+    from fenlei.serve.schemas import ServeSettings
+
+    def predictor(arch: str) -> Any:
+        return SimpleNamespace(run=SimpleNamespace(config=load_config(arch)))
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert _workers(predictor("minilm"), ServeSettings(threads=1)) == 2
+    assert _workers(predictor("minilm"), ServeSettings(threads=2)) == 1
+    assert _workers(predictor("linear"), ServeSettings(threads=1)) == 1
+    assert _workers(predictor("minilm"), ServeSettings(workers=3)) == 3

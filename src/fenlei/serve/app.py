@@ -15,6 +15,7 @@ import gc
 import hmac
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -167,13 +168,29 @@ def _model_info(name: str, predictor: Predictor) -> ModelInfo:
 _TRANSFORMER_CHUNK = 8  # MiniLM on CPU: 8 length-sorted texts per call beat 1 and 32
 
 
+def _is_transformer(predictor: Predictor) -> bool:
+    run = predictor.run
+    return run is not None and run.config.model.architecture.startswith("transformer")
+
+
 def _chunk_size(predictor: Predictor, settings: ServeSettings) -> int:
     if settings.chunk_size is not None:
         return settings.chunk_size
-    run = predictor.run
-    if run is not None and run.config.model.architecture.startswith("transformer"):
-        return _TRANSFORMER_CHUNK
-    return predictor.batch_size
+    return _TRANSFORMER_CHUNK if _is_transformer(predictor) else predictor.batch_size
+
+
+def _workers(predictor: Predictor, settings: ServeSettings) -> int:
+    """Batches that may run at once: a transformer gets one per core its threads leave free.
+
+    Measured on 2 cores, MiniLM (ONNX, 1 thread) at concurrency 32: 220 requests/s with one
+    worker, 385 with two. A small model's call takes about a millisecond, so a second worker
+    only contends with the event loop for the GIL: one.
+    """
+    if settings.workers is not None:
+        return settings.workers
+    if not _is_transformer(predictor):
+        return 1
+    return max(1, min(4, (os.cpu_count() or 1) // (settings.threads or 1)))
 
 
 def _serve_model(name: str, predictor: Predictor, state: ServeState) -> ServedModel:
@@ -196,7 +213,7 @@ def _serve_model(name: str, predictor: Predictor, state: ServeState) -> ServedMo
         max_wait_ms=settings.max_wait_ms,
         observe=observe,
         on_batch=batch_hist.observe,
-        workers=settings.workers,
+        workers=_workers(predictor, settings),
     )
     metrics.queue_depth.labels(name).set_function(lambda: batcher.queued_texts)
     return ServedModel(name, predictor, batcher, drift, _model_info(name, predictor))

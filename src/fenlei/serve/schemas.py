@@ -52,8 +52,12 @@ class ServeSettings(_Frozen):
         description="Intra-op threads of PyTorch / ONNX Runtime; 1 leaves the other cores to "
         "the event loop (best for small models); None keeps the libraries' default.",
     )
-    workers: int = Field(
-        1, ge=1, le=16, description="Batches of one model that may run at once (threads)."
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="Batches of one model that may run at once (threads); None: one per "
+        "free core for transformers (cores / threads, at most 4), one for other models.",
     )
     chunk_size: int | None = Field(
         None,
