@@ -407,7 +407,9 @@ def write_report() -> Path:
         "- **accuracy, macro-F1** on the evaluation split named per table, from each system's "
         "predicted labels (scikit-learn metrics in the harness).",
         "- **train s**: wall time of training alone (tokenizer/vectorizer fitting included; "
-        "data loading and test evaluation excluded).",
+        "data loading, library imports and test evaluation excluded; for fenlei that includes "
+        "`torch._dynamo`, which `torch.optim` imports lazily, ~1 s, imported before the clock "
+        "starts as every peer's libraries are).",
         "- **p50/p99 ms**: 200 single-text predictions (after 10 warm-up calls), text in → "
         "label out, tokenization included. **batch-32 texts/s**: the first 1,024 test texts in "
         "batches of 32.",
