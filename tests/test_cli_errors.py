@@ -219,3 +219,12 @@ def test_error_line_with_closing_tag_in_setting(
 ) -> None:
     line = user_error(capsys, ["train", str(good_csv), "--set", "train.epochs[/x]=3"])
     assert "train.epochs[/x]: unknown setting" in line
+
+
+def test_demo_linear_settings_for_small_data_can_be_overridden() -> None:
+    from fenlei.cli import DEMO_LINEAR_SETTINGS
+    from fenlei.config import load_config
+
+    cfg = load_config("linear", [*DEMO_LINEAR_SETTINGS, "train.batch_size=64"])
+    assert cfg.model.char_ngram_min == 3
+    assert cfg.train.batch_size == 64
