@@ -44,7 +44,6 @@ __all__ = [
     "load_checkpoint",
     "load_run",
     "mark_best_checkpoint",
-    "save_checkpoint",
     "save_run",
     "snapshot",
     "verify_manifest",
@@ -338,18 +337,6 @@ def write_checkpoint(run_dir: Path, snap: CheckpointSnapshot, *, best: bool = Fa
             f"cannot write the checkpoint in {folder}: {exc}; free disk space or choose "
             "another --out, then resume with --resume"
         ) from exc
-
-
-def save_checkpoint(
-    run_dir: Path,
-    model: nn.Module,
-    optimizers: list[torch.optim.Optimizer],
-    progress: dict[str, Any],
-    *,
-    best: bool = False,
-) -> None:
-    """Snapshot and write ``checkpoint/`` now (model + optimizer tensors, RNG, progress)."""
-    write_checkpoint(run_dir, snapshot(model, optimizers, progress), best=best)
 
 
 def mark_best_checkpoint(run_dir: Path) -> None:

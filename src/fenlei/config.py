@@ -193,8 +193,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The classic Keras example, exactly: Tokenizer(10000) -> pad(500) -> Embedding(10000, 64)
     # -> LSTM(128) -> Dense(1, sigmoid); Adam 1e-3, binary cross-entropy, 10 epochs, batch 32.
     # Keras pads and truncates at the front ("pre"), so the last 500 tokens are kept. Its
-    # word-level Tokenizer is encoder.kind=word; on IMDB that was 2x faster per epoch but
-    # 1.1 points less accurate than a 10,000-piece WordPiece vocabulary (0.860 vs 0.871).
+    # word-level Tokenizer is encoder.kind=word + drop_punctuation; on IMDB its epochs were
+    # faster (39 vs 46 s) but test accuracy 0.860 against 0.861-0.875 for 10,000 WordPiece
+    # pieces (bench/results/seed_imdb_experiments.json).
     "seed-lstm": {
         "encoder": {"vocab_size": 10000, "max_length": 500, "truncation": "tail"},
         "model": {
@@ -216,8 +217,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         # fastText's recipe: whole words (each punctuation mark a word) and hashed word
         # bigrams, a large vocabulary, big batches; the table is trained with sparse Adagrad.
         # Character n-grams (model.char_ngram_min=3) cost 30-70 % more time for no measured
-        # gain. Against WordPiece (30,000 pieces, batch 32) on the benchmark sets: about as
-        # accurate (better on sst2/chnsenticorp) and 1.5-2x faster (docs/benchmarks.md).
+        # gain on the benchmark sets. Against the previous preset (30,000 WordPiece pieces,
+        # batch 32) in the harness: 1.5-2.7x faster, more accurate on sst2, chnsenticorp and
+        # imdb, 0.2-0.6 points less on sms_spam and waimai_10k (docs/benchmarks.md).
         "encoder": {
             "kind": "word",
             "vocab_size": 200000,
