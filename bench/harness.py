@@ -199,6 +199,16 @@ SYSTEMS: dict[str, SystemSpec] = {
             {"epochs": 3, "max_length": 128},
             "HF Trainer MiniLM",
         ),
+        SystemSpec(
+            "hf-trainer-minilm-bf16",
+            "peer",
+            "hf",
+            "hf_trainer_peer.py",
+            _english,
+            "English encoder only",
+            {"epochs": 3, "max_length": 128, "bf16": True},
+            "HF Trainer MiniLM, bf16=True",
+        ),
     ]
 }
 

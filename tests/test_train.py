@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from fenlei import train as train_module
 from fenlei.classifier import prepare_splits, train_run
 from fenlei.config import load_config
 from fenlei.data import Dataset, bundled_dataset_path
 from fenlei.predict import Predictor
-from fenlei.train import training_batches
+from fenlei.train import training_batches, use_mixed_precision
 
 LSTM_TINY = [
     "train.threads=1",
@@ -202,3 +204,63 @@ def test_checkpoint_writer_reraises_errors_from_its_thread(
     writer.submit(tmp_path, CheckpointSnapshot({}, {}), best=False)
     with pytest.raises(ArtifactError, match=r"cannot write the checkpoint.*free disk space"):
         writer.close()
+
+
+class _Plain(torch.nn.Module):
+    pass
+
+
+class _Declares(torch.nn.Module):
+    bf16_on_cpu = True
+
+
+@pytest.mark.parametrize(
+    ("device", "model", "amx", "amp", "expected"),
+    [
+        ("cpu", _Declares(), True, True, True),
+        ("cpu", _Declares(), False, True, False),  # bf16 without AMX is emulated: slower
+        ("cpu", _Plain(), True, True, False),  # no measured gain declared (linear, lstm)
+        ("cpu", _Declares(), True, False, False),  # train.amp=false
+        ("cuda", _Plain(), False, True, True),
+    ],
+)
+def test_mixed_precision_choice(  # type: ignore[no-untyped-def]
+    monkeypatch, device: str, model: torch.nn.Module, amx: bool, amp: bool, expected: bool
+) -> None:
+    monkeypatch.setattr(train_module, "_cpu_has_amx", lambda: amx)
+    cfg = load_config("minilm", [f"train.amp={str(amp).lower()}"]).train
+    assert use_mixed_precision(cfg, torch.device(device), model) is expected
+
+
+def test_transformer_trains_under_bf16_on_cpu(  # type: ignore[no-untyped-def]
+    monkeypatch, bundled, tiny_transformer_dir: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import family_overrides
+
+    # bf16 autocast runs on any CPU (emulated without AMX), so the path is tested everywhere
+    monkeypatch.setattr(train_module, "_cpu_has_amx", lambda: True)
+    preset, overrides = family_overrides("transformer.v1", tiny_transformer_dir)
+    cfg = load_config(preset, [*overrides, "train.epochs=3", "train.patience=none"])
+    splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"])
+    result = train_run(cfg, splits, tmp_path / "r")
+    history = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["precision"] for r in history] == ["bf16-mixed"] * 3
+    assert history[-1]["dev"]["accuracy"] > 1.5 / len(result.predictor.labels)  # it learns
+    # weights stay fp32 and the saved model predicts like a fresh load of it
+    loaded = Predictor.from_run(tmp_path / "r")
+    texts = bundled["test"].texts[:20]
+    np.testing.assert_allclose(
+        loaded.predict_proba(texts), result.predictor.predict_proba(texts), atol=1e-6
+    )
+
+
+def test_bf16_cpu_training_switches_attention_and_back(tiny_transformer_dir: Path) -> None:
+    from fenlei.models.transformer import TransformerClassifier
+
+    model = TransformerClassifier.from_pretrained(
+        str(tiny_transformer_dir), n_outputs=3, dropout=0.0
+    )
+    before = model.encoder.config._attn_implementation
+    with model.bf16_cpu_training():
+        assert model.encoder.config._attn_implementation == "eager"
+    assert model.encoder.config._attn_implementation == before

@@ -87,6 +87,8 @@ def main() -> None:
         seed=13,
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length",
+        # HF's own switch for bf16 autocast (on CPU too); off by default, as in HF
+        bf16=bool(opts.get("bf16", False)),
     )
     trainer = Trainer(
         model=model,

@@ -139,7 +139,10 @@ class TrainConfig(_Section):
     bucket_by_length: bool = Field(True, description="Batch texts of similar length.")
     seed: int = Field(13, description="Seed of every random choice in training.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
-    amp: bool = Field(True, description="Mixed precision on CUDA.")
+    amp: bool = Field(
+        True,
+        description="bf16 mixed precision: on CUDA, and for transformers on CPUs with AMX.",
+    )
     threads: int | None = Field(None, ge=1, description="Torch CPU threads; none = default.")
 
 
