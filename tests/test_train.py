@@ -264,3 +264,30 @@ def test_bf16_cpu_training_switches_attention_and_back(tiny_transformer_dir: Pat
     with model.bf16_cpu_training():
         assert model.encoder.config._attn_implementation == "eager"
     assert model.encoder.config._attn_implementation == before
+
+
+class _Writer:
+    def __init__(self, busy: bool) -> None:
+        self._busy = busy
+
+    def busy(self) -> bool:
+        return self._busy
+
+
+@pytest.mark.parametrize(
+    ("epoch", "bad_epochs", "best", "busy", "expected"),
+    [
+        (2, 0, True, True, True),  # a best epoch is always written, even if it must wait
+        (2, 1, False, False, True),
+        (2, 1, False, True, False),  # the disk is still busy with the previous one
+        (5, 1, False, False, False),  # the last epoch: nothing left to resume
+        (3, 2, False, False, False),  # early stopping ends training here
+    ],
+)
+def test_which_epochs_are_checkpointed(
+    epoch: int, bad_epochs: int, best: bool, busy: bool, expected: bool
+) -> None:
+    cfg = load_config("lstm", ["train.epochs=5", "train.patience=2"]).train
+    state = train_module._State(epoch=epoch, bad_epochs=bad_epochs)
+    writer = _Writer(busy)
+    assert train_module._should_checkpoint(cfg, state, writer, best=best) is expected  # type: ignore[arg-type]

@@ -413,6 +413,10 @@ class _CheckpointWriter:
         self.wait()
         self._pending = self._pool.submit(write_checkpoint, run_dir, snap, best=best)
 
+    def busy(self) -> bool:
+        """Whether the previous checkpoint is still being written."""
+        return self._pending is not None and not self._pending.done()
+
     def wait(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
@@ -423,6 +427,26 @@ class _CheckpointWriter:
             self.wait()
         finally:
             self._pool.shutdown(wait=True)
+
+
+def _should_checkpoint(
+    cfg: TrainConfig, state: _State, writer: _CheckpointWriter, *, best: bool
+) -> bool:
+    """Whether this epoch's checkpoint is worth writing.
+
+    A best epoch always is (``best.safetensors`` must match the best epoch that every later
+    checkpoint records). Another epoch is skipped when training ends with it (nothing is left
+    to resume) or when the previous checkpoint is still being written: on small data an
+    epoch is shorter than writing a 100 MB table, and waiting for the disk had tripled the
+    linear model's training time. A resume then replays at most those short epochs, with the
+    same result (the RNG state is in the checkpoint).
+    """
+    if best:
+        return True
+    finished = state.epoch >= cfg.epochs or (
+        cfg.patience is not None and state.bad_epochs >= cfg.patience
+    )
+    return not finished and not writer.busy()
 
 
 def _checkpoint(
@@ -529,7 +553,8 @@ def fit(
                     model, train_ids, lengths, y, dev_ids, y_dev, labels, ctx, state
                 )
                 _write_history(run_dir, state.history)
-                _checkpoint(run_dir, model, ctx, state, writer, best=record["is_best"])
+                if _should_checkpoint(cfg, state, writer, best=record["is_best"]):
+                    _checkpoint(run_dir, model, ctx, state, writer, best=record["is_best"])
                 if record["is_best"] and run_dir is None:
                     best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 if progress is not None:
