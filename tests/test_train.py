@@ -291,3 +291,34 @@ def test_which_epochs_are_checkpointed(
     state = train_module._State(epoch=epoch, bad_epochs=bad_epochs)
     writer = _Writer(busy)
     assert train_module._should_checkpoint(cfg, state, writer, best=best) is expected  # type: ignore[arg-type]
+
+
+def test_frozen_embeddings_stay_pretrained(
+    bundled, tiny_transformer_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from transformers import BertModel
+
+    from tests.conftest import family_overrides
+
+    preset, overrides = family_overrides("transformer.v1", tiny_transformer_dir)
+    cfg = load_config(
+        preset,
+        [*overrides, "train.epochs=2", "train.patience=none", "model.freeze_embeddings=true"],
+    )
+    splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"])
+    trained = train_run(cfg, splits, tmp_path / "r").predictor.model
+    pretrained = BertModel.from_pretrained(tiny_transformer_dir)
+    words = "embeddings.word_embeddings.weight"
+    torch.testing.assert_close(
+        trained.encoder.state_dict()[words], pretrained.state_dict()[words], rtol=0, atol=0
+    )
+    # the rest of the encoder did train
+    layer = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(trained.encoder.state_dict()[layer], pretrained.state_dict()[layer])
+
+
+def test_freezing_the_linear_table_is_refused() -> None:
+    from fenlei.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="freeze_embeddings"):
+        load_config("linear", ["model.freeze_embeddings=true"])

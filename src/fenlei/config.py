@@ -95,6 +95,11 @@ class ModelConfig(_Section):
     char_ngram_min: int = Field(3, ge=0, description="Shortest character n-gram (0 = none).")
     char_ngram_max: int = Field(5, ge=0, description="Longest character n-gram (linear).")
     glove: bool = Field(False, description="Initialise LSTM embeddings from GloVe 6B 50d.")
+    freeze_embeddings: bool = Field(
+        False,
+        description="Keep the token embeddings fixed (pretrained or GloVe ones; lstm, "
+        "transformer).",
+    )
     pretrained: str | None = Field(None, description="Encoder folder or hub id for transformer.v1.")
     single_logit: bool = Field(
         False, description="Binary tasks: one sigmoid output (Keras Dense(1)) not softmax."
@@ -106,6 +111,11 @@ class ModelConfig(_Section):
             raise ValueError("model.architecture=transformer.v1 needs model.pretrained")
         if self.glove and self.embedding_dim != 50:
             raise ValueError("model.glove=true needs model.embedding_dim=50 (GloVe 6B 50d)")
+        if self.freeze_embeddings and self.architecture.startswith("linear"):
+            raise ValueError(
+                "model.freeze_embeddings=true would leave linear.v1 nothing to learn but its "
+                "head; use it with lstm.v1 or transformer.v1"
+            )
         return self
 
 
