@@ -9,6 +9,7 @@ import numpy as np
 
 from fenlei.data import Dataset
 from fenlei.predict import Predictor
+from fenlei.reference import bin_shares, psi, psi_noise
 from fenlei.serve.drift import DriftMonitor, load_reference
 
 from .conftest import LiveServer, StartServer
@@ -41,6 +42,7 @@ def test_in_distribution_traffic_raises_no_alarm(
     assert report["drifted"] is False, report
     for stat in report["statistics"].values():
         assert stat["psi"] is not None and stat["psi"] < 0.2
+        assert stat["noise"] is not None and stat["noise"] > 0
     assert 'fenlei_drift_psi{model="intents",statistic="length"}' in metrics
 
 
@@ -106,3 +108,18 @@ def test_run_without_reference_has_no_drift_endpoint(
     with server.client() as c:
         r = c.get("/v1/models/old/drift")
     assert r.status_code == 404 and r.json()["error"]["code"] == "no_reference"
+
+
+def test_psi_noise_matches_sampling_from_an_unchanged_distribution() -> None:
+    rng = np.random.default_rng(0)
+    shares = [0.1] * 10
+    edges = [float(i) for i in range(11)]
+    observed = [
+        psi(
+            bin_shares(rng.integers(0, 10, 300).tolist(), edges),
+            bin_shares(rng.integers(0, 10, 200).tolist(), edges),
+        )
+        for _ in range(400)
+    ]
+    expected = psi_noise(shares, 300, 200)
+    assert abs(float(np.mean(observed)) - expected) < 0.25 * expected

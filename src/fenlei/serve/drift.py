@@ -25,7 +25,14 @@ import numpy as np
 
 from fenlei.errors import ArtifactError
 from fenlei.predict import Predictor
-from fenlei.reference import DRIFT_THRESHOLD, STATISTICS, WARN_THRESHOLD, bin_shares, psi
+from fenlei.reference import (
+    DRIFT_THRESHOLD,
+    STATISTICS,
+    WARN_THRESHOLD,
+    bin_shares,
+    psi,
+    psi_noise,
+)
 from fenlei.serve.schemas import DriftReport, DriftStatistic
 
 __all__ = ["DriftMonitor", "load_reference"]
@@ -148,11 +155,22 @@ class DriftMonitor:
         with self._lock:
             return max((len(v) for v in self._values.values()), default=0)
 
+    def _noise(self, name: str, window: int) -> float | None:
+        if window < self.min_samples:
+            return None
+        shares = self.reference["statistics"][name]["shares"]
+        return round(psi_noise(shares, int(self.reference.get("n", 0)), window), 6)
+
     def report(self, model: str) -> DriftReport:
-        """PSI and a status per statistic, and whether any statistic has drifted."""
+        """PSI, its sampling noise and a status per statistic; whether any has drifted."""
         values = self.psi_values()
+        window = self.size
         stats = {
-            name: DriftStatistic(psi=v, status=_status(v, self.warn, self.drift))  # type: ignore[arg-type]
+            name: DriftStatistic(
+                psi=v,
+                status=_status(v, self.warn, self.drift),  # type: ignore[arg-type]
+                noise=self._noise(name, window),
+            )
             for name, v in values.items()
         }
         return DriftReport(

@@ -143,6 +143,12 @@ class DriftStatistic(_Frozen):
 
     psi: float | None
     status: Literal["stable", "warn", "drifted", "insufficient_data"]
+    noise: float | None = Field(
+        None,
+        description="PSI that sampling alone gives on unchanged traffic, about "
+        "(bins - 1) * (1/reference texts + 1/window texts): a PSI near it is no evidence "
+        "of drift.",
+    )
 
 
 class DriftReport(_Frozen):
