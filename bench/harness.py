@@ -148,6 +148,16 @@ SYSTEMS: dict[str, SystemSpec] = {
             "fenlei minilm",
         ),
         SystemSpec(
+            "fenlei-minilm-frozen",
+            "fenlei",
+            None,
+            "bench.fenlei_systems",
+            _english,
+            "English encoder only",
+            {"preset": "minilm", "overrides": ["model.freeze_embeddings=true"]},
+            "fenlei minilm, frozen word embeddings",
+        ),
+        SystemSpec(
             "fasttext",
             "peer",
             "fasttext",
