@@ -60,7 +60,10 @@ def main() -> None:
             dim=int(opts.get("dim", 100)),
             minCount=1,
         )
-    model = fasttext.train_supervised(input=str(train_file), verbose=0, **params)
+    try:
+        model = fasttext.train_supervised(input=str(train_file), verbose=0, **params)
+    except RuntimeError as exc:  # autotune's final retrain with the best arguments can diverge
+        raise SystemExit(f"fastText training failed: {exc} (parameters {params})") from exc
     train_seconds = time.perf_counter() - t0
 
     def predict(texts: list[str]) -> list[str]:
