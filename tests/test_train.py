@@ -211,7 +211,8 @@ class _Plain(torch.nn.Module):
 
 
 class _Declares(torch.nn.Module):
-    bf16_on_cpu = True
+    def bf16_cpu_training(self) -> None:
+        pass
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,10 +22,6 @@ __all__ = ["TransformerClassifier"]
 
 class TransformerClassifier(nn.Module):
     """HF encoder -> masked mean of the last hidden states -> dropout -> linear head."""
-
-    #: Train under bf16 autocast on CPUs with AMX: 2.0-2.4x faster per MiniLM step
-    #: (docs/architecture.md, "Mixed precision").
-    bf16_on_cpu: ClassVar[bool] = True
 
     def __init__(self, encoder: nn.Module, *, hidden_size: int, n_outputs: int, dropout: float):
         super().__init__()
@@ -74,6 +70,9 @@ class TransformerClassifier(nn.Module):
     @contextmanager
     def bf16_cpu_training(self) -> Iterator[None]:
         """Use the matmul ("eager") attention while training under bf16 autocast on CPU.
+
+        Having this hook is how a model family says bf16 pays off for it on CPUs with AMX
+        (2.2-2.5x per MiniLM step; docs/architecture.md, the training loop).
 
         torch's fused CPU attention kernel has a slow backward in bf16 (45 % of a MiniLM
         step); the eager path runs on the AMX matmuls. The previous implementation (normally

@@ -156,10 +156,11 @@ class DriftMonitor:
             return max((len(v) for v in self._values.values()), default=0)
 
     def _noise(self, name: str, window: int) -> float | None:
-        if window < self.min_samples:
+        n_reference = int(self.reference.get("n", 0))
+        if window < self.min_samples or n_reference <= 0:
             return None
         shares = self.reference["statistics"][name]["shares"]
-        return round(psi_noise(shares, int(self.reference.get("n", 0)), window), 6)
+        return round(psi_noise(shares, n_reference, window), 6)
 
     def report(self, model: str) -> DriftReport:
         """PSI, its sampling noise and a status per statistic; whether any has drifted."""
