@@ -18,7 +18,7 @@ from fenlei.tokenize import train_encoder
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-FAMILIES = ["linear.v1", "lstm.v1", "transformer.v1"]
+FAMILIES = ["linear.v1", "linear.v2", "lstm.v1", "transformer.v1"]
 
 
 @pytest.fixture(scope="session")
@@ -55,9 +55,10 @@ def family_overrides(
 ) -> tuple[str, list[str]]:
     """Preset and overrides that make a family tiny and fast."""
     common = ["train.threads=1", "eval.plots=false"]
-    if family == "linear.v1":
+    if family.startswith("linear"):
         return "linear", [
             *common,
+            f"model.architecture={family}",
             "encoder.vocab_size=600",
             "model.buckets=2000",
             "model.embedding_dim=16",

@@ -46,7 +46,7 @@ def test_default_is_linear() -> None:
     cfg = load_config()
     assert cfg == load_config("linear")
     assert cfg.preset == "linear"
-    assert cfg.model.architecture == "linear.v1"
+    assert cfg.model.architecture == "linear.v2"
 
 
 def test_seed_lstm_is_the_keras_example_exactly() -> None:
@@ -162,7 +162,7 @@ def test_toml_file_as_string_path_and_overrides_win(tmp_path: Path) -> None:
 def test_toml_file_without_preset_starts_from_linear(tmp_path: Path) -> None:
     cfg = load_config(write_toml(tmp_path / "exp.toml", "[train]\nepochs = 4\n"))
     assert cfg.preset == "linear"
-    assert cfg.model.architecture == "linear.v1"
+    assert cfg.model.architecture == "linear.v2"
     assert cfg.train.epochs == 4
 
 

@@ -34,7 +34,7 @@ def _train(family: str, run_dir: Path, bundled: dict[str, Dataset], tiny: Path) 
     return run_dir
 
 
-@pytest.mark.parametrize("family", ["linear.v1", "lstm.v1", "transformer.v1"])
+@pytest.mark.parametrize("family", ["linear.v2", "lstm.v1", "transformer.v1"])
 def test_onnx_matches_torch(
     family: str, tmp_path: Path, bundled: dict[str, Dataset], tiny_transformer_dir: Path
 ) -> None:
@@ -54,7 +54,7 @@ def test_onnx_matches_torch(
 def test_onnx_backend_without_file_is_an_artifact_error(
     tmp_path: Path, bundled: dict[str, Dataset], tiny_transformer_dir: Path
 ) -> None:
-    run = _train("linear.v1", tmp_path / "run", bundled, tiny_transformer_dir)
+    run = _train("linear.v2", tmp_path / "run", bundled, tiny_transformer_dir)
     with pytest.raises(ArtifactError, match="fenlei export"):
         Predictor.from_run(run, backend="onnx")
     assert Predictor.from_run(run).backend == "torch"  # auto without model.onnx

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -167,26 +168,35 @@ def test_linear_sparse_optimizers_learn(bundled, tmp_path: Path, optimizer: str)
     assert result.metrics["dev"]["accuracy"] > 0.4  # 12 intents: chance is about 0.08
 
 
-def test_best_epoch_is_a_link_to_its_checkpoint(bundled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from safetensors.torch import load_file
+def test_best_checkpoint_matches_the_best_epoch_every_checkpoint_records(  # type: ignore[no-untyped-def]
+    bundled, tmp_path: Path
+) -> None:
+    from safetensors import safe_open
 
+    from fenlei.artifact import PROGRESS_KEY
     from fenlei.data import LabelSet
     from fenlei.models import ModelSpec, build_model
     from fenlei.tokenize import train_encoder
     from fenlei.train import fit
 
-    cfg = load_config("lstm", [*LSTM_TINY, "train.epochs=3"])
+    cfg = load_config("lstm", [*LSTM_TINY, "train.epochs=4", "train.patience=none"])
     labels = LabelSet.fit(bundled["train"])
     encoder = train_encoder(bundled["train"].texts, cfg.encoder)
     spec = ModelSpec(vocab_size=encoder.vocab_size, pad_id=encoder.pad_id, n_outputs=len(labels))
     model = build_model(cfg.model, spec)
     run = fit(model, encoder, bundled["train"], bundled["dev"], labels, cfg.train, run_dir=tmp_path)
+
+    def progress(path: Path) -> dict[str, Any]:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()[PROGRESS_KEY])  # type: ignore[no-any-return]
+
     best = tmp_path / "checkpoint" / "best.safetensors"
     state = tmp_path / "checkpoint" / "state.safetensors"
-    best_weights = load_file(str(best))
-    for name, tensor in run.model.state_dict().items():
-        np.testing.assert_array_equal(tensor.numpy(), best_weights[f"model.{name}"].numpy())
-    assert (best.stat().st_ino == state.stat().st_ino) == (run.best_epoch == 3)
+    latest = progress(state)
+    assert latest["epoch"] < 4  # the last epoch is never written: the run is saved instead
+    assert progress(best)["epoch"] == latest["best_epoch"]  # a hard link made at that epoch
+    assert (best.stat().st_ino == state.stat().st_ino) == (latest["epoch"] == latest["best_epoch"])
+    assert run.best_epoch >= latest["best_epoch"]
 
 
 def test_checkpoint_writer_reraises_errors_from_its_thread(
@@ -204,6 +214,42 @@ def test_checkpoint_writer_reraises_errors_from_its_thread(
     writer.submit(tmp_path, CheckpointSnapshot({}, {}), best=False)
     with pytest.raises(ArtifactError, match=r"cannot write the checkpoint.*free disk space"):
         writer.close()
+
+
+def test_checkpoint_writer_queues_the_newest_and_never_blocks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import threading
+
+    from fenlei.artifact import CheckpointSnapshot
+
+    started, release, written = threading.Event(), threading.Event(), []
+
+    def slow_disk(run_dir: Path, snap: CheckpointSnapshot, *, best: bool) -> None:
+        started.set()
+        release.wait(timeout=10)
+        written.append((snap.progress["epoch"], best))
+
+    monkeypatch.setattr(train_module, "write_checkpoint", slow_disk)
+    writer = train_module._CheckpointWriter()
+    writer.submit(tmp_path, CheckpointSnapshot({}, {"epoch": 1}), best=True)
+    assert started.wait(timeout=10)
+    for epoch in (2, 3):  # 1 is being written; 3 replaces 2 in the queue
+        writer.submit(tmp_path, CheckpointSnapshot({}, {"epoch": epoch}), best=True)
+    assert writer.busy()
+    release.set()
+    writer.close(flush=True)
+    assert written == [(1, True), (3, True)]
+
+    started.clear()
+    release.clear()
+    writer = train_module._CheckpointWriter()
+    writer.submit(tmp_path, CheckpointSnapshot({}, {"epoch": 1}), best=False)
+    assert started.wait(timeout=10)
+    writer.submit(tmp_path, CheckpointSnapshot({}, {"epoch": 2}), best=False)
+    release.set()
+    writer.close(flush=False)  # training ended: the queued one is dropped
+    assert written[2:] == [(1, False)]
 
 
 class _Plain(torch.nn.Module):
@@ -278,7 +324,8 @@ class _Writer:
 @pytest.mark.parametrize(
     ("epoch", "bad_epochs", "best", "busy", "expected"),
     [
-        (2, 0, True, True, True),  # a best epoch is always written, even if it must wait
+        (2, 0, True, True, True),  # a best epoch is always written, queued behind the disk
+        (5, 0, True, False, False),  # ...unless training ends with it: the run is saved next
         (2, 1, False, False, True),
         (2, 1, False, True, False),  # the disk is still busy with the previous one
         (5, 1, False, False, False),  # the last epoch: nothing left to resume

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,9 +168,13 @@ def verify_manifest(run_dir: Path) -> dict[str, Any]:
 
 
 def _model_spec(model: nn.Module, spec: ModelSpec) -> ModelSpec:
+    """The spec that rebuilds ``model``: what the model learned of its shape while built."""
     encoder_config = getattr(model, "encoder_config", None)
     if callable(encoder_config) and spec.transformer_config is None:
-        return ModelSpec(spec.vocab_size, spec.pad_id, spec.n_outputs, encoder_config())
+        spec = replace(spec, transformer_config=encoder_config())
+    rows = getattr(model, "ngram_rows", None)
+    if isinstance(rows, int):
+        spec = replace(spec, ngram_rows=rows)
     return spec
 
 

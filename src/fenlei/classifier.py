@@ -200,7 +200,8 @@ def train_run(
             single_logit=cfg.model.single_logit,
         ),
     )
-    model = build_model(cfg.model, spec, vocab=encoder.tokenizer.get_vocab())
+    train_ids = encoder.encode_ids(splits.train.texts)
+    model = build_model(cfg.model, spec, vocab=encoder.tokenizer.get_vocab(), train_ids=train_ids)
     run = fit(
         model,
         encoder,
@@ -212,6 +213,7 @@ def train_run(
         resume=resume,
         progress=progress,
         augment=cfg.augment,
+        train_ids=train_ids,
     )
     train_seconds = time.perf_counter() - started
     predictor = Predictor(

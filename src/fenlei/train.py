@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -398,35 +398,73 @@ def _run_epoch(
 
 
 class _CheckpointWriter:
-    """Writes checkpoints on one background thread, so disk time overlaps the next epoch.
+    """Writes checkpoints on one background thread, so disk time overlaps training.
 
-    The state is copied first (:func:`snapshot`); a new checkpoint waits for the previous one,
-    and :meth:`wait` (called before the best weights are read back and when training ends)
-    re-raises any error from the thread.
+    The state is copied first (:func:`snapshot`). Training never waits for the disk: a
+    checkpoint submitted while another is being written is queued, and a newer one replaces
+    it (the newer state supersedes it). Errors from the thread are re-raised by the next
+    :meth:`submit` or by :meth:`close`.
     """
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fenlei-checkpoint")
-        self._pending: Future[None] | None = None
+        self._cond = threading.Condition()
+        self._queued: tuple[Path, CheckpointSnapshot, bool] | None = None
+        self._writing = False
+        self._closing = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="fenlei-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._queued is None and not self._closing:
+                    self._cond.wait()
+                if self._queued is None:
+                    return
+                (run_dir, snap, best), self._queued = self._queued, None
+                self._writing = True
+            try:
+                write_checkpoint(run_dir, snap, best=best)
+            except BaseException as exc:  # re-raised on the training thread
+                with self._cond:
+                    self._error = exc
+            finally:
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()
+
+    def _raise_error(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
     def submit(self, run_dir: Path, snap: CheckpointSnapshot, *, best: bool) -> None:
-        self.wait()
-        self._pending = self._pool.submit(write_checkpoint, run_dir, snap, best=best)
+        """Queue ``snap`` for writing, replacing a queued one that has not started."""
+        with self._cond:
+            self._raise_error()
+            self._queued = (run_dir, snap, best)
+            self._cond.notify_all()
 
     def busy(self) -> bool:
-        """Whether the previous checkpoint is still being written."""
-        return self._pending is not None and not self._pending.done()
+        """Whether a checkpoint is being written or waits to be."""
+        with self._cond:
+            return self._writing or self._queued is not None
 
-    def wait(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
+    def close(self, *, flush: bool = True) -> None:
+        """Stop the thread after the write in progress; ``flush`` also writes a queued one.
 
-    def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            self._pool.shutdown(wait=True)
+        Training that ended normally drops the queued checkpoint: the run is saved next and
+        its checkpoint folder removed, so the write would be thrown away.
+        """
+        with self._cond:
+            if not flush:
+                self._queued = None
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+        with self._cond:
+            self._raise_error()
 
 
 def _should_checkpoint(
@@ -434,19 +472,20 @@ def _should_checkpoint(
 ) -> bool:
     """Whether this epoch's checkpoint is worth writing.
 
-    A best epoch always is (``best.safetensors`` must match the best epoch that every later
-    checkpoint records). Another epoch is skipped when training ends with it (nothing is left
-    to resume) or when the previous checkpoint is still being written: on small data an
-    epoch is shorter than writing a 100 MB table, and waiting for the disk had nearly
-    doubled the linear model's training time on sms_spam. A resume then replays at most
-    those short epochs, with the same result (the RNG state is in the checkpoint).
+    None is when training ends with this epoch (the best weights are kept in memory and the
+    run is saved next). A best epoch otherwise always is, because ``best.safetensors`` must
+    match the best epoch that every later checkpoint records; it may queue behind the write
+    in progress. Another epoch is skipped while the disk is busy: on small data an epoch is
+    shorter than writing a 100 MB table, and waiting for the disk had nearly doubled the
+    linear model's training time on sms_spam. A resume then replays at most those short
+    epochs, with the same result (the RNG state is in the checkpoint).
     """
-    if best:
-        return True
     finished = state.epoch >= cfg.epochs or (
         cfg.patience is not None and state.bad_epochs >= cfg.patience
     )
-    return not finished and not writer.busy()
+    if finished:
+        return False
+    return best or not writer.busy()
 
 
 def _checkpoint(
@@ -457,9 +496,9 @@ def _checkpoint(
     writer: _CheckpointWriter,
     *,
     best: bool,
-) -> None:
+) -> CheckpointSnapshot | None:
     if run_dir is None:
-        return
+        return None
     # LambdaLR stores None for plain functions, so its state is JSON-ready
     schedulers = [s.state_dict() for s in ctx.schedulers]
     progress = {
@@ -471,7 +510,16 @@ def _checkpoint(
         "history": state.history,
         "schedulers": schedulers,
     }
-    writer.submit(run_dir, snapshot(model, ctx.optimizers, progress), best=best)
+    snap = snapshot(model, ctx.optimizers, progress)
+    writer.submit(run_dir, snap, best=best)
+    return snap
+
+
+def _copy_weights(model: nn.Module, snap: CheckpointSnapshot | None) -> dict[str, torch.Tensor]:
+    """The model's weights now, shared with a checkpoint just taken (it copied them already)."""
+    if snap is None:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {k[6:]: v for k, v in snap.tensors.items() if k.startswith("model.")}
 
 
 def fit(
@@ -486,6 +534,7 @@ def fit(
     resume: bool = False,
     progress: ProgressReporter | None = None,
     augment: AugmentConfig | None = None,
+    train_ids: list[list[int]] | None = None,
 ) -> Run:
     """Train ``model`` on ``train``, choosing the best epoch on ``dev``.
 
@@ -499,6 +548,7 @@ def fit(
         resume: continue from ``run_dir/checkpoint`` when there is one.
         progress: receives epoch and step events (a progress bar).
         augment: token deletion/swap applied to each training batch (seeded by step).
+        train_ids: ``encoder.encode_ids(train.texts)`` when the caller has it already.
 
     Returns:
         The run, with the best dev epoch's weights loaded when ``cfg.restore_best``.
@@ -511,7 +561,9 @@ def fit(
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     model.to(device)
-    train_ids, dev_ids = encoder.encode_ids(train.texts), encoder.encode_ids(dev.texts)
+    if train_ids is None:
+        train_ids = encoder.encode_ids(train.texts)
+    dev_ids = encoder.encode_ids(dev.texts)
     n_out = _head_width(model)
     y, y_dev = _targets(train, labels, n_out), _targets(dev, labels, n_out)
     weights = (
@@ -553,14 +605,18 @@ def fit(
                     model, train_ids, lengths, y, dev_ids, y_dev, labels, ctx, state
                 )
                 _write_history(run_dir, state.history)
+                snap = None
                 if _should_checkpoint(cfg, state, writer, best=record["is_best"]):
-                    _checkpoint(run_dir, model, ctx, state, writer, best=record["is_best"])
-                if record["is_best"] and run_dir is None:
-                    best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    snap = _checkpoint(run_dir, model, ctx, state, writer, best=record["is_best"])
+                if record["is_best"]:
+                    best_weights = _copy_weights(model, snap)
                 if progress is not None:
                     progress.epoch_end(record)
-    finally:
-        writer.close()
+    except BaseException:
+        with suppress(Exception):  # the training error matters more than a checkpoint's
+            writer.close(flush=True)  # an interrupted run keeps its newest state for --resume
+        raise
+    writer.close(flush=False)
     best = _best_weights(run_dir, best_weights) if cfg.restore_best else None
     if best:
         model.load_state_dict(best)

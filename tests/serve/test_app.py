@@ -39,7 +39,7 @@ def test_models_lists_name_labels_version_and_metrics(
     assert info["name"] == "intents"
     assert info["labels"] == list(predictor.labels)
     assert info["version"].startswith("0.") and "+" in info["version"]
-    assert info["architecture"] == "linear.v1" and info["backend"] == "torch"
+    assert info["architecture"] == "linear.v2" and info["backend"] == "torch"
     assert 0 <= info["metrics"]["dev_accuracy"] <= 1
 
 

@@ -38,31 +38,52 @@ class ModelSpec:
     pad_id: int
     n_outputs: int
     transformer_config: dict[str, Any] | None = field(default=None)
+    ngram_rows: int | None = field(default=None)  # linear: table rows kept for n-grams
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return asdict(self)
 
 
-Builder = Callable[[ModelConfig, ModelSpec, dict[str, int] | None], nn.Module]
+TrainIds = Sequence[Sequence[int]] | None
+Builder = Callable[[ModelConfig, ModelSpec, dict[str, int] | None, TrainIds], nn.Module]
 
 
-def _build_linear(cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None) -> nn.Module:
-    from fenlei.models.linear import BagOfNgrams
+def _build_linear(
+    cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None, train_ids: TrainIds
+) -> nn.Module:
+    from fenlei.models.linear import BagOfNgrams, char_buckets, occupied_buckets
 
-    return BagOfNgrams(
+    chars = (cfg.char_ngram_min, cfg.char_ngram_max)
+    mix = cfg.architecture != "linear.v1"  # v1's weaker n-gram hash, for its run folders
+    keep = None
+    rows = spec.ngram_rows  # a saved model: the bucket map comes with its weights
+    if rows is None and train_ids is not None:
+        keep = occupied_buckets(train_ids, ngram=cfg.ngram, buckets=cfg.buckets, mix=mix)
+        if 0 < chars[0] <= chars[1] and vocab is not None:
+            used = char_buckets(vocab, lo=chars[0], hi=chars[1], buckets=cfg.buckets)
+            keep = torch.unique(torch.cat([keep, used]))
+        rows = len(keep)
+    model = BagOfNgrams(
         vocab_size=spec.vocab_size,
         n_outputs=spec.n_outputs,
         dim=cfg.embedding_dim,
         ngram=cfg.ngram,
         buckets=cfg.buckets,
-        char_ngrams=(cfg.char_ngram_min, cfg.char_ngram_max),
+        char_ngrams=chars,
         dropout=cfg.dropout,
         vocab=vocab,
+        rows=rows,
+        mix_hash=mix,
     )
+    if keep is not None:
+        model.keep_buckets(keep)
+    return model
 
 
-def _build_lstm(cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None) -> nn.Module:
+def _build_lstm(
+    cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None, train_ids: TrainIds
+) -> nn.Module:
     from fenlei.models.lstm import LSTMClassifier
 
     model = LSTMClassifier(
@@ -84,7 +105,7 @@ def _build_lstm(cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None)
 
 
 def _build_transformer(
-    cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None
+    cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None, train_ids: TrainIds
 ) -> nn.Module:
     from fenlei.models.transformer import TransformerClassifier
 
@@ -100,13 +121,18 @@ def _build_transformer(
 
 REGISTRY: dict[str, Builder] = {
     "linear.v1": _build_linear,
+    "linear.v2": _build_linear,
     "lstm.v1": _build_lstm,
     "transformer.v1": _build_transformer,
 }
 
 
 def build_model(
-    cfg: ModelConfig, spec: ModelSpec, *, vocab: dict[str, int] | None = None
+    cfg: ModelConfig,
+    spec: ModelSpec,
+    *,
+    vocab: dict[str, int] | None = None,
+    train_ids: TrainIds = None,
 ) -> nn.Module:
     """Build the network that ``cfg.architecture`` names.
 
@@ -114,7 +140,9 @@ def build_model(
         cfg: the model section of a run config.
         spec: vocabulary size, padding id, number of outputs (and a saved transformer config
             when rebuilding from a run folder, which skips loading pretrained weights).
-        vocab: token -> id, used only for GloVe initialisation.
+        vocab: token -> id, used for GloVe initialisation and character n-grams.
+        train_ids: the training texts' token ids. With them, a new linear model keeps table
+            rows only for the hashed n-grams they contain (``ngram_rows`` of its spec).
 
     Raises:
         ConfigError: the architecture is not registered.
@@ -129,7 +157,7 @@ def build_model(
             f"model.architecture={cfg.architecture!r} is not registered; "
             f"choose one of {', '.join(REGISTRY)}"
         ) from exc
-    model = builder(cfg, spec, vocab)
+    model = builder(cfg, spec, vocab, train_ids)
     if cfg.freeze_embeddings:
         freeze_token_embeddings(model)
     return model
