@@ -23,6 +23,7 @@ out of the mean rather than adding an untrained vector. On the benchmark sets th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 
 import torch
 import torch.nn.functional as F
@@ -108,21 +109,18 @@ def occupied_buckets(
     ngram: int,
     buckets: int,
     mix: bool = True,
-    chunk: int = 2048,
+    chunk: int = 4096,
 ) -> torch.Tensor:
     """Sorted distinct hash buckets of the 2..``ngram``-grams in ``id_lists`` (1-D, int64)."""
     found = [torch.zeros(0, dtype=torch.long)]
     for start in range(0, len(id_lists), chunk):
-        rows = id_lists[start : start + chunk]
-        width = max((len(r) for r in rows), default=0)
-        ids = torch.zeros(len(rows), max(width, 1), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
-        lengths = torch.tensor([len(r) for r in rows])
-        valid = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+        # the texts end to end, each followed by one invalid position, so no n-gram spans two
+        rows = [[*r, -1] for r in id_lists[start : start + chunk]]
+        flat = torch.tensor(list(chain.from_iterable(rows)), dtype=torch.long)[None, :]
+        valid = flat >= 0
         for n in range(2, ngram + 1):
-            if ids.shape[1] >= n:
-                bucket, ok = ngram_buckets(ids, valid, n, buckets, mix=mix)
+            if flat.shape[1] >= n:
+                bucket, ok = ngram_buckets(flat, valid, n, buckets, mix=mix)
                 found.append(torch.unique(bucket[ok]))
     used: torch.Tensor = torch.unique(torch.cat(found))
     return used
