@@ -370,3 +370,47 @@ def test_freezing_the_linear_table_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="freeze_embeddings"):
         load_config("linear", ["model.freeze_embeddings=true"])
+
+
+class _InterruptAfter:
+    """A progress reporter that raises KeyboardInterrupt at the end of one epoch (Ctrl-C)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.started: list[int] = []
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        self.started.append(epoch)
+
+    def step(self, loss: float) -> None:
+        pass
+
+    def epoch_end(self, record: dict[str, Any]) -> None:
+        if record["epoch"] == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_linear_run_resumes_like_an_unbroken_one(bundled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C flushes the newest checkpoint; the table of used buckets is rebuilt the same."""
+    from tests.conftest import family_overrides
+
+    preset, overrides = family_overrides("linear.v2")
+    cfg = load_config(preset, [*overrides, "train.epochs=5", "train.patience=none"])
+    splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"])
+    whole = train_run(cfg, splits, tmp_path / "whole")
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, splits, tmp_path / "broken", progress=_InterruptAfter(3))  # type: ignore[arg-type]
+    progress = json.loads((tmp_path / "broken" / "checkpoint" / "progress.json").read_text())
+    assert progress["epoch"] >= 1
+    counter = _InterruptAfter(0)
+    resumed = train_run(cfg, splits, tmp_path / "broken", resume=True, progress=counter)  # type: ignore[arg-type]
+    assert len(counter.started) == 5 - progress["epoch"]  # it went on, not from scratch
+    history = [
+        json.loads(x) for x in (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5]
+    texts = bundled["test"].texts[:30]
+    np.testing.assert_array_equal(
+        resumed.predictor.predict_proba(texts), whole.predictor.predict_proba(texts)
+    )
