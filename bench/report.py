@@ -21,7 +21,7 @@ HINTS = {
     "recipe land at 0.860-0.875 (bench/results/seed_imdb_experiments.json: augmentation, "
     "lower lr, weight decay and Keras's word tokenizer did not help); even the `lstm` "
     "preset (bidirectional, max-pooled, dropout) reaches 0.8852 here, so the target needs "
-    "a different network class (the linear preset has 0.893, minilm at 512 tokens is unrun)",
+    "a different network class (the linear preset has 0.8994, minilm at 512 tokens is unrun)",
     "seed_time": "a same-run comparison on an idle machine is needed before concluding",
     "linear_acc": "sms_spam is 3 of 1,115 test texts short. linear.v2 (a scattering "
     "bigram hash and fastText's 2M buckets) lifted every set by 0.1-0.7 points; more "
@@ -463,6 +463,9 @@ def write_report() -> Path:
         "    --systems sklearn-logreg,sklearn-svm,fasttext --timeout 900",
         ".venv/bin/python -m bench --datasets sms_spam,chnsenticorp,waimai_10k,sst2 \\",
         "    --systems fasttext-autotune --option autotune_seconds=60 --timeout 600",
+        "# fastText autotune (120 s of search) on the larger sets, idle machine (29 Nov)",
+        ".venv/bin/python -m bench --datasets chnsenticorp,sst2,imdb \\",
+        "    --systems fasttext-autotune --threads 2 --force --timeout 1500",
         "# linear vs fastText, same run, idle machine, 1 thread each (29 Nov, 06:00 UTC)",
         ".venv/bin/python -m bench --datasets sms_spam,waimai_10k,chnsenticorp,sst2,imdb \\",
         "    --systems fenlei-linear,fasttext --threads 1 --force",
