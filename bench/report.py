@@ -19,7 +19,8 @@ PLOTS = ROOT / "docs" / "benchmarks"
 HINTS = {
     "seed_acc": "the network and settings are fixed by the seed, and runs of this exact "
     "recipe land at 0.860-0.875 (bench/results/seed_imdb_experiments.json: augmentation, "
-    "lower lr, weight decay and Keras's word tokenizer did not help); even the `lstm` "
+    "lower lr, weight decay, Keras's word tokenizer and Keras's random batches (0.851) did not "
+    "help); even the `lstm` "
     "preset (bidirectional, max-pooled, dropout) reaches 0.8852 here, so the target needs "
     "a different network class (the linear preset has 0.8994, minilm at 512 tokens is unrun)",
     "seed_time": "a same-run comparison on an idle machine is needed before concluding",
