@@ -38,6 +38,29 @@ def test_truncation_head_and_tail() -> None:
     assert len(head.encode_ids([long_text])[0]) == 5
 
 
+def test_head_and_tail_keeps_both_ends_and_the_special_tokens() -> None:
+    from tokenizers.processors import TemplateProcessing
+
+    text = " ".join(["first"] + ["word"] * 40 + ["last"])
+    cfg = EncoderConfig(vocab_size=100, max_length=8, truncation="head+tail")
+    words = train_encoder([text] * 5, cfg)
+    ids = words.encode_ids([text, "first last"])
+    tokens = [words.tokenizer.id_to_token(i) for i in ids[0]]
+    assert tokens == ["first", "word"] + ["word"] * 5 + ["last"]  # 2 head + 6 tail
+    assert len(ids[1]) == 2  # short texts are left whole
+
+    # a BERT-style tokenizer wraps each text in [CLS] ... [SEP]: both survive the cut
+    tok = words.tokenizer
+    tok.add_special_tokens(["[CLS]", "[SEP]"])
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    ids = Encoder(tok, cfg).encode_ids([text])[0]
+    assert len(ids) == 8 and ids[0] == cls and ids[-1] == sep
+    assert tok.id_to_token(ids[1]) == "first" and tok.id_to_token(ids[-2]) == "last"
+
+
 def test_padding_and_mask() -> None:
     enc = train_encoder(TEXTS, EncoderConfig(vocab_size=200, min_frequency=1))
     ids, mask = enc.encode_batch(["快递", "Where is my order?"])

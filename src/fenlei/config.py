@@ -68,8 +68,10 @@ class EncoderConfig(_Section):
         False, description="Drop punctuation and symbols except ' (Keras Tokenizer's filters)."
     )
     max_length: int = Field(256, ge=2, description="Maximum tokens per text; longer is cut.")
-    truncation: Literal["head", "tail"] = Field(
-        "head", description="Keep the first (head) or last (tail) max_length tokens."
+    truncation: Literal["head", "tail", "head+tail"] = Field(
+        "head",
+        description="Keep the first (head) or last (tail) max_length tokens, or the first "
+        "quarter and the last three quarters of them (head+tail: long reviews and tickets).",
     )
     pretrained: str | None = Field(
         None, description="Folder or hub id of a pretrained tokenizer (kind=pretrained)."
