@@ -247,6 +247,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "vocab_size": 200000,
             "min_frequency": 1,
             "max_length": 512,
+            "truncation": "head+tail",  # IMDB 0.9028 vs 0.8994 for the first 512 tokens
         },
         "model": {
             "architecture": "linear.v2",
@@ -276,7 +277,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"epochs": 8, "batch_size": 32, "lr": 2e-3, "weight_decay": 0.01},
     },
     "minilm": {
-        "encoder": {"kind": "pretrained", "max_length": 128, "lowercase": True},
+        # head+tail: a long text keeps its first 32 and last 96 tokens. IMDB, 128 tokens,
+        # 1 epoch: test 0.9011 against 0.8668 for the first 128 (dev 0.8888 vs 0.8604);
+        # texts of up to 128 tokens are not cut either way.
+        "encoder": {
+            "kind": "pretrained",
+            "max_length": 128,
+            "lowercase": True,
+            "truncation": "head+tail",
+        },
         "model": {"architecture": "transformer.v1", "pretrained": "minilm", "dropout": 0.1},
         "train": {
             "epochs": 3,
