@@ -22,7 +22,8 @@ HINTS = {
     "lower lr, weight decay, Keras's word tokenizer and Keras's random batches (0.851) did not "
     "help); even the `lstm` "
     "preset (bidirectional, max-pooled, dropout) reaches 0.8852 here, so the target needs "
-    "a different network class (the linear preset has 0.9028, minilm 0.9011 at 128 tokens head+tail)",
+    "a different network class (the linear preset has 0.9028, minilm 0.9011 at 128 "
+    "tokens head+tail)",
     "seed_time": "a same-run comparison on an idle machine is needed before concluding",
     "linear_acc": "sms_spam is 3 of 1,115 test texts short. linear.v2 (a scattering "
     "bigram hash and fastText's 2M buckets) lifted every set by 0.1-0.7 points; more "
