@@ -519,7 +519,7 @@ def _copy_weights(model: nn.Module, snap: CheckpointSnapshot | None) -> dict[str
     """The model's weights now, shared with a checkpoint just taken (it copied them already)."""
     if snap is None:
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return {k[6:]: v for k, v in snap.tensors.items() if k.startswith("model.")}
+    return {k.removeprefix("model."): v for k, v in snap.tensors.items() if k.startswith("model.")}
 
 
 def fit(
