@@ -4,7 +4,7 @@ embeddings.
 A text's vector is the mean, over its tokens and hashed token n-grams, of their embeddings;
 a token's embedding is its own vector plus the mean of its character n-grams' vectors
 (``<wo``, ``wor``, ``ord>`` ...), which is how fastText copes with typos and rare words.
-Tokens are WordPiece pieces (one piece per CJK character). N-grams share one hash table.
+Tokens are words or WordPiece pieces (one per CJK character). N-grams share one hash table.
 
 The two versions differ only in the n-gram hash. v1 hashed token ids as ``a * P + b`` modulo a
 prime: with ids below a few thousand (Chinese characters) and P close to a multiple of the
@@ -16,8 +16,9 @@ run folders).
 Built with the training texts' ids (:func:`occupied_buckets`), the table keeps a row only for
 the hash buckets those texts use (``rows``); a buffer maps each bucket to its row, and a
 bucket no training text uses maps to padding, so an n-gram never seen in training is left
-out of the mean rather than adding an untrained vector. On the benchmark sets this keeps
-8-70 % of 200,000 buckets, and the smaller table is quicker to initialise, copy and write.
+out of the mean rather than adding an untrained vector. With the preset's 2M buckets,
+sms_spam keeps 35k rows and IMDB 841k, and the smaller table is quicker to initialise, copy
+and write.
 """
 
 from __future__ import annotations
@@ -179,7 +180,10 @@ class BagOfNgrams(nn.Module):
             self.embed.weight[self.pad_index].zero_()
 
     def keep_buckets(self, occupied: torch.Tensor) -> None:
-        """Give each bucket in ``occupied`` (sorted, from :func:`occupied_buckets`) its row."""
+        """Give each bucket in ``occupied`` (sorted, from :func:`occupied_buckets`) its row.
+
+        Called once, when the model is built (it also rewrites the character n-gram table).
+        """
         if self.ngram_rows != len(occupied):
             raise ValueError(f"the table has {self.ngram_rows} n-gram rows, not {len(occupied)}")
         bucket_rows: torch.Tensor = self.bucket_rows  # type: ignore[assignment]
@@ -194,11 +198,11 @@ class BagOfNgrams(nn.Module):
         """Feature ids (B, T') of tokens and hashed token n-grams; padding -> ``pad_index``."""
         valid = mask.bool()
         parts = [torch.where(valid, ids, self.pad_index)]
+        bucket_rows: torch.Tensor | None = getattr(self, "bucket_rows", None)
         for n in range(2, self.ngram + 1):
             if ids.shape[1] < n:
                 break
             bucket, ok = ngram_buckets(ids, valid, n, self.buckets, mix=self.mix_hash)
-            bucket_rows: torch.Tensor | None = getattr(self, "bucket_rows", None)
             row = self.vocab_size + bucket if bucket_rows is None else bucket_rows[bucket]
             parts.append(torch.where(ok, row, self.pad_index))
         return torch.cat(parts, dim=1)
