@@ -120,6 +120,14 @@ SYSTEMS: dict[str, SystemSpec] = {
             label="fenlei linear",
         ),
         SystemSpec(
+            "fenlei-nbsvm",
+            "fenlei",
+            None,
+            "bench.fenlei_systems",
+            options={"preset": "nbsvm"},
+            label="fenlei nbsvm",
+        ),
+        SystemSpec(
             "fenlei-lstm",
             "fenlei",
             None,

@@ -18,7 +18,7 @@ from fenlei.tokenize import train_encoder
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-FAMILIES = ["linear.v1", "linear.v2", "lstm.v1", "transformer.v1"]
+FAMILIES = ["linear.v1", "linear.v2", "nbsvm.v1", "lstm.v1", "transformer.v1"]
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +63,13 @@ def family_overrides(
             "model.buckets=2000",
             "model.embedding_dim=16",
             "train.lr=0.02",
+        ]
+    if family == "nbsvm.v1":
+        return "nbsvm", [
+            *common,
+            "encoder.vocab_size=600",
+            "model.buckets=2000",
+            "model.nb_c=[1.0,10.0]",
         ]
     if family == "lstm.v1":
         return "lstm", [

@@ -28,8 +28,8 @@ def write_toml(path: Path, text: str) -> Path:
 # ---------------------------------------------------------------- presets
 
 
-def test_presets_are_the_documented_four() -> None:
-    assert set(PRESETS) == {"seed-lstm", "linear", "lstm", "minilm"}
+def test_presets_are_the_documented_five() -> None:
+    assert set(PRESETS) == {"seed-lstm", "linear", "nbsvm", "lstm", "minilm"}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -83,8 +83,8 @@ class ModelConfig(_Section):
 
     architecture: str = Field(
         "linear.v2",
-        description="Registered family: linear.v2 (linear.v1: older n-gram hash), lstm.v1, "
-        "transformer.v1.",
+        description="Registered family: linear.v2 (linear.v1: older n-gram hash), nbsvm.v1, "
+        "lstm.v1, transformer.v1.",
     )
     embedding_dim: int = Field(64, ge=1, description="Token embedding size (linear, lstm).")
     hidden_size: int = Field(128, ge=1, description="LSTM hidden units per direction.")
@@ -94,10 +94,17 @@ class ModelConfig(_Section):
         "last", description="How LSTM states become one vector (last = final state)."
     )
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the head.")
-    ngram: int = Field(2, ge=1, le=4, description="Largest token n-gram of the linear model.")
-    buckets: int = Field(200_000, ge=1, description="Hash buckets for linear n-grams.")
+    ngram: int = Field(2, ge=1, le=4, description="Largest token n-gram (linear, nbsvm).")
+    buckets: int = Field(200_000, ge=1, description="Hash buckets for n-grams (linear, nbsvm).")
     char_ngram_min: int = Field(3, ge=0, description="Shortest character n-gram (0 = none).")
     char_ngram_max: int = Field(5, ge=0, description="Longest character n-gram (linear).")
+    nb_c: list[float] = Field(
+        [0.1, 0.3, 1.0],
+        min_length=1,
+        description="nbsvm: inverse L2 strength C of the logistic regression; with several, "
+        "each is solved and the best on dev kept.",
+    )
+    nb_alpha: float = Field(1.0, gt=0, description="nbsvm: smoothing of the feature counts.")
     glove: bool = Field(False, description="Initialise LSTM embeddings from GloVe 6B 50d.")
     freeze_embeddings: bool = Field(
         False,
@@ -115,11 +122,13 @@ class ModelConfig(_Section):
             raise ValueError("model.architecture=transformer.v1 needs model.pretrained")
         if self.glove and self.embedding_dim != 50:
             raise ValueError("model.glove=true needs model.embedding_dim=50 (GloVe 6B 50d)")
-        if self.freeze_embeddings and self.architecture.startswith("linear"):
+        if self.freeze_embeddings and self.architecture.startswith(("linear", "nbsvm")):
             raise ValueError(
-                "model.freeze_embeddings=true would leave the linear model nothing to learn but "
-                "its head; use it with lstm.v1 or transformer.v1"
+                f"model.freeze_embeddings=true would leave {self.architecture} nothing (or only "
+                "its head) to learn; use it with lstm.v1 or transformer.v1"
             )
+        if any(c <= 0 for c in self.nb_c):
+            raise ValueError("model.nb_c values must be > 0")
         return self
 
 
@@ -263,6 +272,20 @@ PRESETS: dict[str, dict[str, Any]] = {
             "schedule": "linear",
             "patience": 3,
         },
+    },
+    "nbsvm": {
+        # NBSVM (Wang & Manning 2012), logistic-loss form: distinct words and hashed word
+        # n-grams, NB log-count ratios, an L2 logistic regression solved by scikit-learn for
+        # each C, the best C on dev kept. Whole texts up to 4096 tokens (it costs little).
+        "encoder": {
+            "kind": "word",
+            "vocab_size": 400000,
+            "min_frequency": 1,
+            "max_length": 4096,
+            "truncation": "head+tail",
+        },
+        "model": {"architecture": "nbsvm.v1", "ngram": 3, "buckets": 4_000_000},
+        "train": {"epochs": 1},
     },
     "lstm": {
         "encoder": {"vocab_size": 30000, "max_length": 400, "truncation": "tail"},

@@ -74,8 +74,9 @@ class RichProgress:
         self._progress.stop()
         dev = record.get("dev", {})
         best = " (best)" if record.get("is_best") else ""
+        solved = f"C={record['c']:g} · " if "c" in record else ""  # a solved family's trial
         self.console.print(
-            f"  train loss {record['train_loss']:.4f}"
+            f"  {solved}train loss {record['train_loss']:.4f}"
             f" · dev loss {dev.get('loss', float('nan')):.4f}"
             f" · dev accuracy {dev.get('accuracy', float('nan')):.4f}"
             f" · dev macro-F1 {dev.get('macro_f1', float('nan')):.4f}"

@@ -39,7 +39,9 @@ from fenlei.artifact import (
 from fenlei.augment import augment_batch
 from fenlei.config import AugmentConfig, TrainConfig
 from fenlei.data import Dataset, LabelSet
+from fenlei.errors import ConfigError
 from fenlei.models import batched_logits, to_probs
+from fenlei.models.nbsvm import NBLogistic
 from fenlei.progress import ProgressReporter
 from fenlei.tokenize import Encoder
 
@@ -571,6 +573,15 @@ def fit(
         if cfg.class_weight == "balanced"
         else None
     )
+    if isinstance(model, NBLogistic):
+        if augment is not None and augment.active:
+            raise ConfigError(
+                "augment.* needs a family trained in batches; nbsvm.v1 is solved in one go "
+                "(set augment.delete=0 and augment.swap=0)"
+            )
+        loss_fn = _Loss(n_out, labels.multi_label, weights)
+        solved = _SolveInputs(train_ids, y, dev_ids, y_dev, labels, loss_fn, encoder.pad_id)
+        return _fit_by_solving(model, solved, cfg, run_dir=run_dir, progress=progress)
     optimizers = _optimizers(model, cfg)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     factor = _lr_factor(cfg, cfg.epochs * steps_per_epoch)
@@ -624,7 +635,89 @@ def fit(
     return Run(model, state.history, state.best_epoch or state.epoch, stopped_early)
 
 
+@dataclass
+class _SolveInputs:
+    train_ids: list[list[int]]
+    y: torch.Tensor
+    dev_ids: list[list[int]]
+    y_dev: torch.Tensor
+    labels: LabelSet
+    loss_fn: _Loss
+    pad_id: int
+
+
+def _solver_targets(y: torch.Tensor, labels: LabelSet, n_out: int) -> list[tuple[int, Any]]:
+    """(output column, boolean target) pairs: one per label, or one for a binary task."""
+    values = y.numpy()
+    if labels.multi_label:
+        return [(k, values[:, k] > 0.5) for k in range(values.shape[1])]
+    if n_out == 1:
+        return [(0, values[:, 0] > 0.5)]
+    if n_out == 2:
+        return [(1, values == 1)]
+    return [(k, values == k) for k in range(n_out)]
+
+
+def _fit_by_solving(
+    model: NBLogistic,
+    data: _SolveInputs,
+    cfg: TrainConfig,
+    *,
+    run_dir: Path | None,
+    progress: ProgressReporter | None,
+) -> Run:
+    """Solve a family without epochs once per C in ``model.c_values``; keep the best on dev.
+
+    Each solve is one record of ``metrics.jsonl`` (``epoch`` numbers the solves, ``c`` gives
+    its value), so the progress bar, early stopping's best choice and the training-curve plot
+    read it like an epoch. Nothing is checkpointed: a solve is restarted, not resumed.
+    """
+    model.to("cpu")
+    features = model.feature_matrix(data.train_ids, pad_id=data.pad_id)
+    positives = _solver_targets(data.y, data.labels, model.n_outputs)
+    class_weight = "balanced" if cfg.class_weight == "balanced" else None
+    state = _State()
+    best_weights: dict[str, torch.Tensor] = {}
+    for trial, c in enumerate(model.c_values, start=1):
+        if progress is not None:
+            progress.epoch_start(trial, len(model.c_values), 1)
+        started = time.perf_counter()
+        model.solve(features, positives, c=c, class_weight=class_weight, seed=cfg.seed)
+        model.eval()
+        train_logits = batched_logits(model, data.train_ids, pad_id=data.pad_id)
+        train_loss = float(data.loss_fn(train_logits, data.y))
+        if progress is not None:
+            progress.step(train_loss)
+        cpu = torch.device("cpu")
+        dev = _dev_metrics(
+            model, data.dev_ids, data.y_dev, data.loss_fn, data.labels, data.pad_id, cpu
+        )
+        is_best = _improved(cfg.monitor, dev[cfg.monitor], state.best)
+        if is_best:
+            state.best, state.best_epoch = dev[cfg.monitor], trial
+            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        record = {
+            "epoch": trial,
+            "c": c,
+            "train_loss": train_loss,
+            "dev": dev,
+            "seconds": time.perf_counter() - started,
+            "precision": "fp32",
+            "is_best": is_best,
+        }
+        state.history.append(record)
+        _write_history(run_dir, state.history)
+        if progress is not None:
+            progress.epoch_end(record)
+    if cfg.restore_best:
+        model.load_state_dict(best_weights)
+    model.eval()
+    return Run(model, state.history, state.best_epoch, False)
+
+
 def _head_width(model: nn.Module) -> int:
+    if isinstance(model, NBLogistic):
+        return model.n_outputs
     head = getattr(model, "head", None)
     assert isinstance(head, nn.Linear), "every fenlei model ends in a Linear called head"
     return int(head.out_features)

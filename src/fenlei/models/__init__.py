@@ -38,7 +38,7 @@ class ModelSpec:
     pad_id: int
     n_outputs: int
     transformer_config: dict[str, Any] | None = field(default=None)
-    ngram_rows: int | None = field(default=None)  # linear: table rows kept for n-grams
+    ngram_rows: int | None = field(default=None)  # linear, nbsvm: table rows kept for n-grams
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -75,6 +75,31 @@ def _build_linear(
         vocab=vocab,
         rows=rows,
         mix_hash=mix,
+    )
+    if keep is not None:
+        model.keep_buckets(keep)
+    return model
+
+
+def _build_nbsvm(
+    cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None, train_ids: TrainIds
+) -> nn.Module:
+    from fenlei.models.linear import occupied_buckets
+    from fenlei.models.nbsvm import NBLogistic
+
+    keep = None
+    rows = spec.ngram_rows
+    if rows is None and train_ids is not None:
+        keep = occupied_buckets(train_ids, ngram=cfg.ngram, buckets=cfg.buckets)
+        rows = len(keep)
+    model = NBLogistic(
+        vocab_size=spec.vocab_size,
+        n_outputs=spec.n_outputs,
+        ngram=cfg.ngram,
+        buckets=cfg.buckets,
+        rows=rows,
+        c_values=cfg.nb_c,
+        alpha=cfg.nb_alpha,
     )
     if keep is not None:
         model.keep_buckets(keep)
@@ -122,6 +147,7 @@ def _build_transformer(
 REGISTRY: dict[str, Builder] = {
     "linear.v1": _build_linear,
     "linear.v2": _build_linear,
+    "nbsvm.v1": _build_nbsvm,
     "lstm.v1": _build_lstm,
     "transformer.v1": _build_transformer,
 }
@@ -141,8 +167,8 @@ def build_model(
         spec: vocabulary size, padding id, number of outputs (and a saved transformer config
             when rebuilding from a run folder, which skips loading pretrained weights).
         vocab: token -> id, used for GloVe initialisation and character n-grams.
-        train_ids: the training texts' token ids. With them, a new linear model keeps table
-            rows only for the hashed n-grams they contain (``ngram_rows`` of its spec).
+        train_ids: the training texts' token ids. With them, a new linear or nbsvm model keeps
+            table rows only for the hashed n-grams they contain (``ngram_rows`` of its spec).
 
     Raises:
         ConfigError: the architecture is not registered.

@@ -32,11 +32,13 @@ from torch import nn
 
 __all__ = [
     "BagOfNgrams",
+    "bucket_row_map",
     "char_buckets",
     "char_ngram_table",
     "fnv1a",
     "ngram_buckets",
     "occupied_buckets",
+    "token_ngram_features",
 ]
 
 _PRIME = 1_000_003
@@ -127,6 +129,40 @@ def occupied_buckets(
     return used
 
 
+def bucket_row_map(occupied: torch.Tensor, *, buckets: int, offset: int, pad: int) -> torch.Tensor:
+    """(buckets,) table row per bucket: ``offset + i`` for the i-th occupied one, else ``pad``."""
+    rows = torch.full((buckets,), pad, dtype=torch.long)
+    rows[occupied] = offset + torch.arange(len(occupied))
+    return rows
+
+
+def token_ngram_features(
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    vocab_size: int,
+    ngram: int,
+    buckets: int,
+    pad_index: int,
+    bucket_rows: torch.Tensor | None = None,
+    mix: bool = True,
+) -> torch.Tensor:
+    """Feature ids (B, T') of tokens and hashed token 2..``ngram``-grams; padding -> ``pad_index``.
+
+    A token is its own id; an n-gram is ``vocab_size + bucket``, or ``bucket_rows[bucket]`` when
+    the table keeps rows only for some buckets.
+    """
+    valid = mask.bool()
+    parts = [torch.where(valid, ids, pad_index)]
+    for n in range(2, ngram + 1):
+        if ids.shape[1] < n:
+            break
+        bucket, ok = ngram_buckets(ids, valid, n, buckets, mix=mix)
+        row = vocab_size + bucket if bucket_rows is None else bucket_rows[bucket]
+        parts.append(torch.where(ok, row, pad_index))
+    return torch.cat(parts, dim=1)
+
+
 class BagOfNgrams(nn.Module):
     """Mean of token, token-n-gram and character-n-gram embeddings -> dropout -> head."""
 
@@ -187,8 +223,11 @@ class BagOfNgrams(nn.Module):
         if self.ngram_rows != len(occupied):
             raise ValueError(f"the table has {self.ngram_rows} n-gram rows, not {len(occupied)}")
         bucket_rows: torch.Tensor = self.bucket_rows  # type: ignore[assignment]
-        bucket_rows.fill_(self.pad_index)
-        bucket_rows[occupied] = self.vocab_size + torch.arange(len(occupied))
+        bucket_rows.copy_(
+            bucket_row_map(
+                occupied, buckets=self.buckets, offset=self.vocab_size, pad=self.pad_index
+            )
+        )
         if self.use_chars:  # character n-grams share the buckets: point them at rows too
             table: torch.Tensor = self.char_table  # type: ignore[assignment]
             grams = table != self.pad_index
@@ -196,16 +235,16 @@ class BagOfNgrams(nn.Module):
 
     def token_ngrams(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Feature ids (B, T') of tokens and hashed token n-grams; padding -> ``pad_index``."""
-        valid = mask.bool()
-        parts = [torch.where(valid, ids, self.pad_index)]
-        bucket_rows: torch.Tensor | None = getattr(self, "bucket_rows", None)
-        for n in range(2, self.ngram + 1):
-            if ids.shape[1] < n:
-                break
-            bucket, ok = ngram_buckets(ids, valid, n, self.buckets, mix=self.mix_hash)
-            row = self.vocab_size + bucket if bucket_rows is None else bucket_rows[bucket]
-            parts.append(torch.where(ok, row, self.pad_index))
-        return torch.cat(parts, dim=1)
+        return token_ngram_features(
+            ids,
+            mask,
+            vocab_size=self.vocab_size,
+            ngram=self.ngram,
+            buckets=self.buckets,
+            pad_index=self.pad_index,
+            bucket_rows=getattr(self, "bucket_rows", None),
+            mix=self.mix_hash,
+        )
 
     def _feature_sums(self, features: torch.Tensor) -> torch.Tensor:
         """Per-text sum of the feature vectors: (B, T') ids -> (B, D)."""

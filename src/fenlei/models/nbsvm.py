@@ -1,0 +1,171 @@
+"""``nbsvm.v1``: naive-Bayes-weighted logistic regression over binary token and n-gram features.
+
+NBSVM (Wang & Manning, 2012, "Baselines and Bigrams"), in its logistic-loss form: each feature
+(a token, or a hashed token 2..n-gram as in ``linear.py``) counts once per text. For a label,
+the log-count ratio ``r = log((p / |p|) / (q / |q|))`` of the features' smoothed counts in the
+texts with and without that label scales the features, and scikit-learn's
+``LogisticRegression`` solves an L2-regularised logistic regression on them, one per label.
+
+The network keeps only the products ``r * w``: a prediction is the sum over the text's
+distinct features of their rows plus a bias (an ``EmbeddingBag``), so the model saves, loads,
+exports to ONNX and serves like the other families. It has no epochs: ``fit`` in train.py
+solves it once per value of ``model.nb_c`` and keeps the best on dev.
+
+On the benchmark splits it beats the fastText-like ``linear`` family on the long-text sets
+(IMDB, ChnSentiCorp; figures in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from fenlei.models.linear import bucket_row_map, token_ngram_features
+from fenlei.tokenize import pad_ids
+
+__all__ = ["NBLogistic", "nb_ratio"]
+
+
+def nb_ratio(features: sp.csr_matrix, positive: np.ndarray, alpha: float) -> np.ndarray:
+    """Log-count ratio (F,) of binary ``features`` between texts where ``positive`` and not."""
+    p = np.asarray(features[positive].sum(axis=0)).ravel() + alpha
+    q = np.asarray(features[~positive].sum(axis=0)).ravel() + alpha
+    ratio: np.ndarray = np.log((p / p.sum()) / (q / q.sum()))
+    return ratio
+
+
+class NBLogistic(nn.Module):
+    """Distinct token/n-gram features -> sum of their (NB-scaled) weights + bias."""
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        n_outputs: int,
+        ngram: int = 2,
+        buckets: int = 2_000_000,
+        rows: int | None = None,
+        c_values: Sequence[float] = (1.0,),
+        alpha: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.n_outputs = n_outputs
+        self.ngram = ngram
+        self.buckets = buckets
+        self.ngram_rows = rows  # None: one row per bucket
+        self.pad_index = vocab_size + (buckets if rows is None else rows)
+        self.c_values = tuple(c_values)
+        self.alpha = alpha
+        self.table = nn.EmbeddingBag(
+            self.pad_index + 1, n_outputs, mode="sum", padding_idx=self.pad_index
+        )
+        nn.init.zeros_(self.table.weight)
+        self.bias = nn.Parameter(torch.zeros(n_outputs))
+        if rows is not None:
+            self.register_buffer("bucket_rows", torch.full((buckets,), self.pad_index))
+
+    def keep_buckets(self, occupied: torch.Tensor) -> None:
+        """Give each bucket in ``occupied`` (sorted, from ``occupied_buckets``) its row."""
+        if self.ngram_rows != len(occupied):
+            raise ValueError(f"the table has {self.ngram_rows} n-gram rows, not {len(occupied)}")
+        bucket_rows: torch.Tensor = self.bucket_rows  # type: ignore[assignment]
+        bucket_rows.copy_(
+            bucket_row_map(
+                occupied, buckets=self.buckets, offset=self.vocab_size, pad=self.pad_index
+            )
+        )
+
+    def features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Feature ids (B, T') with each text's repeats (and padding) set to ``pad_index``."""
+        feats = token_ngram_features(
+            ids,
+            mask,
+            vocab_size=self.vocab_size,
+            ngram=self.ngram,
+            buckets=self.buckets,
+            pad_index=self.pad_index,
+            bucket_rows=getattr(self, "bucket_rows", None),
+        )
+        feats, _ = torch.sort(feats, dim=1)
+        repeat = torch.zeros_like(feats, dtype=torch.bool)
+        repeat[:, 1:] = feats[:, 1:] == feats[:, :-1]
+        return feats.masked_fill(repeat, self.pad_index)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, n_outputs) logits."""
+        return self.table(self.features(ids, mask)) + self.bias  # type: ignore[no-any-return]
+
+    @torch.no_grad()
+    def feature_matrix(
+        self, id_lists: Sequence[Sequence[int]], *, pad_id: int, chunk: int = 512
+    ) -> sp.csr_matrix:
+        """Binary (N, table rows) matrix of the texts' features, for :meth:`solve`."""
+        indptr, indices = [0], []
+        for start in range(0, len(id_lists), chunk):
+            ids, mask = pad_ids(list(id_lists[start : start + chunk]), pad_id)
+            for row in self.features(ids, mask).numpy():
+                kept = row[row != self.pad_index]
+                indices.append(kept)
+                indptr.append(indptr[-1] + len(kept))
+        flat = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64)
+        data = np.ones(len(flat), dtype=np.float64)
+        shape = (len(id_lists), self.pad_index)
+        return sp.csr_matrix((data, flat, np.asarray(indptr)), shape=shape)
+
+    @torch.no_grad()
+    def solve(
+        self,
+        features: sp.csr_matrix,
+        positives: Sequence[tuple[int, np.ndarray]],
+        *,
+        c: float,
+        class_weight: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        """Fit one NB-weighted logistic regression per output column and set the weights.
+
+        Args:
+            features: :meth:`feature_matrix` of the training texts.
+            positives: (output column, boolean (N,) target) pairs. With two softmax outputs
+                one pair for column 1 is enough: column 0 gets the opposite half of its logit.
+            c: inverse L2 strength of scikit-learn's ``LogisticRegression``.
+            class_weight: ``"balanced"`` or None, passed to scikit-learn.
+            seed: the solver's random state.
+        """
+        from sklearn.linear_model import LogisticRegression
+
+        weight = np.zeros((self.pad_index + 1, self.n_outputs), dtype=np.float32)
+        bias = np.zeros(self.n_outputs, dtype=np.float32)
+        for column, positive in positives:
+            w, b = self._one_column(features, positive, c, class_weight, seed, LogisticRegression)
+            if self.n_outputs == 2 and len(positives) == 1:  # softmax([-z/2, z/2]) = sigmoid(z)
+                weight[:-1, column], weight[:-1, 1 - column] = w / 2, -w / 2
+                bias[column], bias[1 - column] = b / 2, -b / 2
+            else:
+                weight[:-1, column], bias[column] = w, b
+        self.table.weight.copy_(torch.from_numpy(weight))
+        self.bias.copy_(torch.from_numpy(bias))
+
+    def _one_column(
+        self,
+        features: sp.csr_matrix,
+        positive: np.ndarray,
+        c: float,
+        class_weight: str | None,
+        seed: int,
+        solver: type,
+    ) -> tuple[np.ndarray, float]:
+        n_pos = int(positive.sum())
+        if n_pos in (0, len(positive)):  # a multi-label label on every text or on none
+            rate = (n_pos + 0.5) / (len(positive) + 1.0)
+            return np.zeros(features.shape[1]), float(np.log(rate / (1 - rate)))
+        ratio = nb_ratio(features, positive, self.alpha)
+        scaled = features.multiply(ratio).tocsr()
+        clf = solver(C=c, max_iter=1000, class_weight=class_weight, random_state=seed)
+        clf.fit(scaled, positive)
+        return clf.coef_[0] * ratio, float(clf.intercept_[0])

@@ -1,0 +1,97 @@
+"""nbsvm: the network reproduces scikit-learn's NB-weighted logistic regression; a feature
+counts once per text; the solve picks C on dev; multi-label and misuse."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from fenlei.classifier import TextClassifier
+from fenlei.errors import ConfigError
+from fenlei.models.nbsvm import NBLogistic, nb_ratio
+from fenlei.tokenize import pad_ids
+from tests.conftest import family_overrides
+
+POSITIVE = ["great film", "loved it", "a great great cast", "wonderful and moving", "superb"]
+NEGATIVE = ["awful film", "hated it", "a dull cast", "boring and slow", "terrible plot"]
+
+
+def _texts_as_ids() -> tuple[list[list[int]], np.ndarray]:
+    vocab: dict[str, int] = {}
+    ids = [[vocab.setdefault(w, len(vocab) + 1) for w in t.split()] for t in POSITIVE + NEGATIVE]
+    return ids, np.array([True] * len(POSITIVE) + [False] * len(NEGATIVE))
+
+
+def test_repeated_features_count_once() -> None:
+    model = NBLogistic(vocab_size=20, n_outputs=2, ngram=2, buckets=50)
+    ids, mask = pad_ids([[3, 3, 3, 4], [3, 4]], pad_id=0)
+    feats = model.features(ids, mask)
+    kept = [sorted(int(f) for f in row if f != model.pad_index) for row in feats]
+    assert len(kept[0]) == len(set(kept[0])) == 4  # 3, 4, "3 3", "3 4"
+    assert len(kept[1]) == 3  # 3, 4, "3 4"
+    assert set(kept[1]) <= set(kept[0])
+
+
+@pytest.mark.parametrize("n_outputs", [1, 2])
+def test_logits_equal_sklearn_on_the_nb_scaled_features(n_outputs: int) -> None:
+    ids, positive = _texts_as_ids()
+    model = NBLogistic(vocab_size=40, n_outputs=n_outputs, ngram=2, buckets=64)
+    features = model.feature_matrix(ids, pad_id=0)
+    model.solve(features, [(n_outputs - 1, positive)], c=2.0, seed=0)
+
+    ratio = nb_ratio(features, positive, alpha=1.0)
+    reference = LogisticRegression(C=2.0, max_iter=1000, random_state=0)
+    reference.fit(features.multiply(ratio).tocsr(), positive)
+    expected = reference.predict_proba(features.multiply(ratio).tocsr())[:, 1]
+
+    padded, mask = pad_ids(ids, pad_id=0)
+    logits = model.eval()(padded, mask).detach().double()
+    prob = torch.sigmoid(logits[:, 0] if n_outputs == 1 else logits[:, 1] - logits[:, 0])
+    np.testing.assert_allclose(prob.numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_each_c_is_one_record_and_the_best_on_dev_is_kept(tmp_path, bundled) -> None:  # type: ignore[no-untyped-def]
+    preset, overrides = family_overrides("nbsvm.v1")
+    overrides = [o for o in overrides if not o.startswith("model.nb_c")]
+    overrides.append("model.nb_c=[0.001,1.0,30.0]")
+    clf = TextClassifier(preset, overrides=overrides, run_dir=tmp_path / "run")
+    clf.fit(
+        bundled["train"].texts,
+        [ex.labels[0] for ex in bundled["train"].examples],
+        X_dev=bundled["dev"].texts,
+        y_dev=[ex.labels[0] for ex in bundled["dev"].examples],
+    )
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["c"] for r in records] == [0.001, 1.0, 30.0]
+    accuracies = [r["dev"]["accuracy"] for r in records]
+    assert accuracies[0] < max(accuracies)  # C=0.001 all but ignores the features
+    best = [r for r in records if r["is_best"]][-1]
+    assert best["dev"]["accuracy"] == max(accuracies)
+    dev = bundled["dev"]
+    assert clf.score(dev.texts, [ex.labels[0] for ex in dev.examples]) == pytest.approx(
+        max(accuracies)
+    )
+
+
+def test_multi_label_gives_one_sigmoid_per_label(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    texts = ["refund please", "late delivery", "refund my late delivery", "thanks"] * 3
+    labels = [["refund"], ["delivery"], ["refund", "delivery"], ["other"]] * 3
+    preset, overrides = family_overrides("nbsvm.v1")
+    clf = TextClassifier(preset, overrides=overrides, run_dir=tmp_path / "run")
+    clf.fit(texts, labels, X_dev=texts, y_dev=labels)
+    probs = clf.predict_proba(["refund my late delivery"])[0]
+    names = list(clf.classes_)
+    assert probs[names.index("refund")] > 0.5 and probs[names.index("delivery")] > 0.5
+    assert probs[names.index("other")] < 0.5
+
+
+def test_augmentation_is_refused_with_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    preset, overrides = family_overrides("nbsvm.v1")
+    clf = TextClassifier(preset, overrides=[*overrides, "augment.delete=0.1"], run_dir=tmp_path)
+    with pytest.raises(ConfigError, match="augment"):
+        clf.fit(POSITIVE + NEGATIVE, ["pos"] * 5 + ["neg"] * 5, X_dev=POSITIVE, y_dev=["pos"] * 5)
