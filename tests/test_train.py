@@ -414,3 +414,29 @@ def test_interrupted_linear_run_resumes_like_an_unbroken_one(bundled, tmp_path: 
     np.testing.assert_array_equal(
         resumed.predictor.predict_proba(texts), whole.predictor.predict_proba(texts)
     )
+
+
+def test_gradient_checkpointing_takes_the_same_steps(  # type: ignore[no-untyped-def]
+    bundled, tiny_transformer_dir: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import family_overrides
+
+    preset, overrides = family_overrides("transformer.v1", tiny_transformer_dir)
+    overrides = [*overrides, "train.epochs=1", "train.amp=false", "model.dropout=0.1"]
+    texts = bundled["test"].texts[:20]
+    probs = []
+    for flag in ("false", "true"):
+        cfg = load_config(preset, [*overrides, f"train.gradient_checkpointing={flag}"])
+        splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"])
+        result = train_run(cfg, splits, tmp_path / flag)
+        encoder: Any = result.predictor.model.encoder  # type: ignore[attr-defined]
+        assert encoder.is_gradient_checkpointing is (flag == "true")
+        probs.append(result.predictor.predict_proba(texts))
+    np.testing.assert_allclose(probs[1], probs[0], atol=1e-5)  # dropout replayed, same steps
+
+
+def test_gradient_checkpointing_outside_transformers_is_refused() -> None:
+    from fenlei.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="gradient_checkpointing"):
+        load_config("lstm", ["train.gradient_checkpointing=true"])

@@ -33,7 +33,7 @@ out = Console()
 err = Console(stderr=True)
 
 PresetOpt = Annotated[
-    str, typer.Option("--preset", "-p", help="linear | lstm | seed-lstm | minilm")
+    str, typer.Option("--preset", "-p", help="linear | nbsvm | lstm | seed-lstm | minilm")
 ]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config file (overrides --preset).")

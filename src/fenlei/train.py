@@ -563,6 +563,14 @@ def fit(
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     model.to(device)
+    if cfg.gradient_checkpointing:
+        enable = getattr(model, "enable_gradient_checkpointing", None)
+        if enable is None:
+            raise ConfigError(
+                f"train.gradient_checkpointing=true: {type(model).__name__} has no "
+                "checkpointing; use it with transformer.v1"
+            )
+        enable()
     if train_ids is None:
         train_ids = encoder.encode_ids(train.texts)
     dev_ids = encoder.encode_ids(dev.texts)
