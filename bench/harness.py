@@ -156,6 +156,16 @@ SYSTEMS: dict[str, SystemSpec] = {
             "fenlei minilm",
         ),
         SystemSpec(
+            "fenlei-minilm-256",
+            "fenlei",
+            None,
+            "bench.fenlei_systems",
+            _imdb,
+            "long reviews only: IMDB",
+            {"preset": "minilm", "overrides": ["encoder.max_length=256", "train.epochs=1"]},
+            "fenlei minilm, 256 tokens",
+        ),
+        SystemSpec(
             "fenlei-minilm-frozen",
             "fenlei",
             None,
