@@ -58,3 +58,25 @@ def test_onnx_backend_without_file_is_an_artifact_error(
     with pytest.raises(ArtifactError, match="fenlei export"):
         Predictor.from_run(run, backend="onnx")
     assert Predictor.from_run(run).backend == "torch"  # auto without model.onnx
+
+
+def test_exported_folder_is_self_contained_and_can_be_exported_again(
+    tmp_path: Path, bundled: dict[str, Dataset], tiny_transformer_dir: Path
+) -> None:
+    import shutil
+
+    run = _train("linear.v2", tmp_path / "run", bundled, tiny_transformer_dir)
+    export_onnx(run)
+    export_onnx(run)  # a second export replaces the first (the manifest still lists the old)
+    listed = set(verify_manifest(run)["files"])
+    on_disk = {p.name for p in run.iterdir() if p.is_file()} - {"manifest.json"}
+    assert on_disk == listed  # no stray weight file beside model.onnx
+    # copying exactly the listed files (a deployment) gives a working ONNX model
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in [*listed, "manifest.json"]:
+        shutil.copy2(run / name, copy / name)
+    onnx = Predictor.from_run(copy)
+    assert onnx.backend == "onnx"
+    expected = Predictor.from_run(run, backend="torch").predict_proba(TEXTS)
+    np.testing.assert_allclose(onnx.predict_proba(TEXTS), expected, atol=1e-4)

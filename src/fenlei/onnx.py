@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fenlei.artifact import atomic_write, load_run, write_manifest
+from fenlei.artifact import LoadedRun, atomic_write, load_run, write_manifest
 from fenlei.errors import ArtifactError, MissingExtraError
 from fenlei.predict import ONNX_FILE, OnnxModule, Predictor
 
@@ -42,10 +42,20 @@ SAMPLE_TEXTS = (
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence the exporter's progress prints and internal deprecation noise."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        for category in (DeprecationWarning, FutureWarning, UserWarning):
-            warnings.simplefilter("ignore", category)
-        yield
+    # onnx_ir and onnxscript's optimizer log WARNINGs about passes they skip (deduplication,
+    # constant folding); the export is checked against PyTorch afterwards anyway
+    loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            for category in (DeprecationWarning, FutureWarning, UserWarning):
+                warnings.simplefilter("ignore", category)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _export(model: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path) -> str:
@@ -60,6 +70,9 @@ def _export(model: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path) 
                 str(path),
                 dynamic_shapes=dims,
                 dynamo=True,
+                # one self-contained file: external data would be named after the temporary
+                # file, left out of the manifest and lost when the folder is copied
+                external_data=False,
                 verbose=False,
                 input_names=inputs,
                 output_names=outputs,
@@ -82,8 +95,10 @@ def _export(model: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path) 
     return "torchscript"
 
 
-def _max_difference(run_dir: Path, path: Path, texts: Sequence[str]) -> float:
-    torch_predictor = Predictor.from_run(run_dir, backend="torch")
+def _max_difference(run: LoadedRun, path: Path, texts: Sequence[str]) -> float:
+    # the run as loaded (and verified) before the export: the manifest does not yet list the
+    # new model.onnx, so loading the folder again would refuse it
+    torch_predictor = Predictor(run.encoder, run.model, run.labels, multi_label=run.multi_label)
     onnx_predictor = Predictor(
         torch_predictor.encoder,
         OnnxModule(path),
@@ -124,7 +139,7 @@ def export_onnx(
     atomic_write(
         path, lambda tmp: logger.info("exported with %s", _export(run.model, (ids, mask), tmp))
     )
-    diff = _max_difference(root, path, texts)
+    diff = _max_difference(run, path, texts)
     if diff > tolerance:
         path.unlink()
         write_manifest(root)
