@@ -692,8 +692,7 @@ def _fit_by_solving(
         started = time.perf_counter()
         model.solve(features, positives, c=c, class_weight=class_weight, seed=cfg.seed)
         model.eval()
-        train_logits = batched_logits(model, data.train_ids, pad_id=data.pad_id)
-        train_loss = float(data.loss_fn(train_logits, data.y))
+        train_loss = float(data.loss_fn(model.feature_logits(features), data.y))
         if progress is not None:
             progress.step(train_loss)
         cpu = torch.device("cpu")

@@ -44,7 +44,9 @@ def test_logits_equal_sklearn_on_the_nb_scaled_features(n_outputs: int) -> None:
     model.solve(features, [(n_outputs - 1, positive)], c=2.0, seed=0)
 
     ratio = nb_ratio(features, positive, alpha=1.0)
-    reference = LogisticRegression(C=2.0, max_iter=1000, random_state=0)
+    reference = LogisticRegression(
+        C=2.0, solver="liblinear", dual=True, max_iter=1000, random_state=0
+    )
     reference.fit(features.multiply(ratio).tocsr(), positive)
     expected = reference.predict_proba(features.multiply(ratio).tocsr())[:, 1]
 
