@@ -66,6 +66,8 @@ def main() -> None:
             "best_epoch": result.metrics["best_epoch"],
             "epochs_run": result.metrics["epochs_run"],
             "dev_accuracy_per_epoch": [h["dev"]["accuracy"] for h in result.history],
+            # a solved family (nbsvm): one record per C instead of per epoch
+            **({"c_values": [h["c"] for h in result.history]} if "c" in result.history[0] else {}),
             "settings": {"preset": opts["preset"], "overrides": overrides},
             "versions": {"fenlei": version("fenlei"), "torch": torch.__version__},
             **timing,

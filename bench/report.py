@@ -117,7 +117,10 @@ def _system_note(cell: dict[str, Any]) -> str:
     notes.append(f"{cell.get('threads', 2)} thread(s)")  # cells before the field: 2
     if cell.get("machine", {}).get("loadavg"):
         notes.append(f"load {cell['machine']['loadavg'][0]:.1f}")
-    if "best_epoch" in det:
+    if "c_values" in det:
+        tried = ", ".join(f"{c:g}" for c in det["c_values"])
+        notes.append(f"best C {det['c_values'][det['best_epoch'] - 1]:g} of {tried}")
+    elif "best_epoch" in det:
         notes.append(f"best epoch {det['best_epoch']}/{det.get('epochs_run')}")
     if "max_length" in settings:
         notes.append(f"max length {settings['max_length']}")
