@@ -85,7 +85,10 @@ def _pipeline_app(run: str) -> Any:
         path, num_labels=len(predictor.labels)
     )
     tokenizer = AutoTokenizer.from_pretrained(path)
-    pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, device=-1)
+    import torch
+
+    gpu = 0 if torch.cuda.is_available() else -1  # where fenlei and naive run too (auto)
+    pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, device=gpu)
     max_length = predictor.run.config.encoder.max_length
     app = FastAPI()
 

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -334,7 +334,14 @@ def serve(
     token: Annotated[
         str | None, typer.Option(envvar="FENLEI_TOKEN", help="Require this bearer token on /v1.")
     ] = None,
-    backend: Annotated[str, typer.Option(help="auto | torch | onnx")] = "auto",
+    backend: Annotated[
+        Literal["auto", "torch", "onnx"],
+        typer.Option(help="auto: ONNX Runtime when the run folder holds model.onnx (CPU)."),
+    ] = "auto",
+    device: Annotated[
+        Literal["auto", "cpu", "cuda"],
+        typer.Option(help="auto: the GPU when torch sees one."),
+    ] = "auto",
     drift_window: Annotated[int, typer.Option(min=10, help="Texts in the drift window.")] = 1000,
     threads: Annotated[
         int, typer.Option(min=0, help="Inference threads (0 = library default).")
@@ -366,7 +373,8 @@ def serve(
         max_texts=max_texts,
         max_chars=max_chars,
         token=token or None,
-        backend=backend,  # type: ignore[arg-type]
+        backend=backend,
+        device=device,
         drift_window=drift_window,
         threads=threads or None,
         workers=workers or None,

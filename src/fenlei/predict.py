@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from fenlei.artifact import LoadedRun, load_run
-from fenlei.errors import ArtifactError, DataError, MissingExtraError
+from fenlei.errors import ArtifactError, ConfigError, DataError, MissingExtraError
 from fenlei.models import batched_logits, to_probs
 from fenlei.tokenize import Encoder
 
-__all__ = ["BACKENDS", "OnnxModule", "Prediction", "Predictor"]
+__all__ = ["BACKENDS", "DEVICES", "OnnxModule", "Prediction", "Predictor", "inference_device"]
 
 BACKENDS = ("auto", "torch", "onnx")
+DEVICES = ("auto", "cpu", "cuda")
 ONNX_FILE = "model.onnx"
 
 
@@ -40,6 +41,7 @@ class OnnxModule(nn.Module):
     def __init__(self, path: Path, *, threads: int | None = None) -> None:
         super().__init__()
         self.path = path
+        self.threads = threads
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -71,14 +73,38 @@ def _onnx_available() -> bool:
     return True
 
 
-def _backend_model(run: LoadedRun, backend: str) -> nn.Module:
-    """The module to run for ``backend``: the torch model, or ONNX Runtime over model.onnx."""
+def inference_device(name: str) -> torch.device:
+    """``"auto"`` (a CUDA GPU when torch sees one, else the CPU), ``"cpu"`` or ``"cuda"``.
+
+    Raises:
+        ConfigError: an unknown name, or ``"cuda"`` without a GPU that torch can use.
+    """
+    if name not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, not {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda, but torch sees no CUDA GPU here; use device=cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _backend_model(run: LoadedRun, backend: str, device: torch.device) -> nn.Module:
+    """The module to run for ``backend``: the torch model, or ONNX Runtime over model.onnx.
+
+    On a GPU ``auto`` means the torch model there: fenlei's ONNX Runtime session is CPU-only.
+    """
     if backend not in BACKENDS:
         raise DataError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     path = run.run_dir / ONNX_FILE
+    if backend == "onnx" and device.type != "cpu":
+        raise ConfigError(
+            "the ONNX backend runs on the CPU; use backend=torch (or auto) for the GPU, "
+            "or device=cpu"
+        )
     if backend == "onnx" and not path.is_file():
         raise ArtifactError(f"{path} is missing: run `fenlei export {run.run_dir}` first")
-    if backend == "onnx" or (backend == "auto" and path.is_file() and _onnx_available()):
+    on_cpu = device.type == "cpu"
+    if backend == "onnx" or (backend == "auto" and on_cpu and path.is_file() and _onnx_available()):
         return OnnxModule(path)
     return run.model
 
@@ -116,9 +142,13 @@ class Predictor:
         threshold: float = 0.5,
         batch_size: int = 256,
         run: LoadedRun | None = None,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.encoder = encoder
-        self.model = model.eval()
+        self.device = torch.device(device)
+        if isinstance(model, OnnxModule) and self.device.type != "cpu":
+            raise ConfigError("the ONNX backend runs on the CPU; pass device='cpu'")
+        self.model = model.eval() if isinstance(model, OnnxModule) else model.to(self.device).eval()
         self.labels = tuple(labels)
         self.multi_label = multi_label
         self.threshold = threshold
@@ -128,26 +158,33 @@ class Predictor:
         torch.set_flush_denormal(True)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, *, backend: str = "auto") -> Predictor:
+    def from_run(
+        cls, run_dir: str | Path, *, backend: str = "auto", device: str = "auto"
+    ) -> Predictor:
         """Load a run folder (manifest checked).
 
         Args:
             run_dir: the run folder.
             backend: ``"torch"``, ``"onnx"`` (needs ``model.onnx``) or ``"auto"`` (ONNX
-                Runtime when ``model.onnx`` exists and onnxruntime is installed).
+                Runtime when ``model.onnx`` exists and onnxruntime is installed, on the CPU).
+            device: ``"auto"`` (a CUDA GPU when there is one), ``"cpu"`` or ``"cuda"``; a GPU
+                runs the PyTorch model.
 
         Raises:
             ArtifactError: the run folder is missing, incomplete or altered.
+            ConfigError: ``device="cuda"`` without a GPU, or the ONNX backend on a GPU.
         """
+        where = inference_device(device)
         run = load_run(run_dir)
         return cls(
             run.encoder,
-            _backend_model(run, backend),
+            _backend_model(run, backend, where),
             run.labels,
             multi_label=run.multi_label,
             threshold=run.config.eval.threshold,
             batch_size=run.config.eval.batch_size,
             run=run,
+            device=where,
         )
 
     def _check(self, texts: Sequence[str]) -> list[str]:
@@ -164,7 +201,11 @@ class Predictor:
         if not ids:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         out = batched_logits(
-            self.model, ids, pad_id=self.encoder.pad_id, batch_size=self.batch_size
+            self.model,
+            ids,
+            pad_id=self.encoder.pad_id,
+            batch_size=self.batch_size,
+            device=self.device,
         )
         return out.numpy()
 

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from fenlei.config import load_config
 from fenlei.serve.batching import MicroBatcher
@@ -163,7 +164,9 @@ def test_workers_auto_one_per_free_core_for_transformers(monkeypatch: pytest.Mon
     from fenlei.serve.schemas import ServeSettings
 
     def predictor(arch: str) -> Any:
-        return SimpleNamespace(run=SimpleNamespace(config=load_config(arch)))
+        return SimpleNamespace(
+            run=SimpleNamespace(config=load_config(arch)), device=torch.device("cpu")
+        )
 
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert _workers(predictor("minilm"), ServeSettings(threads=1)) == 2

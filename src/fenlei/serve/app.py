@@ -109,12 +109,16 @@ def _name_sources(
     return named
 
 
-def _load(source: ModelSource, backend: str, threads: int | None) -> Predictor:
+def _load(source: ModelSource, settings: ServeSettings) -> Predictor:
     predictor = (
-        source if isinstance(source, Predictor) else Predictor.from_run(source, backend=backend)
+        source
+        if isinstance(source, Predictor)
+        else Predictor.from_run(source, backend=settings.backend, device=settings.device)
     )
-    if threads is not None and isinstance(predictor.model, OnnxModule):
-        predictor.model = OnnxModule(predictor.model.path, threads=threads)
+    threads = settings.threads
+    model = predictor.model
+    if threads is not None and isinstance(model, OnnxModule) and model.threads != threads:
+        predictor.model = OnnxModule(model.path, threads=threads)
     return predictor
 
 
@@ -188,8 +192,8 @@ def _workers(predictor: Predictor, settings: ServeSettings) -> int:
     """
     if settings.workers is not None:
         return settings.workers
-    if not _is_transformer(predictor):
-        return 1
+    if not _is_transformer(predictor) or predictor.device.type != "cpu":
+        return 1  # a GPU runs one batch at a time anyway
     return max(1, min(4, (os.cpu_count() or 1) // (settings.threads or 1)))
 
 
@@ -224,7 +228,7 @@ def _lifespan(sources: dict[str, ModelSource], state: ServeState):  # type: igno
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _set_threads(state.settings.threads)
         for name, source in sources.items():
-            predictor = _load(source, state.settings.backend, state.settings.threads)
+            predictor = _load(source, state.settings)
             state.models[name] = _serve_model(name, predictor, state)
             logger.info("loaded model %s (%s)", name, state.models[name].info.version)
         for served in state.models.values():
@@ -527,7 +531,11 @@ def serve(
     import uvicorn
 
     settings = settings or ServeSettings()
-    app = create_app(models, settings)
+    # Load (and verify) every run folder before uvicorn starts, so a bad folder or device is
+    # one clear error from this call rather than a traceback from the server's start-up.
+    _set_threads(settings.threads)
+    loaded = {name: _load(source, settings) for name, source in _name_sources(models).items()}
+    app = create_app(loaded, settings)
     uvicorn.run(
         app,
         host=host,

@@ -46,6 +46,11 @@ class ServeSettings(_Frozen):
     backend: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="Inference backend: ONNX Runtime when model.onnx exists (auto)."
     )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="Where the models run: a CUDA GPU when there is one (auto; the PyTorch "
+        "model), else the CPU.",
+    )
     threads: int | None = Field(
         1,
         ge=1,
