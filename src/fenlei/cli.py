@@ -119,10 +119,14 @@ def _predictions_table(texts: list[str], predictions: list[Any], top_k: int) -> 
 
 def _show_training_result(result: Any) -> None:
     metrics = result.metrics
-    out.print(
-        f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, "
-        f"{metrics['train_seconds']:.1f}s"
-    )
+    history = result.history
+    if history and "c" in history[0]:  # a solved family: one record per C, not per epoch
+        best_c = history[metrics["best_epoch"] - 1]["c"]
+        tried = ", ".join(f"{h['c']:g}" for h in history)
+        which = f"best C={best_c:g} (tried {tried})"
+    else:
+        which = f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}"
+    out.print(f"{which}, {metrics['train_seconds']:.1f}s")
     out.print(_metrics_table(metrics["dev"], "Dev"))
     if "test" in metrics:
         out.print(_metrics_table(metrics["test"], "Test"))

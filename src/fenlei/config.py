@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fenlei.errors import ConfigError
 
@@ -115,6 +115,11 @@ class ModelConfig(_Section):
     single_logit: bool = Field(
         False, description="Binary tasks: one sigmoid output (Keras Dense(1)) not softmax."
     )
+
+    @field_validator("nb_c", mode="before")
+    @classmethod
+    def _one_c_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int | float) else value
 
     @model_validator(mode="after")
     def _check_family_fields(self) -> ModelConfig:

@@ -97,3 +97,11 @@ def test_augmentation_is_refused_with_a_clear_error(tmp_path) -> None:  # type: 
     clf = TextClassifier(preset, overrides=[*overrides, "augment.delete=0.1"], run_dir=tmp_path)
     with pytest.raises(ConfigError, match="augment"):
         clf.fit(POSITIVE + NEGATIVE, ["pos"] * 5 + ["neg"] * 5, X_dev=POSITIVE, y_dev=["pos"] * 5)
+
+
+def test_one_c_may_be_given_as_a_number() -> None:
+    from fenlei.config import load_config
+
+    assert load_config("nbsvm", ["model.nb_c=0.5"]).model.nb_c == [0.5]
+    with pytest.raises(ConfigError, match="nb_c"):
+        load_config("nbsvm", ["model.nb_c=[0.1,-1]"])
