@@ -330,7 +330,7 @@ def _named_runs(runs: list[str]) -> dict[str, Path]:
 def serve(
     runs: Annotated[list[str], typer.Argument(help="Run folders to serve (NAME=RUN to rename).")],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     max_batch_size: Annotated[int, typer.Option(min=1, help="Most texts per model call.")] = 64,
     max_wait_ms: Annotated[float, typer.Option(min=0, help="Batching wait (ms).")] = 2.0,
     max_texts: Annotated[int, typer.Option(min=1, help="Most texts per request.")] = 256,

@@ -1,9 +1,10 @@
-"""Where models run: the device choice, the ONNX/GPU rule, and start-up errors of `fenlei serve`
-as one line (checked without a GPU; the GPU path itself is bench/gpu_check.py's job)."""
+"""Where models run (the device choice, the ONNX/GPU rule; checked without a GPU, the GPU path
+itself is bench/gpu_check.py's job) and `fenlei serve`'s start-up errors as one line."""
 
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -57,8 +58,16 @@ def test_one_worker_per_model_on_a_gpu(serve_run: Path) -> None:
     assert _workers(predictor, ServeSettings(workers=3)) == 3
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _serve_error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
-    code = main(["serve", *args, "--port", "1"])
+    if "--port" not in args:
+        args = [*args, "--port", str(_free_port())]
+    code = main(["serve", *args])
     err = ANSI.sub("", capsys.readouterr().err)
     assert code == 2, err
     assert "Traceback" not in err
@@ -89,3 +98,14 @@ def test_serve_rejects_an_unknown_device_as_a_usage_error(
     err = ANSI.sub("", capsys.readouterr().err)
     assert code == 2 and "Traceback" not in err
     assert "'gpu' is not one of" in err
+
+
+def test_serve_reports_a_port_in_use_before_loading(
+    capsys: pytest.CaptureFixture[str], serve_run: Path
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        line = _serve_error(capsys, [str(serve_run), "--port", str(port)])
+    assert f"cannot listen on 127.0.0.1:{port}" in line

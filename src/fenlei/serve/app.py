@@ -519,6 +519,26 @@ def create_app(
     return app
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Fail with one clear line, before loading models, when the address cannot be bound."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on host {host!r}: {exc.strerror}") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port "
+                "(or stop what is using it)"
+            ) from exc
+
+
 def serve(
     models: Mapping[str, ModelSource] | Sequence[ModelSource],
     settings: ServeSettings | None = None,
@@ -531,6 +551,7 @@ def serve(
     import uvicorn
 
     settings = settings or ServeSettings()
+    _check_port_free(host, port)
     # Load (and verify) every run folder before uvicorn starts, so a bad folder or device is
     # one clear error from this call rather than a traceback from the server's start-up.
     _set_threads(settings.threads)
