@@ -49,21 +49,30 @@ TrainIds = Sequence[Sequence[int]] | None
 Builder = Callable[[ModelConfig, ModelSpec, dict[str, int] | None, TrainIds], nn.Module]
 
 
+def _used_buckets(
+    cfg: ModelConfig, spec: ModelSpec, train_ids: TrainIds, *, mix: bool = True
+) -> torch.Tensor | None:
+    """The n-gram buckets a new hashed table keeps rows for; None for a saved model (its
+    bucket map comes with its weights) or without training ids (one row per bucket)."""
+    from fenlei.models.linear import occupied_buckets
+
+    if spec.ngram_rows is not None or train_ids is None:
+        return None
+    return occupied_buckets(train_ids, ngram=cfg.ngram, buckets=cfg.buckets, mix=mix)
+
+
 def _build_linear(
     cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None, train_ids: TrainIds
 ) -> nn.Module:
-    from fenlei.models.linear import BagOfNgrams, char_buckets, occupied_buckets
+    from fenlei.models.linear import BagOfNgrams, char_buckets
 
     chars = (cfg.char_ngram_min, cfg.char_ngram_max)
     mix = cfg.architecture != "linear.v1"  # v1's weaker n-gram hash, for its run folders
-    keep = None
-    rows = spec.ngram_rows  # a saved model: the bucket map comes with its weights
-    if rows is None and train_ids is not None:
-        keep = occupied_buckets(train_ids, ngram=cfg.ngram, buckets=cfg.buckets, mix=mix)
-        if 0 < chars[0] <= chars[1] and vocab is not None:
-            used = char_buckets(vocab, lo=chars[0], hi=chars[1], buckets=cfg.buckets)
-            keep = torch.unique(torch.cat([keep, used]))
-        rows = len(keep)
+    keep = _used_buckets(cfg, spec, train_ids, mix=mix)
+    if keep is not None and 0 < chars[0] <= chars[1] and vocab is not None:
+        used = char_buckets(vocab, lo=chars[0], hi=chars[1], buckets=cfg.buckets)
+        keep = torch.unique(torch.cat([keep, used]))
+    rows = spec.ngram_rows if keep is None else len(keep)
     model = BagOfNgrams(
         vocab_size=spec.vocab_size,
         n_outputs=spec.n_outputs,
@@ -84,20 +93,15 @@ def _build_linear(
 def _build_nbsvm(
     cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None, train_ids: TrainIds
 ) -> nn.Module:
-    from fenlei.models.linear import occupied_buckets
     from fenlei.models.nbsvm import NBLogistic
 
-    keep = None
-    rows = spec.ngram_rows
-    if rows is None and train_ids is not None:
-        keep = occupied_buckets(train_ids, ngram=cfg.ngram, buckets=cfg.buckets)
-        rows = len(keep)
+    keep = _used_buckets(cfg, spec, train_ids)
     model = NBLogistic(
         vocab_size=spec.vocab_size,
         n_outputs=spec.n_outputs,
         ngram=cfg.ngram,
         buckets=cfg.buckets,
-        rows=rows,
+        rows=spec.ngram_rows if keep is None else len(keep),
         c_values=cfg.nb_c,
         alpha=cfg.nb_alpha,
     )
