@@ -138,6 +138,36 @@ def test_load_jsonl_gz(tmp_path: Path) -> None:
     assert_rows(load_table(path), path)
 
 
+# A 1 MB cell: Python's csv refuses fields over 128 KiB unless told otherwise.
+LONG = ("a long document " * 65536)[:-1]
+
+
+@pytest.mark.parametrize("name", ["d.csv", "d.tsv", "d.csv.gz", "d.jsonl", "d.jsonl.gz"])
+def test_a_one_megabyte_text_loads(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    if ".jsonl" in name:
+        write_jsonl(path, [{"text": LONG, "label": "a"}, {"text": "short", "label": "b"}])
+    else:
+        sep = "\t" if ".tsv" in name else ","
+        body = f"text{sep}label\n{LONG}{sep}a\nshort{sep}b\n".encode()
+        path.write_bytes(gzip.compress(body) if name.endswith(".gz") else body)
+    assert load_table(path).texts == [LONG, "short"]
+    assert [text for _, _, text in iter_texts(path)] == [LONG, "short"]
+
+
+def test_a_one_megabyte_text_loads_from_parquet(tmp_path: Path) -> None:
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": [LONG, "short"], "label": ["a", "b"]}), path)
+    assert load_table(path).texts == [LONG, "short"]
+    assert [text for _, _, text in iter_texts(path)] == [LONG, "short"]
+
+
+def test_a_number_too_long_for_python_is_a_data_error(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "d.jsonl", '{"text": "a", "label": ' + "7" * 5000 + "}\n")
+    err = data_error(path)
+    assert err.row == 1 and "JSON string" in str(err)
+
+
 def test_extension_is_case_insensitive(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "D.CSV", ROWS)
     assert len(load_table(path)) == 3

@@ -9,11 +9,13 @@ row numbers are line numbers of the file (the header is line 1).
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import json
 import logging
 import statistics
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -197,9 +199,27 @@ def _decoded_lines(raw: IO[bytes], path: Path) -> Iterator[str]:
         ) from exc
 
 
+@functools.cache
+def _allow_long_fields() -> None:
+    """Lift Python csv's 128 KiB field limit (process-wide) to the largest the platform allows.
+
+    Long documents are a use case, and the limit only guards against runaway memory, which
+    a file of that size costs anyway. ``sys.maxsize`` overflows a C long on some platforms
+    (64-bit Windows), hence the halving.
+    """
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:
+            limit //= 2
+
+
 def _iter_delimited(
     path: Path, compressed: bool, delimiter: str
 ) -> Iterator[tuple[int, dict[str, Any]]]:
+    _allow_long_fields()
     with _open_binary(path, compressed) as raw:
         reader = csv.reader(_decoded_lines(raw, path), delimiter=delimiter)
         try:
@@ -231,6 +251,13 @@ def _iter_jsonl(path: Path, compressed: bool) -> Iterator[tuple[int, dict[str, A
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"not valid JSON: {exc.msg}", path=str(path), row=lineno) from exc
+            except ValueError as exc:  # the only other failure: Python's cap on integer digits
+                raise DataError(
+                    f"has a number of more than {sys.get_int_max_str_digits():,} digits; "
+                    "write it as a JSON string (in quotes)",
+                    path=str(path),
+                    row=lineno,
+                ) from exc
             if not isinstance(obj, dict):
                 raise DataError("each line must be a JSON object", path=str(path), row=lineno)
             yield lineno, obj
