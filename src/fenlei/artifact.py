@@ -31,7 +31,7 @@ from torch import nn
 from fenlei._version import __version__
 from fenlei.config import RunConfig
 from fenlei.errors import ArtifactError
-from fenlei.models import ModelSpec, build_model
+from fenlei.models import ModelSpec, build_model, family_of
 from fenlei.tokenize import Encoder
 
 __all__ = [
@@ -167,15 +167,10 @@ def verify_manifest(run_dir: Path) -> dict[str, Any]:
     return dict(manifest)
 
 
-def _model_spec(model: nn.Module, spec: ModelSpec) -> ModelSpec:
+def _model_spec(model: nn.Module, spec: ModelSpec, architecture: str) -> ModelSpec:
     """The spec that rebuilds ``model``: what the model learned of its shape while built."""
-    encoder_config = getattr(model, "encoder_config", None)
-    if callable(encoder_config) and spec.transformer_config is None:
-        spec = replace(spec, transformer_config=encoder_config())
-    rows = getattr(model, "ngram_rows", None)
-    if isinstance(rows, int):
-        spec = replace(spec, ngram_rows=rows)
-    return spec
+    extras = family_of(architecture).spec_extras(model)
+    return replace(spec, **{k: v for k, v in extras.items() if getattr(spec, k) is None})
 
 
 def save_run(
@@ -203,7 +198,9 @@ def save_run(
     _write_json(
         run_dir / "labels.json", {"labels": list(labels), "multi_label": cfg.data.multi_label}
     )
-    _write_json(run_dir / "model_config.json", _model_spec(model, spec).to_dict())
+    _write_json(
+        run_dir / "model_config.json", _model_spec(model, spec, cfg.model.architecture).to_dict()
+    )
     atomic_write(run_dir / "tokenizer.json", encoder.save)
     atomic_write(run_dir / "model.safetensors", lambda tmp: save_model(model, str(tmp)))
     _write_json(run_dir / "metrics.json", metrics)

@@ -1,0 +1,74 @@
+"""The :class:`Family` record: what a model family is and what it can do.
+
+The registry (:data:`fenlei.models.REGISTRY`) maps a versioned name (``"lstm.v1"``) to a
+``Family``. Code outside ``models/`` asks the family (``family_of(cfg.model.architecture)``)
+instead of testing names, ``isinstance`` or ``getattr`` on the module: whether it is trained
+by the gradient loop or by a solver, which ``model.*`` settings it reads, and hooks that take
+the plain module (so they work under a DDP wrapper too). The ``nn.Module`` classes stay plain.
+
+Example:
+    >>> family_of("lstm.v1").trains_by
+    'loop'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from torch import nn
+
+if TYPE_CHECKING:
+    from fenlei.config import ModelConfig
+    from fenlei.models import ModelSpec
+
+__all__ = ["Builder", "Family", "TrainIds"]
+
+TrainIds = Sequence[Sequence[int]] | None
+Builder = Callable[["ModelConfig", "ModelSpec", dict[str, int] | None, TrainIds], nn.Module]
+
+
+def _no_extras(model: nn.Module) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: how it is built and what it can do.
+
+    Attributes:
+        name: the registered, versioned name (``"transformer.v1"``).
+        build: ``(model config, spec, vocab, training ids) -> nn.Module``.
+        reads: the ``model.*`` settings it uses (presets and ``--set`` are checked against
+            them: a setting the family ignores is an error, not a silent no-op).
+        trains_by: ``"loop"`` (the gradient loop) or ``"solver"`` (solved in one go, e.g. by
+            scikit-learn; see ``fenlei.train.solve``).
+        soft_targets: can learn from soft probabilities (distillation).
+        sparse_table: has a sparse embedding table (sparse optimizer; DDP needs gloo).
+        pretrained: wraps a pretrained encoder (needs ``model.pretrained`` and the encoder's
+            own tokenizer, ``encoder.kind=pretrained``).
+        serve_chunk: texts per model call when served on a CPU (None: the eval batch size).
+        bf16_cpu: context manager to train under bf16 autocast on CPUs with AMX tiles (a
+            measured gain); None: fp32 on CPU.
+        gradient_checkpointing: switches gradient checkpointing on; None: not supported.
+        token_embedding: the token embedding table (freezing, attributions); None: none.
+        spec_extras: fields of :class:`~fenlei.models.ModelSpec` the built model learned
+            (saved in ``model_config.json`` so the run folder rebuilds it).
+        search_space: hyperparameters a tuner may vary, ``"section.key" -> choices``.
+    """
+
+    name: str
+    build: Builder
+    reads: frozenset[str]
+    trains_by: Literal["loop", "solver"] = "loop"
+    soft_targets: bool = True
+    sparse_table: bool = False
+    pretrained: bool = False
+    serve_chunk: int | None = None
+    bf16_cpu: Callable[[nn.Module], AbstractContextManager[Any]] | None = None
+    gradient_checkpointing: Callable[[nn.Module], None] | None = None
+    token_embedding: Callable[[nn.Module], nn.Module | None] | None = None
+    spec_extras: Callable[[nn.Module], dict[str, Any]] = _no_extras
+    search_space: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)

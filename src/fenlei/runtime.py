@@ -1,0 +1,105 @@
+"""Where and how computation runs: the device, process-wide torch settings, and the rank.
+
+- :func:`resolve_device` is the one device resolver (training and inference).
+- :func:`configure_torch` sets process-wide torch state (threads, flush-denormal, seed). Only
+  entry points call it (the CLI, :class:`~fenlei.classifier.TextClassifier`, the server), so
+  library functions leave global state alone and several trials can share one process.
+- :class:`Dist` says which rank this process is in a data-parallel job (torchrun or Ray
+  Train set ``RANK``/``WORLD_SIZE``); the training loop and the pipeline guard writes with
+  :attr:`Dist.is_main`.
+
+Example:
+    >>> resolve_device("cpu").type
+    'cpu'
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from fenlei.errors import ConfigError
+
+__all__ = ["DEVICES", "Dist", "configure_torch", "resolve_device"]
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (a CUDA GPU when torch sees one, else the CPU), ``"cpu"`` or ``"cuda"``.
+
+    Raises:
+        ConfigError: an unknown name, or ``"cuda"`` without a GPU that torch can use.
+    """
+    if name not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, not {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda, but torch sees no CUDA GPU here; use device=cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def configure_torch(
+    *, threads: int | None = None, flush_denormal: bool = True, seed: int | None = None
+) -> None:
+    """Set process-wide torch state; for entry points only (CLI, facade, server).
+
+    Args:
+        threads: intra-op CPU threads (None: leave torch's choice).
+        flush_denormal: treat denormal floats as zero; the LSTM backward pass slows 5-12x on
+            denormals on x86 CPUs (../shared/MODELS.md's "denormal trap").
+        seed: seed torch's global generator (model initialisation, dropout).
+    """
+    torch.set_flush_denormal(flush_denormal)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if seed is not None:
+        torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a data-parallel job; ``Dist()`` is a single process.
+
+    Example:
+        >>> Dist().is_main
+        True
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_env(cls) -> Dist:
+        """Read ``RANK`` and ``WORLD_SIZE`` (set by torchrun and Ray Train)."""
+        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        """Whether there are other ranks to talk to (torch.distributed is initialised)."""
+        return (
+            self.world > 1
+            and torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+        )
+
+    def barrier(self) -> None:
+        """Wait for every rank (a no-op in a single process)."""
+        if self.active:
+            torch.distributed.barrier()
+
+    def mean(self, value: float) -> float:
+        """The mean of ``value`` over ranks (itself in a single process)."""
+        if not self.active:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return float(t.item()) / self.world
