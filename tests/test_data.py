@@ -530,6 +530,44 @@ def test_ragged_row_too_few_fields(tmp_path: Path) -> None:
     assert "has 1 fields but the header has 2" in str(err)
 
 
+@pytest.mark.parametrize(
+    ("name", "header"), [("d.csv", "text,label,text"), ("d.tsv", "text\tlabel\t text")]
+)
+def test_duplicated_header_column(tmp_path: Path, name: str, header: str) -> None:
+    sep = "\t" if name.endswith(".tsv") else ","
+    path = write_text(tmp_path / name, f"{header}\nfirst{sep}a{sep}third\n")
+    err = data_error(path)
+    assert (err.row, err.column) == (1, "text")
+    assert str(err).startswith(f"{path}, row 1, column 'text': appears twice in the header")
+    assert "columns 1 and 3" in str(err)
+    with pytest.raises(DataError, match="appears twice"):
+        list(iter_texts(path))
+
+
+def test_repeated_unnamed_columns_are_allowed(tmp_path: Path) -> None:
+    path = write_text(tmp_path / "d.csv", "text,label,,\nhello,a,,\nworld,b,,\n")
+    assert load_table(path).texts == ["hello", "world"]
+
+
+def test_duplicated_key_in_a_json_line(tmp_path: Path) -> None:
+    path = write_text(
+        tmp_path / "d.jsonl",
+        '{"text": "a", "label": "x"}\n{"text": "b", "label": "y", "text": "c"}\n',
+    )
+    err = data_error(path)
+    assert (err.row, err.column) == (2, "text")
+    assert "twice" in str(err)
+
+
+def test_duplicated_parquet_column(tmp_path: Path) -> None:
+    path = tmp_path / "d.parquet"
+    columns = [pa.array(["a", "b"]), pa.array(["x", "y"]), pa.array(["c", "d"])]
+    pq.write_table(pa.Table.from_arrays(columns, names=["text", "label", "text"]), path)
+    err = data_error(path)
+    assert err.column == "text"
+    assert "appears twice in the header (columns 1 and 3)" in str(err)
+
+
 def test_malformed_json_line(tmp_path: Path) -> None:
     path = write_text(tmp_path / "d.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", label}\n')
     err = data_error(path)

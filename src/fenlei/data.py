@@ -199,6 +199,39 @@ def _decoded_lines(raw: IO[bytes], path: Path) -> Iterator[str]:
         ) from exc
 
 
+def _check_unique_columns(names: Sequence[str], path: Path, *, row: int | None) -> None:
+    # A dict keyed by column name would silently keep only the last of two same-named columns.
+    # Unnamed columns (a spreadsheet's trailing commas) can never be chosen, so they may repeat.
+    first: dict[str, int] = {}
+    for number, name in enumerate(names, start=1):
+        if name in first and name:
+            raise DataError(
+                f"appears twice in the header (columns {first[name]} and {number}); "
+                "rename or remove one",
+                path=str(path),
+                row=row,
+                column=name,
+            )
+        first[name] = number
+
+
+class _DuplicateKeyError(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKeyError(key)
+            seen.add(key)
+    return obj
+
+
 @functools.cache
 def _allow_long_fields() -> None:
     """Lift Python csv's 128 KiB field limit (process-wide) to the largest the platform allows.
@@ -227,6 +260,7 @@ def _iter_delimited(
             if header is None:
                 raise DataError("file is empty; expected a header row", path=str(path))
             header = [h.strip() for h in header]
+            _check_unique_columns(header, path, row=1)
             for row in reader:
                 if not row:
                     continue
@@ -248,7 +282,14 @@ def _iter_jsonl(path: Path, compressed: bool) -> Iterator[tuple[int, dict[str, A
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line, object_pairs_hook=_unique_keys)
+            except _DuplicateKeyError as exc:
+                raise DataError(
+                    "the key appears twice in this object; keep one",
+                    path=str(path),
+                    row=lineno,
+                    column=exc.key,
+                ) from exc
             except json.JSONDecodeError as exc:
                 raise DataError(f"not valid JSON: {exc.msg}", path=str(path), row=lineno) from exc
             except ValueError as exc:  # the only other failure: Python's cap on integer digits
@@ -270,9 +311,12 @@ def _iter_parquet(path: Path, compressed: bool) -> Iterator[tuple[int, dict[str,
     try:
         if compressed:
             with gzip.open(path, "rb") as fh:
-                table = pq.read_table(io.BytesIO(fh.read()))
+                source: Path | io.BytesIO = io.BytesIO(fh.read())
         else:
-            table = pq.read_table(path)
+            source = path
+        with pq.ParquetFile(source) as parquet:
+            _check_unique_columns(parquet.schema_arrow.names, path, row=None)
+            table = parquet.read()
     except FileNotFoundError as exc:
         raise DataError("file does not exist", path=str(path)) from exc
     except (pa.ArrowException, OSError, EOFError) as exc:
