@@ -16,7 +16,7 @@ import torch._dynamo
 
 # kept out of the training clock as every peer's imports are)
 from bench.peers import _common as c
-from fenlei.classifier import prepare_splits, train_run
+from fenlei.pipeline import prepare_splits, train_run
 from fenlei.config import load_config
 from fenlei.data import Dataset
 

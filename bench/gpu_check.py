@@ -64,7 +64,7 @@ def _texts_per_second(predictor: Any, texts: list[str], batch: int) -> float:
 
 def main() -> None:
     """Run the check and write ``gpu_check.json``."""
-    from fenlei.classifier import prepare_splits, train_run
+    from fenlei.pipeline import prepare_splits, train_run
     from fenlei.config import load_config
     from fenlei.data import bundled_dataset_path, load_table
     from fenlei.predict import Predictor

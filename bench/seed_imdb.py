@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fenlei.classifier import prepare_splits, train_run
+from fenlei.pipeline import prepare_splits, train_run
 from fenlei.config import load_config
 from fenlei.data import load_table
 from fenlei.progress import RichProgress

@@ -38,7 +38,7 @@ def test_same_seed_same_batch() -> None:
 
 
 def test_training_with_augmentation(bundled, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from fenlei.classifier import prepare_splits, train_run
+    from fenlei.pipeline import prepare_splits, train_run
 
     cfg = load_config(
         "linear",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fenlei.artifact import load_run
-from fenlei.classifier import prepare_splits, train_run
+from fenlei.pipeline import prepare_splits, train_run
 from fenlei.cli import main
 from fenlei.config import load_config
 from fenlei.data import bundled_dataset_path

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from fenlei import train as train_module
-from fenlei.classifier import prepare_splits, train_run
+from fenlei.pipeline import prepare_splits, train_run
 from fenlei.config import load_config
 from fenlei.data import Dataset, bundled_dataset_path
 from fenlei.predict import Predictor

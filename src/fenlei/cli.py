@@ -135,7 +135,7 @@ def _show_training_result(result: Any) -> None:
 
 
 def _run_training(cfg: Any, splits: Any, out_dir: Path, *, resume: bool, overwrite: bool) -> Any:
-    from fenlei.classifier import train_run
+    from fenlei.pipeline import train_run
     from fenlei.progress import RichProgress
 
     out.print(_summary_table(splits.summaries()))
@@ -173,7 +173,7 @@ def train(
 
     Example: fenlei train reviews.csv --dev dev.csv --preset lstm --set train.epochs=5 -o runs/r1
     """
-    from fenlei.classifier import prepare_splits
+    from fenlei.pipeline import prepare_splits
     from fenlei.config import load_config
     from fenlei.data import load_table
 
@@ -218,7 +218,7 @@ def demo(
 
     Example: fenlei demo --preset lstm --out runs/demo-lstm
     """
-    from fenlei.classifier import prepare_splits
+    from fenlei.pipeline import prepare_splits
     from fenlei.config import load_config
     from fenlei.data import bundled_dataset_path, load_table
 
