@@ -16,9 +16,9 @@ import torch._dynamo
 
 # kept out of the training clock as every peer's imports are)
 from bench.peers import _common as c
-from fenlei.pipeline import prepare_splits, train_run
 from fenlei.config import load_config
 from fenlei.data import Dataset
+from fenlei.pipeline import prepare_splits, train_run
 
 # run-folder files needed to load a model (checkpoint/ and plots/ are training by-products)
 MODEL_FILES = (

@@ -64,9 +64,9 @@ def _texts_per_second(predictor: Any, texts: list[str], batch: int) -> float:
 
 def main() -> None:
     """Run the check and write ``gpu_check.json``."""
-    from fenlei.pipeline import prepare_splits, train_run
     from fenlei.config import load_config
     from fenlei.data import bundled_dataset_path, load_table
+    from fenlei.pipeline import prepare_splits, train_run
     from fenlei.predict import Predictor
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

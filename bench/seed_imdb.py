@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from fenlei.pipeline import prepare_splits, train_run
 from fenlei.config import load_config
 from fenlei.data import load_table
+from fenlei.pipeline import prepare_splits, train_run
 from fenlei.progress import RichProgress
 
 HERE = Path(__file__).resolve().parent

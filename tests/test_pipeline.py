@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from fenlei.artifact import load_run
-from fenlei.pipeline import prepare_splits, train_run
 from fenlei.cli import main
 from fenlei.config import load_config
 from fenlei.data import bundled_dataset_path
+from fenlei.pipeline import prepare_splits, train_run
 from fenlei.predict import Predictor
 from tests.conftest import FAMILIES
 

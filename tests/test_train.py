@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from fenlei import train as train_module
-from fenlei.pipeline import prepare_splits, train_run
 from fenlei.config import load_config
 from fenlei.data import Dataset, bundled_dataset_path
+from fenlei.pipeline import prepare_splits, train_run
 from fenlei.predict import Predictor
 from fenlei.train import training_batches, use_mixed_precision
 

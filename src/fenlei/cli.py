@@ -173,9 +173,9 @@ def train(
 
     Example: fenlei train reviews.csv --dev dev.csv --preset lstm --set train.epochs=5 -o runs/r1
     """
-    from fenlei.pipeline import prepare_splits
     from fenlei.config import load_config
     from fenlei.data import load_table
+    from fenlei.pipeline import prepare_splits
 
     cfg = load_config(
         config or preset, _overrides(set_, text_col, label_col, multi_label, label_sep)
@@ -218,9 +218,9 @@ def demo(
 
     Example: fenlei demo --preset lstm --out runs/demo-lstm
     """
-    from fenlei.pipeline import prepare_splits
     from fenlei.config import load_config
     from fenlei.data import bundled_dataset_path, load_table
+    from fenlei.pipeline import prepare_splits
 
     small_data = list(DEMO_LINEAR_SETTINGS) if preset == "linear" else []
     cfg = load_config(preset, [*small_data, *(set_ or [])])
