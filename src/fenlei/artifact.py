@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +220,7 @@ class LoadedRun:
     model: nn.Module
     spec: ModelSpec
     metrics: dict[str, Any]
+    manifest: dict[str, Any] = field(default_factory=dict)  # as verified (versions, sha256s)
 
 
 def _read_json(path: Path) -> Any:
@@ -241,7 +242,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     from pydantic import ValidationError
 
     root = Path(run_dir)
-    verify_manifest(root)
+    manifest = verify_manifest(root)
     raw_cfg = _read_json(root / "config.json")
     raw_cfg.pop("fenlei_version", None)
     try:
@@ -266,6 +267,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         model=model,
         spec=spec,
         metrics=_read_json(root / "metrics.json"),
+        manifest=manifest,
     )
 
 
