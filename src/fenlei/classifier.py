@@ -8,24 +8,29 @@ through a run.
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils import Tags
 
 from fenlei.artifact import atomic_write
-from fenlei.config import DataConfig, load_config
+from fenlei.config import DataConfig, RunConfig, load_config
 from fenlei.data import Dataset, iter_texts
-from fenlei.errors import ArtifactError, NotFittedError
+from fenlei.errors import ArtifactError, ConfigError, NotFittedError
 from fenlei.evaluate import evaluate
 from fenlei.pipeline import prepare_splits, train_run
 from fenlei.predict import Prediction, Predictor
 from fenlei.progress import RichProgress
+from fenlei.runtime import configure_torch
 
-__all__ = ["TextClassifier", "predict_file"]
+__all__ = ["TextClassifier", "config_overrides", "predict_file"]
 
 
 def predict_file(
@@ -85,17 +90,37 @@ def _write_chunk(
     return writer
 
 
-class TextClassifier:
+# Constructor settings that are shortcuts for one config key each (None: the preset's value).
+_SHORTCUTS = {
+    "epochs": ("train.epochs",),
+    "lr": ("train.lr",),
+    "batch_size": ("train.batch_size",),
+    "max_length": ("encoder.max_length",),
+    "seed": ("train.seed", "data.split_seed"),
+}
+
+
+class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """A text classifier with the scikit-learn API, backed by a fenlei run folder.
 
+    A scikit-learn estimator: the constructor only stores its settings, so ``clone``,
+    ``cross_val_score``, ``GridSearchCV`` (``param_grid={"epochs": [2, 5]}``) and ``Pipeline``
+    work; ``fit`` resolves them into a :class:`~fenlei.config.RunConfig` (preset, then
+    ``overrides``, then the shortcuts that are not None).
+
     Args:
-        preset: preset name or TOML config path (``linear``, ``lstm``, ``seed-lstm``, ``minilm``).
-        overrides: ``section.key=value`` settings applied on top.
-        run_dir: where to keep the run folder (a temporary folder when None).
+        preset: preset name or TOML config path (``linear``, ``nbsvm``, ``lstm``, ``seed-lstm``,
+            ``minilm``).
+        overrides: ``section.key=value`` settings applied on top (a tuple or list).
+        epochs, lr, batch_size: ``train.epochs``, ``train.lr``, ``train.batch_size``.
+        max_length: ``encoder.max_length`` (tokens per text).
+        seed: ``train.seed`` and ``data.split_seed`` (the held-out dev share).
+        run_dir: where to keep the run folder; None: a temporary folder, removed on the next
+            ``fit`` and when the classifier is garbage-collected (``save`` keeps a copy).
         verbose: show a progress bar while fitting.
 
     Example:
-        >>> clf = TextClassifier("linear", overrides=["train.epochs=3"])
+        >>> clf = TextClassifier("linear", epochs=3)
         >>> clf.fit(["good", "bad", "fine", "awful"] * 10, ["pos", "neg"] * 20)  # doctest: +SKIP
         >>> clf.predict(["good"])  # doctest: +SKIP
         ['pos']
@@ -106,13 +131,50 @@ class TextClassifier:
         preset: str = "linear",
         *,
         overrides: Sequence[str] = (),
+        epochs: int | None = None,
+        lr: float | None = None,
+        batch_size: int | None = None,
+        max_length: int | None = None,
+        seed: int | None = None,
         run_dir: str | Path | None = None,
         verbose: bool = False,
     ) -> None:
         self.preset = preset
         self.overrides = overrides
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.seed = seed
         self.run_dir = run_dir
         self.verbose = verbose
+
+    def __sklearn_tags__(self) -> Tags:
+        """Input is a 1-D sequence of texts (strings), not a 2-D array of numbers."""
+        tags = super().__sklearn_tags__()
+        tags.input_tags.one_d_array = True
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        return tags
+
+    def __sklearn_is_fitted__(self) -> bool:
+        """Whether ``fit`` or ``load`` has run (scikit-learn's ``check_is_fitted`` asks)."""
+        return "predictor_" in self.__dict__
+
+    def config(self, *, multi_label: bool = False) -> RunConfig:
+        """The configuration ``fit`` trains with (``multi_label`` for list-of-labels ``y``).
+
+        Raises:
+            ConfigError: unknown preset, unknown key or invalid value.
+        """
+        overrides = list(self.overrides)
+        if multi_label:
+            overrides.append("data.multi_label=true")
+        for name, keys in _SHORTCUTS.items():
+            value = getattr(self, name)
+            if value is not None:
+                overrides.extend(f"{key}={json.dumps(value)}" for key in keys)
+        return load_config(self.preset, overrides)
 
     def fit(
         self,
@@ -128,25 +190,38 @@ class TextClassifier:
 
         Raises:
             DataError: empty texts, missing labels, one class, unknown dev labels.
+            ConfigError: an invalid setting.
         """
-        train = Dataset.from_lists(X, y, source="fit(X, y)")
-        overrides = list(self.overrides)
-        if train.multi_label:
-            overrides.append("data.multi_label=true")
-        cfg = load_config(self.preset, overrides)
+        train = Dataset.from_lists(_plain(X), _plain(y), source="fit(X, y)")
+        cfg = self.config(multi_label=train.multi_label)
         dev = None
         if X_dev is not None and y_dev is not None:
-            dev = Dataset.from_lists(X_dev, y_dev, source="fit(X_dev, y_dev)")
+            dev = Dataset.from_lists(_plain(X_dev), _plain(y_dev), source="fit(X_dev, y_dev)")
             dev = Dataset(dev.examples, dev.source, train.multi_label)
         splits = prepare_splits(
             cfg.data.model_copy(update={"test_fraction": 0.0}), train, dev, None
         )
-        run_dir = Path(self.run_dir) if self.run_dir else Path(tempfile.mkdtemp(prefix="fenlei-"))
+        configure_torch(threads=cfg.train.threads)
+        self._forget_temporary_run()
+        run_dir = Path(self.run_dir) if self.run_dir else self._temporary_run_dir()
         progress = RichProgress(cfg.train.monitor) if self.verbose else None
         result = train_run(cfg, splits, run_dir, overwrite=True, progress=progress)
         self._set_fitted(result.predictor, result.run_dir, result.metrics)
         self.history_ = result.history
         return self
+
+    def _temporary_run_dir(self) -> Path:
+        path = Path(tempfile.mkdtemp(prefix="fenlei-"))
+        # Removed when this object is collected (or at exit), or by the next fit.
+        self._cleanup = weakref.finalize(self, shutil.rmtree, path, ignore_errors=True)
+        return path
+
+    def _forget_temporary_run(self) -> None:
+        cleanup = self.__dict__.pop("_cleanup", None)
+        if cleanup is not None:
+            cleanup()  # removes the folder once; a no-op after the object's collection
+        for name in ("predictor_", "run_dir_", "classes_", "metrics_", "history_"):
+            self.__dict__.pop(name, None)
 
     def _set_fitted(self, predictor: Predictor, run_dir: Path, metrics: dict[str, Any]) -> None:
         self.predictor_ = predictor
@@ -165,23 +240,34 @@ class TextClassifier:
     def predict(self, X: Sequence[str]) -> list[Any]:
         """The best label per text (a tuple of labels per text for multi-label)."""
         predictor = self._predictor()
-        preds = predictor.predict(X)
+        preds = predictor.predict(_plain(X))
         if predictor.multi_label:
             return [p.labels for p in preds]
         return [p.label for p in preds]
 
     def predict_proba(self, X: Sequence[str]) -> np.ndarray:
         """Probabilities (n_texts, n_classes), columns in ``classes_`` order."""
-        return self._predictor().predict_proba(X)
+        return self._predictor().predict_proba(_plain(X))
 
     def predict_details(self, X: Sequence[str]) -> list[Prediction]:
         """Full predictions: label, score and every label's probability."""
-        return self._predictor().predict(X)
+        return self._predictor().predict(_plain(X))
 
-    def score(self, X: Sequence[str], y: Sequence[str | Sequence[str]]) -> float:
-        """Accuracy on ``X`` (exact-set accuracy for multi-label)."""
+    def score(
+        self,
+        X: Sequence[str],
+        y: Sequence[str | Sequence[str]],
+        sample_weight: Sequence[float] | None = None,
+    ) -> float:
+        """Accuracy on ``X`` (exact-set accuracy for multi-label).
+
+        Raises:
+            ConfigError: ``sample_weight`` is given (not supported).
+        """
+        if sample_weight is not None:
+            raise ConfigError("TextClassifier.score does not take sample_weight")
         predictor = self._predictor()
-        data = Dataset.from_lists(X, y, source="score(X, y)")
+        data = Dataset.from_lists(_plain(X), _plain(y), source="score(X, y)")
         metrics = evaluate(predictor, Dataset(data.examples, data.source, predictor.multi_label))
         return float(metrics["accuracy"])
 
@@ -207,11 +293,40 @@ class TextClassifier:
     def load(cls, path: str | Path) -> TextClassifier:
         """Load a saved classifier (any fenlei run folder); the manifest is verified.
 
+        The classifier gets the preset and overrides it was trained with (the differences
+        between the saved config and its preset), so ``clone(loaded).fit(...)`` trains the
+        same way.
+
         Raises:
             ArtifactError: the folder is missing, incomplete or altered.
         """
+        configure_torch()
         predictor = Predictor.from_run(path)
         assert predictor.run is not None
-        clf = cls(predictor.run.config.preset, run_dir=path)
+        cfg = predictor.run.config
+        clf = cls(cfg.preset, overrides=config_overrides(cfg), run_dir=path)
         clf._set_fitted(predictor, Path(path), predictor.run.metrics)
         return clf
+
+
+def config_overrides(cfg: RunConfig) -> tuple[str, ...]:
+    """The ``section.key=value`` overrides that turn ``cfg.preset`` into ``cfg``.
+
+    Example:
+        >>> config_overrides(load_config("linear", ["train.epochs=3"]))
+        ('train.epochs=3',)
+    """
+    base = load_config(cfg.preset).model_dump(mode="json")
+    have = cfg.model_dump(mode="json")
+    return tuple(
+        f"{section}.{key}={json.dumps(value, ensure_ascii=False)}"
+        for section, values in have.items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+        if value != base[section].get(key)
+    )
+
+
+def _plain(values: Sequence[Any]) -> Sequence[Any]:
+    """A NumPy array (as scikit-learn's splitters hand out) as a list of Python objects."""
+    return values.tolist() if isinstance(values, np.ndarray) else values
