@@ -57,16 +57,20 @@ def test_lone_request_waits_at_most_max_wait() -> None:
     assert _run(main()) < 0.5
 
 
-def test_request_bigger_than_max_batch_runs_alone() -> None:
+def test_request_bigger_than_max_batch_is_split_and_comes_back_in_order() -> None:
+    # (Before fair batching a request was never split: this one ran alone as one call of 10.)
     async def main() -> list[int]:
         batcher = MicroBatcher(_echo, max_batch_size=4, max_wait_ms=10)
         await batcher.start()
-        out = await asyncio.gather(batcher.submit(["a"] * 10), batcher.submit(["b"]))
+        big = ["a" * (i + 1) for i in range(10)]
+        out = await asyncio.gather(batcher.submit(big), batcher.submit(["b"]))
         await batcher.stop()
-        assert out[0].shape == (10, 2) and out[1].shape == (1, 2)
+        assert out[0][:, 0].tolist() == [len(t) for t in big]  # its own rows, in order
+        assert out[1].shape == (1, 2)
         return batcher.batch_sizes
 
-    assert _run(main()) == [10, 1]
+    sizes = _run(main())
+    assert max(sizes) <= 4 and sum(sizes) == 11
 
 
 def test_model_error_reaches_every_request_of_the_batch() -> None:
@@ -173,3 +177,125 @@ def test_workers_auto_one_per_free_core_for_transformers(monkeypatch: pytest.Mon
     assert _workers(predictor("minilm"), ServeSettings(threads=2)) == 1
     assert _workers(predictor("linear"), ServeSettings(threads=1)) == 1
     assert _workers(predictor("minilm"), ServeSettings(workers=3)) == 3
+
+
+# ---------------------------------------------------------------- isolation
+
+
+def test_a_failing_text_fails_only_its_own_request(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[list[str]] = []
+
+    def picky(texts: list[str]) -> np.ndarray:
+        calls.append(texts)
+        if "POISON" in texts:
+            raise ValueError("cannot encode POISON")
+        return _echo(texts)
+
+    async def main() -> list[Any]:
+        batcher = MicroBatcher(picky, max_batch_size=64, max_wait_ms=50)
+        await batcher.start()
+        requests = [[f"t{i}", f"u{i}"] for i in range(40)]
+        requests[17] = ["ok", "POISON"]
+        outs = await asyncio.gather(
+            *(batcher.submit(texts) for texts in requests), return_exceptions=True
+        )
+        await batcher.stop()
+        return list(outs)
+
+    with caplog.at_level("WARNING", logger="fenlei.serve.batching"):
+        outs = _run(main())
+    assert isinstance(outs[17], ValueError)
+    for i, out in enumerate(outs):
+        if i != 17:
+            assert isinstance(out, np.ndarray), (i, out)
+            assert out[:, 0].tolist() == [len(f"t{i}"), len(f"u{i}")]
+    shared = [c for c in calls if "POISON" in c and len(c) > 2]
+    assert shared, calls  # the poison was batched with others, so isolation was exercised
+    records = [r for r in caplog.records if r.name == "fenlei.serve.batching"]
+    assert len(records) == len(shared) and all(r.exc_info is None for r in records)
+    assert "ValueError: cannot encode POISON" in records[0].getMessage()
+
+
+# ---------------------------------------------------------------- fairness
+
+
+def _gated() -> tuple[Any, threading.Event, threading.Event, list[list[str]]]:
+    """A batch function whose first call blocks until released; records every batch."""
+    started, release = threading.Event(), threading.Event()
+    batches: list[list[str]] = []
+
+    def fn(texts: list[str]) -> np.ndarray:
+        batches.append(texts)
+        started.set()
+        release.wait(timeout=30)
+        return _echo(texts)
+
+    return fn, started, release, batches
+
+
+async def _until(event: threading.Event) -> None:
+    while not event.is_set():
+        await asyncio.sleep(0.001)
+
+
+def test_small_request_goes_into_the_next_batch_not_behind_a_large_one() -> None:
+    fn, started, release, batches = _gated()
+    big = [f"{i:02d}" + "x" * 998 for i in range(20)]  # 20 texts of 1,000 characters
+
+    async def main() -> tuple[np.ndarray, np.ndarray]:
+        batcher = MicroBatcher(fn, max_batch_size=64, max_batch_chars=2000, max_wait_ms=1)
+        await batcher.start()
+        big_task = asyncio.ensure_future(batcher.submit(big))
+        await _until(started)  # the first 2,000 characters of the big request are running
+        small_task = asyncio.ensure_future(batcher.submit(["hi"]))
+        await asyncio.sleep(0.01)
+        release.set()
+        out = await asyncio.gather(big_task, small_task)
+        await batcher.stop()
+        return out[0], out[1]
+
+    big_out, small_out = _run(main())
+    assert batches[0] == big[:2]
+    assert "hi" in batches[1]  # next in line, not after the other 18 big texts
+    assert small_out[:, 0].tolist() == [2]
+    assert big_out[:, 0].tolist() == [1000] * 20
+    assert [t for b in batches for t in b if t != "hi"] == big  # taken in order, once
+    assert all(sum(len(t) for t in b) <= 2000 for b in batches)
+
+
+def test_large_requests_take_turns_and_a_long_text_runs_alone() -> None:
+    fn, started, release, batches = _gated()
+    a = ["a" * 500] * 6
+    b = ["b" * 500] * 6
+
+    async def main() -> None:
+        batcher = MicroBatcher(fn, max_batch_size=64, max_batch_chars=1000, max_wait_ms=1)
+        await batcher.start()
+        first = asyncio.ensure_future(batcher.submit(["z" * 5000]))  # over the budget
+        await _until(started)
+        rest = asyncio.gather(batcher.submit(a), batcher.submit(b))
+        await asyncio.sleep(0.01)
+        release.set()
+        await first
+        await rest
+        await batcher.stop()
+
+    _run(main())
+    assert batches[0] == ["z" * 5000]
+    owners = [batch[0][0] for batch in batches[1:]]
+    assert owners == ["a", "b", "a", "b", "a", "b"]  # least-served first: they alternate
+    assert all(len(batch) == 2 for batch in batches[1:])
+
+
+def test_a_request_left_unserved_too_long_goes_first() -> None:
+    from fenlei.serve.batching import _STARVE_S, _Request
+
+    loop = asyncio.new_event_loop()
+    try:
+        big = _Request(["x"], loop.create_future(), enqueued=0.0)
+        big.served_chars = 10**6  # has had much, but nothing for a while
+        new = _Request(["y"], loop.create_future(), enqueued=_STARVE_S)
+        assert new.priority(_STARVE_S) < big.priority(_STARVE_S / 2)  # least served first
+        assert big.priority(2 * _STARVE_S) < new.priority(2 * _STARVE_S)  # unless starving
+    finally:
+        loop.close()
