@@ -5,6 +5,7 @@ Every case here fails before training starts, so the file stays fast.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -153,6 +154,16 @@ def test_predict_on_a_folder_that_is_not_a_run(
 def test_predict_on_a_missing_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     line = user_error(capsys, ["predict", str(tmp_path / "nope"), "hello"])
     assert f"{tmp_path / 'nope'} is not a run folder" in line
+
+
+def test_predict_text_argument_that_is_not_utf8(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # what Python makes of the bytes "caf\xe9" (Latin-1) on the command line of a UTF-8 system
+    text = os.fsdecode(b"caf\xe9")
+    line = user_error(capsys, ["predict", str(tmp_path / "run"), "fine", text])
+    assert line.startswith("error: text argument 2 'caf\\udce9' contains U+DCE9 at character 3")
+    assert "pass the text as UTF-8" in line
 
 
 def test_evaluate_on_a_missing_run(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from fenlei.config import EncoderConfig
-from fenlei.errors import ArtifactError
+from fenlei.errors import ArtifactError, ConfigError, DataError
 from fenlei.tokenize import Encoder, train_encoder
 
 TEXTS = ["我想退款，订单号123", "Where is my ORDER?", "快递什么时候到", "Café <br />open"] * 20
@@ -108,3 +109,25 @@ def test_save_and_load(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ArtifactError, match=r"not a valid tokenizer\.json"):
         Encoder.load(tmp_path / "bad.json", cfg)
+
+
+def test_training_text_with_a_lone_surrogate_names_its_index() -> None:
+    texts = ["fine", "also fine", "bad \ud800 text"]
+    with pytest.raises(DataError, match=r"^training text 2 contains U\+D800") as info:
+        train_encoder(texts, EncoderConfig(vocab_size=100))
+    assert "vocab_size" not in str(info.value)
+
+
+def test_only_a_too_small_vocabulary_is_told_to_grow() -> None:
+    chars = "".join(chr(0x4E00 + i) for i in range(300))
+    with pytest.raises(ConfigError, match=r"raise encoder\.vocab_size$"):
+        train_encoder([chars], EncoderConfig(kind="unigram", vocab_size=100))
+
+
+@pytest.mark.parametrize(("bad", "problem"), [("x \udce9", "contains U+DCE9"), (None, "NoneType")])
+def test_encode_ids_names_the_text_the_tokenizer_refuses(bad: object, problem: str) -> None:
+    enc = train_encoder(TEXTS, EncoderConfig(vocab_size=200, min_frequency=1))
+    with pytest.raises(DataError, match=rf"^text 1 .*{re.escape(problem)}") as info:
+        enc.encode_ids(["fine", bad, "fine"])  # type: ignore[list-item]
+    assert "vocab_size" not in str(info.value)
+    assert enc.encode_ids(["fine"])  # the encoder still works

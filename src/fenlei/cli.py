@@ -293,12 +293,20 @@ def predict(
     """
     from fenlei.classifier import predict_file
     from fenlei.config import DataConfig
+    from fenlei.data import check_text
+    from fenlei.errors import DataError
     from fenlei.predict import Predictor
 
     if not texts and not file:
         raise typer.BadParameter("give texts to classify, or --file with --out")
     if file and not out_file:
         raise typer.BadParameter("--file needs --out (the CSV to write)")
+    for number, text in enumerate(texts or [], start=1):
+        if problem := check_text(text):  # argv bytes that are not UTF-8 arrive as U+DC80-DCFF
+            raise DataError(
+                f"text argument {number} {text[:40]!a} {problem}; pass the text as UTF-8 "
+                "(check the terminal's encoding or the locale, e.g. LANG=C.UTF-8)"
+            )
     predictor = Predictor.from_run(run)
     if file and out_file:
         cfg = DataConfig(text_cols=text_col) if text_col else DataConfig()

@@ -14,6 +14,7 @@ import gzip
 import io
 import json
 import logging
+import re
 import statistics
 import sys
 from collections import Counter
@@ -32,6 +33,7 @@ __all__ = [
     "LabelSet",
     "bundled_dataset_path",
     "check_splits",
+    "check_text",
     "iter_table_rows",
     "iter_texts",
     "load_table",
@@ -48,6 +50,41 @@ _FORMATS = {
     ".json": "jsonl",
     ".parquet": "parquet",
 }
+
+
+# Python strings can hold lone UTF-16 surrogates (a JSON "\ud800" escape, an undecodable
+# command-line byte kept by surrogateescape as U+DC80-U+DCFF); they are not characters, have
+# no UTF-8 encoding, and the tokenizer refuses them with an error that names nothing.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(text: str) -> str | None:
+    """What makes ``text`` unusable as input text, or None when nothing does.
+
+    The one check every boundary shares (tables, the Python API, the CLI, the service): a
+    text must be encodable as UTF-8, so it may not hold a lone surrogate (U+D800-U+DFFF).
+    Emptiness is not checked here; each boundary decides about that itself.
+
+    Returns:
+        None, or a phrase to put after the text's name, such as ``"contains U+D800 at
+        character 0, ..."``.
+
+    Example:
+        >>> check_text("fine") is None
+        True
+        >>> check_text("bad \\ud800")[:30]
+        'contains U+D800 at character 4'
+    """
+    found = _SURROGATE.search(text)
+    if found is None:
+        return None
+    return (
+        f"contains U+{ord(found.group()):04X} at character {found.start()}, a lone surrogate "
+        "(half of a UTF-16 pair) that is not a character and cannot be encoded as UTF-8"
+    )
+
+
+_SURROGATE_FIX = "; remove it, or write the whole pair (such as \\ud83d\\ude00 for one emoji)"
 
 
 @dataclass(frozen=True)
@@ -100,6 +137,10 @@ class Dataset:
         examples = []
         for i, (text, label) in enumerate(zip(texts, labels, strict=True)):
             raw = [label] if isinstance(label, str) else list(label)
+            for name, value in (("texts", text), *(("labels", lab) for lab in raw)):
+                problem = check_text(value) if isinstance(value, str) else None
+                if problem:
+                    raise DataError(f"{name}[{i}] {problem}{_SURROGATE_FIX}", path=source)
             examples.append(_make_example(text, raw, i + 1, source, "text", "label", multi))
         return cls(tuple(examples), source, multi)
 
@@ -354,7 +395,15 @@ def _cell_text(row: dict[str, Any], col: str, source: str, rowno: int) -> str:
             column=col,
         )
     value = row[col]
-    return "" if value is None else str(value)
+    text = "" if value is None else str(value)
+    _refuse_surrogates(text, source, rowno, col)
+    return text
+
+
+def _refuse_surrogates(value: str, source: str, rowno: int, col: str) -> None:
+    problem = check_text(value)
+    if problem:
+        raise DataError(f"{problem}{_SURROGATE_FIX}", path=source, row=rowno, column=col)
 
 
 def _raw_labels(value: Any, multi_label: bool, sep: str) -> list[str]:
@@ -454,6 +503,8 @@ def load_table(path: str | Path, cfg: DataConfig | None = None) -> Dataset:
                 column=cfg.label_col,
             )
         labels = _raw_labels(row[cfg.label_col], cfg.multi_label, cfg.label_sep)
+        for label in labels:
+            _refuse_surrogates(label, source, rowno, cfg.label_col)
         text = cfg.text_joiner.join(p for p in parts if p.strip())
         examples.append(
             _make_example(text, labels, rowno, source, text_col, cfg.label_col, cfg.multi_label)

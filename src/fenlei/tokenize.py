@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
 
@@ -20,7 +20,8 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from fenlei.config import EncoderConfig
-from fenlei.errors import ArtifactError, ConfigError
+from fenlei.data import check_text
+from fenlei.errors import ArtifactError, ConfigError, DataError
 
 __all__ = [
     "PAD",
@@ -93,11 +94,30 @@ class Encoder:
         return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
 
     def encode_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text, truncated, unpadded."""
-        encodings = self.tokenizer.encode_batch(list(texts))
+        """Token ids of each text, truncated, unpadded.
+
+        Raises:
+            DataError: a text is not a string or cannot be tokenized; names its index.
+        """
+        try:
+            encodings = self.tokenizer.encode_batch(list(texts))
+        except Exception as exc:  # tokenizers raises TypeError, or bare Exceptions
+            raise self._encoding_error(texts, exc) from exc
         if self.cfg.truncation != "head+tail":
             return [enc.ids for enc in encodings]
         return [keep_head_and_tail(enc.ids, self.cfg.max_length) for enc in encodings]
+
+    def _encoding_error(self, texts: Sequence[str], exc: Exception) -> DataError:
+        # Only on failure: find the first text the tokenizer refuses, so the error can name it.
+        for i, text in enumerate(texts):
+            problem = _text_problem(text)
+            if problem:
+                return DataError(f"text {i} {problem}")
+            try:
+                self.tokenizer.encode(text)
+            except Exception as single:  # same bare Exceptions as above
+                return DataError(f"text {i} cannot be tokenized: {single}")
+        return DataError(f"the tokenizer failed on these {len(texts)} texts: {exc}")
 
     def pad(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-pad id lists into ``(ids, mask)``, both (B, T) int64 tensors."""
@@ -132,6 +152,20 @@ class Encoder:
             return cls(Tokenizer.from_file(str(path)), cfg)
         except Exception as exc:  # tokenizers raises a bare Exception on bad files
             raise ArtifactError(f"{path} is not a valid tokenizer.json: {exc}") from exc
+
+
+def _text_problem(text: object) -> str | None:
+    if not isinstance(text, str):
+        return f"is {type(text).__name__}, not a string"
+    return check_text(text)
+
+
+def _checked_texts(texts: Iterable[str]) -> Iterator[str]:
+    for i, text in enumerate(texts):
+        problem = _text_problem(text)
+        if problem:
+            raise DataError(f"training text {i} {problem}; remove or fix that text")
+        yield text
 
 
 # Keras Tokenizer's default filters: every punctuation mark and symbol except the apostrophe.
@@ -170,7 +204,9 @@ def train_encoder(texts: Iterable[str], cfg: EncoderConfig) -> Encoder:
         An encoder whose id 0 is ``[PAD]`` and id 1 is ``[UNK]``.
 
     Raises:
-        ConfigError: ``cfg.kind`` is ``pretrained`` (use :func:`load_pretrained_encoder`).
+        ConfigError: ``cfg.kind`` is ``pretrained`` (use :func:`load_pretrained_encoder`),
+            or the vocabulary cannot hold every character of the texts.
+        DataError: a text is not a string or not encodable as UTF-8 (names its index).
     """
     special = [PAD, UNK]
     trainer: trainers.Trainer
@@ -205,11 +241,15 @@ def train_encoder(texts: Iterable[str], cfg: EncoderConfig) -> Encoder:
         pre_tokenizers.WhitespaceSplit() if keras_words else pre_tokenizers.BertPreTokenizer()
     )
     try:
-        tok.train_from_iterator(texts, trainer=trainer)
+        tok.train_from_iterator(_checked_texts(texts), trainer=trainer)
+    except DataError:
+        raise
     except Exception as exc:  # tokenizers raises bare Exceptions
+        # only the Unigram trainer's "not large enough to contain all chars" is about the size
+        advice = "; raise encoder.vocab_size" if "not large enough" in str(exc) else ""
         raise ConfigError(
             f"cannot train a {cfg.kind} vocabulary of encoder.vocab_size={cfg.vocab_size}: "
-            f"{exc}; raise encoder.vocab_size"
+            f"{exc}{advice}"
         ) from exc
     _canonical_ids(tok, cfg, special)
     logger.info("trained a %s vocabulary of %d entries", cfg.kind, tok.get_vocab_size())
