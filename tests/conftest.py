@@ -13,12 +13,13 @@ import pytest
 
 from fenlei.config import EncoderConfig
 from fenlei.data import Dataset, bundled_dataset_path, load_table
+from fenlei.models import REGISTRY, family_of
 from fenlei.tokenize import train_encoder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-FAMILIES = ["linear.v1", "linear.v2", "nbsvm.v1", "lstm.v1", "transformer.v1"]
+FAMILIES = sorted(REGISTRY)
 
 
 @pytest.fixture(scope="session")
@@ -50,47 +51,56 @@ def tiny_transformer_dir(
     return folder
 
 
-def family_overrides(
-    family: str, tiny_transformer_dir: Path | None = None
-) -> tuple[str, list[str]]:
-    """Preset and overrides that make a family tiny and fast."""
-    common = ["train.threads=1", "eval.plots=false"]
-    if family.startswith("linear"):
-        return "linear", [
-            *common,
-            f"model.architecture={family}",
-            "encoder.vocab_size=600",
-            "model.buckets=2000",
-            "model.embedding_dim=16",
-            "train.lr=0.02",
-        ]
-    if family == "nbsvm.v1":
-        return "nbsvm", [
-            *common,
-            "encoder.vocab_size=600",
-            "model.buckets=2000",
-            "model.nb_c=[1.0,10.0]",
-        ]
-    if family == "lstm.v1":
-        return "lstm", [
-            *common,
+_COMMON = ["train.threads=1", "eval.plots=false"]
+_LINEAR = [
+    "encoder.vocab_size=600",
+    "model.buckets=2000",
+    "model.embedding_dim=16",
+    "train.lr=0.02",
+]
+
+# family -> (preset, overrides) that make it tiny and fast; a pretrained family also gets
+# model.pretrained=<the tiny BERT folder> (see family_overrides)
+TINY: dict[str, tuple[str, list[str]]] = {
+    "linear.v1": ("linear", ["model.architecture=linear.v1", *_LINEAR]),
+    "linear.v2": ("linear", _LINEAR),
+    "nbsvm.v1": (
+        "nbsvm",
+        ["encoder.vocab_size=600", "model.buckets=2000", "model.nb_c=[1.0,10.0]"],
+    ),
+    "lstm.v1": (
+        "lstm",
+        [
             "encoder.vocab_size=600",
             "model.embedding_dim=16",
             "model.hidden_size=16",
             "train.lr=0.01",
-        ]
-    assert tiny_transformer_dir is not None
-    return "minilm", [
-        *common,
-        f"model.pretrained={tiny_transformer_dir}",
-        "encoder.max_length=64",
-        "train.lr=0.003",
-        "train.warmup_ratio=0.0",
-        "train.schedule=constant",
-    ]
+        ],
+    ),
+    "transformer.v1": (
+        "minilm",
+        [
+            "encoder.max_length=64",
+            "train.lr=0.003",
+            "train.warmup_ratio=0.0",
+            "train.schedule=constant",
+        ],
+    ),
+}
 
 
-@pytest.fixture
+def family_overrides(
+    family: str, tiny_transformer_dir: Path | None = None
+) -> tuple[str, list[str]]:
+    """Preset and overrides that make a family tiny and fast."""
+    preset, overrides = TINY[family]
+    if family_of(family).pretrained:
+        assert tiny_transformer_dir is not None, f"{family} needs the tiny_transformer_dir fixture"
+        overrides = [f"model.pretrained={tiny_transformer_dir}", *overrides]
+    return preset, [*_COMMON, *overrides]
+
+
+@pytest.fixture(scope="session")
 def family_settings(tiny_transformer_dir: Path):  # type: ignore[no-untyped-def]
     """A function family -> (preset, overrides) for tiny models."""
     return lambda family: family_overrides(family, tiny_transformer_dir)

@@ -138,6 +138,36 @@ def test_demo_unknown_preset(capsys: pytest.CaptureFixture[str]) -> None:
     assert "'nope'" in user_error(capsys, ["demo", "--preset", "nope"])
 
 
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--set", "model.freeze_embeddings=true"], ["model.freeze_embeddings=true", "linear.v2"]),
+        (["--preset", "lstm", "--set", "model.ngram=3"], ["model.ngram", "lstm.v1"]),
+        (["--set", "train.gradient_checkpointing=true"], ["train.gradient_checkpointing"]),
+    ],
+    ids=["freeze-linear", "unread-setting", "checkpointing-linear"],
+)
+def test_train_setting_the_family_cannot_use(
+    capsys: pytest.CaptureFixture[str],
+    good_csv: Path,
+    tmp_path: Path,
+    args: list[str],
+    names: list[str],
+) -> None:
+    line = user_error(capsys, ["train", str(good_csv), *args])
+    for name in names:
+        assert name in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_demo_setting_the_family_cannot_use(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    line = user_error(capsys, ["demo", "--set", "model.hidden_size=8"])
+    assert "model.hidden_size" in line and "linear.v2" in line
+    assert not (tmp_path / "runs").exists()
+
+
 # ---------------------------------------------------------------- predict and evaluate
 
 
@@ -191,6 +221,16 @@ def test_command_help(capsys: pytest.CaptureFixture[str], command: str) -> None:
     assert code == 0
     assert "Example" in out
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["train", "demo"])
+def test_preset_help_lists_every_preset(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    from fenlei.config import PRESETS
+
+    code, out, _ = run_cli(capsys, [command, "--help"])
+    assert code == 0
+    flat = " ".join(out.replace("│", " ").split())  # rich wraps the help text in a panel
+    assert " | ".join(PRESETS) in flat
 
 
 # ---------------------------------------------------------------- regressions

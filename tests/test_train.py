@@ -367,9 +367,10 @@ def test_frozen_embeddings_stay_pretrained(
 
 def test_freezing_the_linear_table_is_refused() -> None:
     from fenlei.errors import ConfigError
+    from fenlei.models import check
 
     with pytest.raises(ConfigError, match="freeze_embeddings"):
-        load_config("linear", ["model.freeze_embeddings=true"])
+        check(load_config("linear", ["model.freeze_embeddings=true"]))
 
 
 class _InterruptAfter:
@@ -437,6 +438,7 @@ def test_gradient_checkpointing_takes_the_same_steps(  # type: ignore[no-untyped
 
 def test_gradient_checkpointing_outside_transformers_is_refused() -> None:
     from fenlei.errors import ConfigError
+    from fenlei.models import check
 
     with pytest.raises(ConfigError, match="gradient_checkpointing"):
-        load_config("lstm", ["train.gradient_checkpointing=true"])
+        check(load_config("lstm", ["train.gradient_checkpointing=true"]))

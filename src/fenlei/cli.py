@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fenlei.config import PRESETS
 from fenlei.errors import FenleiError
 
 __all__ = ["app", "main"]
@@ -32,9 +33,7 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
-PresetOpt = Annotated[
-    str, typer.Option("--preset", "-p", help="linear | nbsvm | lstm | seed-lstm | minilm")
-]
+PresetOpt = Annotated[str, typer.Option("--preset", "-p", help=" | ".join(PRESETS))]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config file (overrides --preset).")
 ]
@@ -175,11 +174,13 @@ def train(
     """
     from fenlei.config import load_config
     from fenlei.data import load_table
+    from fenlei.models import check
     from fenlei.pipeline import prepare_splits
 
     cfg = load_config(
         config or preset, _overrides(set_, text_col, label_col, multi_label, label_sep)
     )
+    check(cfg)
     train_set = load_table(data, cfg.data)
     dev_set = load_table(dev, cfg.data) if dev else None
     test_set = load_table(test, cfg.data) if test else None
@@ -220,10 +221,12 @@ def demo(
     """
     from fenlei.config import load_config
     from fenlei.data import bundled_dataset_path, load_table
+    from fenlei.models import check
     from fenlei.pipeline import prepare_splits
 
     small_data = list(DEMO_LINEAR_SETTINGS) if preset == "linear" else []
     cfg = load_config(preset, [*small_data, *(set_ or [])])
+    check(cfg)
     splits = prepare_splits(
         cfg.data,
         load_table(bundled_dataset_path("train"), cfg.data),

@@ -21,7 +21,7 @@ from fenlei.config import DataConfig, RunConfig
 from fenlei.data import Dataset, DataSummary, LabelSet, check_splits, split, summarize
 from fenlei.errors import ArtifactError, ConfigError, DataError
 from fenlei.evaluate import evaluate, write_plots
-from fenlei.models import ModelSpec, build_model, n_outputs
+from fenlei.models import ModelSpec, build_model, check, n_outputs
 from fenlei.predict import Predictor
 from fenlei.progress import ProgressReporter
 from fenlei.reference import reference_stats
@@ -165,10 +165,12 @@ def train_run(
 
     Raises:
         ArtifactError: ``run_dir`` already holds a finished run and ``overwrite`` is False.
+        ConfigError: the settings do not fit the model family (:func:`fenlei.models.check`).
 
     Example:
         >>> result = train_run(load_config("linear"), splits, "runs/x")  # doctest: +SKIP
     """
+    check(cfg)  # the settings fit the model family, before anything is written
     root = Path(run_dir)
     if overwrite and not resume and (root / "manifest.json").is_file():
         shutil.rmtree(root)

@@ -9,24 +9,29 @@ sigmoid per label (multi-label).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from fenlei.config import ModelConfig
+from fenlei.config import PRESETS, ModelConfig, RunConfig
 from fenlei.errors import ConfigError
 from fenlei.models.family import Family, TrainIds
+from fenlei.models.linear import LINEAR_V1, LINEAR_V2
+from fenlei.models.lstm import LSTM_V1
+from fenlei.models.nbsvm import NBSVM_V1
+from fenlei.models.transformer import TRANSFORMER_V1
 from fenlei.tokenize import pad_ids
 
 __all__ = [
+    "FAMILY_AGNOSTIC",
     "REGISTRY",
     "Family",
     "ModelSpec",
     "batched_logits",
     "build_model",
+    "check",
     "family_of",
     "freeze_token_embeddings",
     "n_outputs",
@@ -49,181 +54,8 @@ class ModelSpec:
         return asdict(self)
 
 
-def _used_buckets(
-    cfg: ModelConfig, spec: ModelSpec, train_ids: TrainIds, *, mix: bool = True
-) -> torch.Tensor | None:
-    """The n-gram buckets a new hashed table keeps rows for; None for a saved model (its
-    bucket map comes with its weights) or without training ids (one row per bucket)."""
-    from fenlei.models.linear import occupied_buckets
-
-    if spec.ngram_rows is not None or train_ids is None:
-        return None
-    return occupied_buckets(train_ids, ngram=cfg.ngram, buckets=cfg.buckets, mix=mix)
-
-
-def _build_linear(
-    cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None, train_ids: TrainIds
-) -> nn.Module:
-    from fenlei.models.linear import BagOfNgrams, char_buckets
-
-    chars = (cfg.char_ngram_min, cfg.char_ngram_max)
-    mix = cfg.architecture != "linear.v1"  # v1's weaker n-gram hash, for its run folders
-    keep = _used_buckets(cfg, spec, train_ids, mix=mix)
-    if keep is not None and 0 < chars[0] <= chars[1] and vocab is not None:
-        used = char_buckets(vocab, lo=chars[0], hi=chars[1], buckets=cfg.buckets)
-        keep = torch.unique(torch.cat([keep, used]))
-    rows = spec.ngram_rows if keep is None else len(keep)
-    model = BagOfNgrams(
-        vocab_size=spec.vocab_size,
-        n_outputs=spec.n_outputs,
-        dim=cfg.embedding_dim,
-        ngram=cfg.ngram,
-        buckets=cfg.buckets,
-        char_ngrams=chars,
-        dropout=cfg.dropout,
-        vocab=vocab,
-        rows=rows,
-        mix_hash=mix,
-    )
-    if keep is not None:
-        model.keep_buckets(keep)
-    return model
-
-
-def _build_nbsvm(
-    cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None, train_ids: TrainIds
-) -> nn.Module:
-    from fenlei.models.nbsvm import NBLogistic
-
-    keep = _used_buckets(cfg, spec, train_ids)
-    model = NBLogistic(
-        vocab_size=spec.vocab_size,
-        n_outputs=spec.n_outputs,
-        ngram=cfg.ngram,
-        buckets=cfg.buckets,
-        rows=spec.ngram_rows if keep is None else len(keep),
-        c_values=cfg.nb_c,
-        alpha=cfg.nb_alpha,
-    )
-    if keep is not None:
-        model.keep_buckets(keep)
-    return model
-
-
-def _build_lstm(
-    cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None, train_ids: TrainIds
-) -> nn.Module:
-    from fenlei.models.lstm import LSTMClassifier
-
-    model = LSTMClassifier(
-        vocab_size=spec.vocab_size,
-        n_outputs=spec.n_outputs,
-        embedding_dim=cfg.embedding_dim,
-        hidden_size=cfg.hidden_size,
-        num_layers=cfg.num_layers,
-        bidirectional=cfg.bidirectional,
-        pooling=cfg.pooling,
-        dropout=cfg.dropout,
-        pad_id=spec.pad_id,
-    )
-    if cfg.glove and vocab is not None:
-        from fenlei.models.glove import init_from_glove
-
-        init_from_glove(model.embed, vocab)
-    return model
-
-
-def _build_transformer(
-    cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None, train_ids: TrainIds
-) -> nn.Module:
-    from fenlei.models.transformer import TransformerClassifier
-
-    assert cfg.pretrained is not None  # checked by ModelConfig
-    if spec.transformer_config is not None:
-        return TransformerClassifier.from_config(
-            spec.transformer_config, n_outputs=spec.n_outputs, dropout=cfg.dropout
-        )
-    return TransformerClassifier.from_pretrained(
-        cfg.pretrained, n_outputs=spec.n_outputs, dropout=cfg.dropout
-    )
-
-
-def _ngram_rows(model: nn.Module) -> dict[str, Any]:
-    rows = getattr(model, "ngram_rows", None)
-    return {"ngram_rows": rows} if isinstance(rows, int) else {}
-
-
-def _transformer_config(model: nn.Module) -> dict[str, Any]:
-    return {"transformer_config": model.encoder_config()}  # type: ignore[operator]
-
-
-def _transformer_embedding(model: nn.Module) -> nn.Module | None:
-    return model.encoder.get_input_embeddings()  # type: ignore[operator,union-attr,no-any-return]
-
-
-def _embed(model: nn.Module) -> nn.Module | None:
-    table = getattr(model, "embed", None)
-    return table if isinstance(table, nn.Module) else None
-
-
-def _bf16_cpu(model: nn.Module) -> AbstractContextManager[Any]:
-    return model.bf16_cpu_training()  # type: ignore[operator,no-any-return]
-
-
-def _checkpointing(model: nn.Module) -> None:
-    model.enable_gradient_checkpointing()  # type: ignore[operator]
-
-
-_LINEAR_READS = frozenset(
-    {"embedding_dim", "ngram", "buckets", "char_ngram_min", "char_ngram_max", "dropout"}
-)
-_LINEAR = dict(
-    build=_build_linear,
-    reads=_LINEAR_READS,
-    sparse_table=True,
-    token_embedding=_embed,
-    spec_extras=_ngram_rows,
-)
-
 REGISTRY: dict[str, Family] = {
-    "linear.v1": Family(name="linear.v1", **_LINEAR),  # type: ignore[arg-type]
-    "linear.v2": Family(name="linear.v2", **_LINEAR),  # type: ignore[arg-type]
-    "nbsvm.v1": Family(
-        name="nbsvm.v1",
-        build=_build_nbsvm,
-        reads=frozenset({"ngram", "buckets", "nb_c", "nb_alpha"}),
-        trains_by="solver",
-        soft_targets=False,
-        spec_extras=_ngram_rows,
-    ),
-    "lstm.v1": Family(
-        name="lstm.v1",
-        build=_build_lstm,
-        reads=frozenset(
-            {
-                "embedding_dim",
-                "hidden_size",
-                "num_layers",
-                "bidirectional",
-                "pooling",
-                "dropout",
-                "glove",
-                "freeze_embeddings",
-            }
-        ),
-        token_embedding=_embed,
-    ),
-    "transformer.v1": Family(
-        name="transformer.v1",
-        build=_build_transformer,
-        reads=frozenset({"pretrained", "dropout", "freeze_embeddings"}),
-        pretrained=True,
-        serve_chunk=8,  # MiniLM on CPU: 8 length-sorted texts per call beat 1 and 32
-        bf16_cpu=_bf16_cpu,
-        gradient_checkpointing=_checkpointing,
-        token_embedding=_transformer_embedding,
-        spec_extras=_transformer_config,
-    ),
+    family.name: family for family in (LINEAR_V1, LINEAR_V2, NBSVM_V1, LSTM_V1, TRANSFORMER_V1)
 }
 
 
@@ -240,6 +72,81 @@ def family_of(architecture: str) -> Family:
             f"model.architecture={architecture!r} is not registered; "
             f"choose one of {', '.join(REGISTRY)}"
         ) from exc
+
+
+# model.* settings every family honours (the head's shape is chosen outside the family)
+FAMILY_AGNOSTIC = frozenset({"architecture", "single_logit"})
+
+
+def check(cfg: RunConfig) -> None:
+    """Check a new training's config against its model family; call it after ``load_config``.
+
+    The rules: a pretrained family needs ``model.pretrained`` and ``encoder.kind=pretrained``;
+    only families that read ``model.freeze_embeddings`` may freeze; gradient checkpointing
+    only where the family supports it; the family's own rules (``Family.validate``); and no
+    ``model.*`` setting the family does not read may be set (by the preset, a config file or
+    ``--set``; pydantic's ``model_fields_set``), so a setting never silently does nothing.
+
+    Not for a loaded run folder: its ``config.json`` sets every field.
+
+    Raises:
+        ConfigError: one line naming the settings (and the family) that do not fit.
+
+    Example:
+        >>> check(load_config("lstm", ["model.ngram=3"]))  # doctest: +SKIP
+        ConfigError: model.ngram is set (by the preset, a config file or --set) but ...
+    """
+    family = family_of(cfg.model.architecture)
+    _check_pretrained(cfg, family)
+    _check_capabilities(cfg, family)
+    if family.validate is not None:
+        family.validate(cfg)
+    _check_reads(cfg, family)
+
+
+def _check_pretrained(cfg: RunConfig, family: Family) -> None:
+    name = f"model.architecture={family.name}"
+    if family.pretrained and not cfg.model.pretrained:
+        raise ConfigError(f"{name} needs model.pretrained (an encoder folder or hub id, or minilm)")
+    if family.pretrained and cfg.encoder.kind != "pretrained":
+        raise ConfigError(
+            f"{name} needs encoder.kind=pretrained (the encoder's own tokenizer), "
+            f"not {cfg.encoder.kind}"
+        )
+
+
+def _families_with(has: Any) -> str:
+    return " or ".join(name for name, family in REGISTRY.items() if has(family))
+
+
+def _check_capabilities(cfg: RunConfig, family: Family) -> None:
+    if cfg.model.freeze_embeddings and "freeze_embeddings" not in family.reads:
+        users = _families_with(lambda f: "freeze_embeddings" in f.reads)
+        raise ConfigError(
+            f"model.freeze_embeddings=true would leave {family.name} nothing (or only its head) "
+            f"to learn; use it with {users}"
+        )
+    if cfg.train.gradient_checkpointing and family.gradient_checkpointing is None:
+        users = _families_with(lambda f: f.gradient_checkpointing is not None)
+        raise ConfigError(
+            f"train.gradient_checkpointing=true applies to model.architecture={users} only, "
+            f"not {family.name}"
+        )
+
+
+def _check_reads(cfg: RunConfig, family: Family) -> None:
+    ignored = sorted(cfg.model.model_fields_set - FAMILY_AGNOSTIC - family.reads)
+    if not ignored:
+        return
+    names = ", ".join(f"model.{key}" for key in ignored)
+    verb = "is" if len(ignored) == 1 else "are"
+    presets = [p for p, tree in PRESETS.items() if tree["model"]["architecture"] == family.name]
+    hint = f" or start from --preset {' / '.join(presets)}" if presets else ""
+    raise ConfigError(
+        f"{names} {verb} set (by preset {cfg.preset}, a config file or --set) but "
+        f"model.architecture={family.name} does not use {'it' if len(ignored) == 1 else 'them'}; "
+        f"remove {'it' if len(ignored) == 1 else 'them'}{hint}"
+    )
 
 
 def build_model(

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from torch import nn
 
 if TYPE_CHECKING:
-    from fenlei.config import ModelConfig
+    from fenlei.config import ModelConfig, RunConfig
     from fenlei.models import ModelSpec
 
 __all__ = ["Builder", "Family", "TrainIds"]
@@ -57,6 +57,8 @@ class Family:
         spec_extras: fields of :class:`~fenlei.models.ModelSpec` the built model learned
             (saved in ``model_config.json`` so the run folder rebuilds it).
         search_space: hyperparameters a tuner may vary, ``"section.key" -> choices``.
+        validate: the family's own rules on a whole run config (raises ``ConfigError``),
+            run by :func:`fenlei.models.check` after the rules every family shares.
     """
 
     name: str
@@ -72,3 +74,4 @@ class Family:
     token_embedding: Callable[[nn.Module], nn.Module | None] | None = None
     spec_extras: Callable[[nn.Module], dict[str, Any]] = _no_extras
     search_space: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    validate: Callable[[RunConfig], None] | None = None

@@ -25,12 +25,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import chain
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fenlei.models.family import Builder, Family, TrainIds
+
+if TYPE_CHECKING:
+    from fenlei.config import ModelConfig
+    from fenlei.models import ModelSpec
+
 __all__ = [
+    "LINEAR_V1",
+    "LINEAR_V2",
     "BagOfNgrams",
     "bucket_row_map",
     "char_buckets",
@@ -39,6 +48,7 @@ __all__ = [
     "ngram_buckets",
     "occupied_buckets",
     "token_ngram_features",
+    "used_buckets",
 ]
 
 _PRIME = 1_000_003
@@ -127,6 +137,19 @@ def occupied_buckets(
                 found.append(torch.unique(bucket[ok]))
     used: torch.Tensor = torch.unique(torch.cat(found))
     return used
+
+
+def used_buckets(
+    cfg: ModelConfig, spec: ModelSpec, train_ids: TrainIds, *, mix: bool = True
+) -> torch.Tensor | None:
+    """The n-gram buckets a new hashed table keeps rows for (linear, nbsvm).
+
+    None for a saved model (its bucket map comes with its weights) or without training ids
+    (then the table has one row per bucket).
+    """
+    if spec.ngram_rows is not None or train_ids is None:
+        return None
+    return occupied_buckets(train_ids, ngram=cfg.ngram, buckets=cfg.buckets, mix=mix)
 
 
 def bucket_row_map(occupied: torch.Tensor, *, buckets: int, offset: int, pad: int) -> torch.Tensor:
@@ -277,3 +300,87 @@ class BagOfNgrams(nn.Module):
             total = total + self._char_vectors(ids, valid)
         count = (features != self.pad_index).sum(dim=1, keepdim=True).clamp(min=1)
         return self.head(self.dropout(total / count))  # type: ignore[no-any-return]
+
+
+def _build(
+    cfg: ModelConfig,
+    spec: ModelSpec,
+    vocab: dict[str, int] | None,
+    train_ids: TrainIds,
+    *,
+    mix: bool,
+) -> BagOfNgrams:
+    chars = (cfg.char_ngram_min, cfg.char_ngram_max)
+    keep = used_buckets(cfg, spec, train_ids, mix=mix)
+    if keep is not None and 0 < chars[0] <= chars[1] and vocab is not None:
+        used = char_buckets(vocab, lo=chars[0], hi=chars[1], buckets=cfg.buckets)
+        keep = torch.unique(torch.cat([keep, used]))
+    model = BagOfNgrams(
+        vocab_size=spec.vocab_size,
+        n_outputs=spec.n_outputs,
+        dim=cfg.embedding_dim,
+        ngram=cfg.ngram,
+        buckets=cfg.buckets,
+        char_ngrams=chars,
+        dropout=cfg.dropout,
+        vocab=vocab,
+        rows=spec.ngram_rows if keep is None else len(keep),
+        mix_hash=mix,
+    )
+    if keep is not None:
+        model.keep_buckets(keep)
+    return model
+
+
+def build_v1(
+    cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None, train_ids: TrainIds
+) -> nn.Module:
+    """A ``linear.v1`` model: v1's weaker n-gram hash, kept for its run folders."""
+    return _build(cfg, spec, vocab, train_ids, mix=False)
+
+
+def build_v2(
+    cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None, train_ids: TrainIds
+) -> nn.Module:
+    """A ``linear.v2`` model (see the module docstring)."""
+    return _build(cfg, spec, vocab, train_ids, mix=True)
+
+
+def token_embedding(model: nn.Module) -> nn.Module:
+    """The shared table of token, n-gram and character n-gram vectors."""
+    assert isinstance(model, BagOfNgrams)
+    return model.embed
+
+
+def spec_extras(model: nn.Module) -> dict[str, Any]:
+    """``ngram_rows``: the n-gram rows the table kept (absent: one row per bucket)."""
+    assert isinstance(model, BagOfNgrams)
+    return {} if model.ngram_rows is None else {"ngram_rows": model.ngram_rows}
+
+
+_READS = frozenset(
+    {"embedding_dim", "ngram", "buckets", "char_ngram_min", "char_ngram_max", "dropout"}
+)
+_SEARCH_SPACE = {
+    "train.lr": (3e-3, 1e-2, 3e-2),
+    "train.sparse_lr": (0.05, 0.1, 0.2),
+    "train.epochs": (3, 5, 10),
+    "model.embedding_dim": (32, 64, 128),
+    "model.ngram": (1, 2, 3),
+}
+
+
+def _family(name: str, build: Builder) -> Family:
+    return Family(
+        name=name,
+        build=build,
+        reads=_READS,
+        sparse_table=True,  # the table trains with a sparse optimizer
+        token_embedding=token_embedding,
+        spec_extras=spec_extras,
+        search_space=_SEARCH_SPACE,
+    )
+
+
+LINEAR_V1 = _family("linear.v1", build_v1)
+LINEAR_V2 = _family("linear.v2", build_v2)

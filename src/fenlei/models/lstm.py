@@ -13,12 +13,19 @@ the backward direction runs over each row's valid tokens reversed in place. This
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
-__all__ = ["LSTMClassifier"]
+from fenlei.errors import ConfigError
+from fenlei.models.family import Family, TrainIds
+
+if TYPE_CHECKING:
+    from fenlei.config import ModelConfig, RunConfig
+    from fenlei.models import ModelSpec
+
+__all__ = ["LSTM_V1", "LSTMClassifier", "build"]
 
 
 def reverse_valid(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -115,3 +122,67 @@ class LSTMClassifier(nn.Module):
             else:
                 pooled = (x * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
         return self.head(self.dropout(pooled))  # type: ignore[no-any-return]
+
+
+def build(
+    cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None, train_ids: TrainIds
+) -> nn.Module:
+    """An ``lstm.v1`` model; ``model.glove`` initialises its embeddings from GloVe."""
+    model = LSTMClassifier(
+        vocab_size=spec.vocab_size,
+        n_outputs=spec.n_outputs,
+        embedding_dim=cfg.embedding_dim,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        bidirectional=cfg.bidirectional,
+        pooling=cfg.pooling,
+        dropout=cfg.dropout,
+        pad_id=spec.pad_id,
+    )
+    if cfg.glove and vocab is not None:
+        from fenlei.models.glove import init_from_glove
+
+        init_from_glove(model.embed, vocab)
+    return model
+
+
+def token_embedding(model: nn.Module) -> nn.Module:
+    """The token embedding table."""
+    assert isinstance(model, LSTMClassifier)
+    return model.embed
+
+
+def validate(cfg: RunConfig) -> None:
+    """GloVe 6B vectors are 50-dimensional, so ``model.glove`` needs ``embedding_dim=50``."""
+    if cfg.model.glove and cfg.model.embedding_dim != 50:
+        raise ConfigError(
+            f"model.glove=true needs model.embedding_dim=50 (GloVe 6B 50d), "
+            f"not {cfg.model.embedding_dim}"
+        )
+
+
+LSTM_V1 = Family(
+    name="lstm.v1",
+    build=build,
+    reads=frozenset(
+        {
+            "embedding_dim",
+            "hidden_size",
+            "num_layers",
+            "bidirectional",
+            "pooling",
+            "dropout",
+            "glove",
+            "freeze_embeddings",
+        }
+    ),
+    token_embedding=token_embedding,
+    validate=validate,
+    search_space={
+        "train.lr": (1e-3, 2e-3, 5e-3),
+        "model.hidden_size": (64, 128, 256),
+        "model.dropout": (0.0, 0.3, 0.5),
+        "model.bidirectional": (False, True),
+        "model.pooling": ("last", "max", "mean"),
+    },
+)

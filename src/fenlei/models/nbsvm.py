@@ -20,17 +20,23 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 import torch
-from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
-from fenlei.models.linear import bucket_row_map, token_ngram_features
+from fenlei.models.family import Family, TrainIds
+from fenlei.models.linear import bucket_row_map, token_ngram_features, used_buckets
 from fenlei.tokenize import pad_ids
 
-__all__ = ["NBLogistic", "nb_ratio"]
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
+    from fenlei.config import ModelConfig
+    from fenlei.models import ModelSpec
+
+__all__ = ["NBSVM_V1", "NBLogistic", "build", "nb_ratio"]
 
 
 def nb_ratio(features: sp.csr_matrix, positive: np.ndarray, alpha: float) -> np.ndarray:
@@ -108,6 +114,8 @@ class NBLogistic(nn.Module):
         self, id_lists: Sequence[Sequence[int]], *, pad_id: int, chunk: int = 512
     ) -> sp.csr_matrix:
         """Binary (N, table rows) matrix of the texts' features, for :meth:`solve`."""
+        import scipy.sparse as sp  # scipy and scikit-learn load only when a model is solved
+
         indptr, indices = [0], []
         for start in range(0, len(id_lists), chunk):
             ids, mask = pad_ids(list(id_lists[start : start + chunk]), pad_id)
@@ -170,6 +178,8 @@ class NBLogistic(nn.Module):
         seed: int,
         solver: type,
     ) -> tuple[np.ndarray, float]:
+        from sklearn.exceptions import ConvergenceWarning
+
         n_pos = int(positive.sum())
         if n_pos in (0, len(positive)):  # a multi-label label on every text or on none
             rate = (n_pos + 0.5) / (len(positive) + 1.0)
@@ -191,3 +201,43 @@ class NBLogistic(nn.Module):
             warnings.simplefilter("ignore", ConvergenceWarning)
             clf.fit(scaled, positive)
         return clf.coef_[0] * ratio, float(clf.intercept_[0])
+
+
+def build(
+    cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None, train_ids: TrainIds
+) -> nn.Module:
+    """An ``nbsvm.v1`` model; with training ids its table keeps only the n-grams they use."""
+    keep = used_buckets(cfg, spec, train_ids)
+    model = NBLogistic(
+        vocab_size=spec.vocab_size,
+        n_outputs=spec.n_outputs,
+        ngram=cfg.ngram,
+        buckets=cfg.buckets,
+        rows=spec.ngram_rows if keep is None else len(keep),
+        c_values=cfg.nb_c,
+        alpha=cfg.nb_alpha,
+    )
+    if keep is not None:
+        model.keep_buckets(keep)
+    return model
+
+
+def spec_extras(model: nn.Module) -> dict[str, Any]:
+    """``ngram_rows``: the n-gram rows the table kept (absent: one row per bucket)."""
+    assert isinstance(model, NBLogistic)
+    return {} if model.ngram_rows is None else {"ngram_rows": model.ngram_rows}
+
+
+NBSVM_V1 = Family(
+    name="nbsvm.v1",
+    build=build,
+    reads=frozenset({"ngram", "buckets", "nb_c", "nb_alpha"}),
+    trains_by="solver",
+    soft_targets=False,  # the solver fits hard 0/1 targets per label
+    spec_extras=spec_extras,
+    search_space={
+        "model.nb_c": (0.1, 0.3, 1.0, 3.0),
+        "model.nb_alpha": (0.5, 1.0),
+        "model.ngram": (1, 2, 3),
+    },
+)
