@@ -14,7 +14,7 @@ from fenlei.errors import ArtifactError
 from fenlei.onnx import export_onnx
 from fenlei.predict import Predictor
 
-from .conftest import family_overrides
+from .conftest import FAMILIES, family_overrides
 
 TEXTS = [
     "where is my parcel?",
@@ -34,7 +34,7 @@ def _train(family: str, run_dir: Path, bundled: dict[str, Dataset], tiny: Path) 
     return run_dir
 
 
-@pytest.mark.parametrize("family", ["linear.v2", "nbsvm.v1", "lstm.v1", "transformer.v1"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_onnx_matches_torch(
     family: str, tmp_path: Path, bundled: dict[str, Dataset], tiny_transformer_dir: Path
 ) -> None:

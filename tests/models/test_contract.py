@@ -1,16 +1,25 @@
-"""One contract suite over every registered model family (see STYLE.md, convention 15)."""
+"""One contract suite over every registered model family (see STYLE.md, convention 15).
+
+The checks every family passes run over :data:`~fenlei.models.REGISTRY`; the capability checks
+read the family's :class:`~fenlei.models.Family` record and skip a family that does not declare
+the capability, so a new family or hook needs no hand-kept list here.
+"""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
+from fenlei.artifact import load_run
 from fenlei.classifier import TextClassifier
 from fenlei.config import load_config
 from fenlei.errors import NotFittedError
-from fenlei.models import REGISTRY, ModelSpec, build_model
-from tests.conftest import FAMILIES
+from fenlei.models import ModelSpec, build_model, family_of
+from tests.conftest import FAMILIES, TINY
 
 TWENTY = [
     ("where is my parcel", "delivery_status"),
@@ -38,19 +47,30 @@ TEXTS = [t for t, _ in TWENTY]
 LABELS = [lab for _, lab in TWENTY]
 
 
-def test_every_family_is_covered() -> None:
-    assert sorted(REGISTRY) == sorted(FAMILIES)
+def test_every_family_has_tiny_settings() -> None:
+    assert sorted(TINY) == FAMILIES
+
+
+def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3, 7) token ids below 800 and a mask with one shorter row."""
+    ids = torch.randint(1, 800, (3, 7), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    return ids, mask
+
+
+def _build(family: str, settings, **model_update: object) -> nn.Module:  # type: ignore[no-untyped-def]
+    preset, overrides = settings(family)
+    cfg = load_config(preset, overrides).model
+    torch.manual_seed(0)
+    spec = ModelSpec(vocab_size=800, pad_id=0, n_outputs=5)
+    return build_model(cfg.model_copy(update=model_update), spec).eval()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_output_shape(family: str, family_settings) -> None:  # type: ignore[no-untyped-def]
-    preset, overrides = family_settings(family)
-    cfg = load_config(preset, overrides)
-    model = build_model(cfg.model, ModelSpec(vocab_size=800, pad_id=0, n_outputs=5)).eval()
-    ids = torch.randint(1, 800, (3, 7))
-    mask = torch.ones_like(ids)
-    mask[1, 4:] = 0
-    assert model(ids, mask).shape == (3, 5)
+    model = _build(family, family_settings)
+    assert model(*_batch()).shape == (3, 5)
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +121,111 @@ def test_predict_before_fit_raises(family: str, family_settings) -> None:  # typ
     preset, overrides = family_settings(family)
     with pytest.raises(NotFittedError, match="not fitted"):
         TextClassifier(preset, overrides=overrides).predict(["hello"])
+
+
+# ---------------------------------------------------------------- capabilities
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_token_embedding_is_the_table_the_model_uses(family: str, family_settings) -> None:  # type: ignore[no-untyped-def]
+    hook = family_of(family).token_embedding
+    if hook is None:
+        pytest.skip(f"{family} declares no token embedding")
+    model = _build(family, family_settings)
+    table = hook(model)
+    assert isinstance(table, nn.Embedding | nn.EmbeddingBag)
+    assert any(table is m for m in model.modules())
+    before = model(*_batch())
+    with torch.no_grad():
+        table.weight.add_(torch.randn_like(table.weight))
+    assert not torch.allclose(model(*_batch()), before)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_freezing_stops_the_token_embedding(family: str, family_settings) -> None:  # type: ignore[no-untyped-def]
+    found = family_of(family)
+    if "freeze_embeddings" not in found.reads:
+        pytest.skip(f"{family} does not read model.freeze_embeddings")
+    assert found.token_embedding is not None
+    model = _build(family, family_settings, freeze_embeddings=True)
+    table = found.token_embedding(model)
+    assert table is not None and not table.weight.requires_grad
+    assert any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradient_checkpointing_changes_no_result(family: str, family_settings) -> None:  # type: ignore[no-untyped-def]
+    hook = family_of(family).gradient_checkpointing
+    if hook is None:
+        pytest.skip(f"{family} does not support gradient checkpointing")
+    model = _build(family, family_settings)
+    ids, mask = _batch()
+
+    def step() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        torch.manual_seed(1)  # dropout draws the same masks, and replays them when recomputing
+        loss = model.train()(ids, mask).logsumexp(dim=1).mean()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    eval_before = model.eval()(ids, mask)
+    loss, grads = step()
+    hook(model)
+    torch.testing.assert_close(model.eval()(ids, mask), eval_before)
+    loss_ckpt, grads_ckpt = step()
+    torch.testing.assert_close(loss_ckpt, loss)
+    assert len(grads_ckpt) == len(grads)
+    for g_ckpt, g in zip(grads_ckpt, grads, strict=True):
+        torch.testing.assert_close(g_ckpt, g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bf16_cpu_hook_restores_the_model(family: str, family_settings) -> None:  # type: ignore[no-untyped-def]
+    hook = family_of(family).bf16_cpu
+    if hook is None:
+        pytest.skip(f"{family} trains in fp32 on CPU")
+    model = _build(family, family_settings)
+    batch = _batch()
+    before = model(*batch)
+    with hook(model):
+        torch.testing.assert_close(model(*batch), before, rtol=1e-4, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model(*batch).shape == before.shape
+    torch.testing.assert_close(model(*batch), before)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sparse_table_is_declared(family: str, family_settings) -> None:  # type: ignore[no-untyped-def]
+    model = _build(family, family_settings)
+    sparse = any(getattr(m, "sparse", False) for m in model.modules())
+    assert sparse == family_of(family).sparse_table
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_soft_targets_train_head_and_embeddings(family: str, family_settings) -> None:  # type: ignore[no-untyped-def]
+    found = family_of(family)
+    if not found.soft_targets:
+        pytest.skip(f"{family} learns from hard labels only")
+    assert found.trains_by == "loop"
+    model = _build(family, family_settings).train()
+    targets = torch.softmax(torch.randn(3, 5, generator=torch.Generator().manual_seed(2)), dim=1)
+    loss = nn.functional.cross_entropy(model(*_batch()), targets)  # soft-target cross-entropy
+    loss.backward()
+    head = [p for name, p in model.named_parameters() if name.startswith("head.")]
+    assert head and all(p.grad is not None and p.grad.abs().sum() > 0 for p in head)
+    if found.token_embedding is not None:
+        assert found.token_embedding(model).weight.grad is not None  # sparse for linear
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_spec_extras_round_trip(family: str, fitted, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    run = load_run(fitted[family].save(tmp_path / "saved"))
+    extras = family_of(family).spec_extras(run.model)
+    if not extras:
+        pytest.skip(f"{family} learns nothing of its shape while built")
+    saved = json.loads(json.dumps(extras))  # as model_config.json holds them
+    assert {key: getattr(run.spec, key) for key in extras} == saved
+    rebuilt = build_model(run.config.model, run.spec)
+    assert json.loads(json.dumps(family_of(family).spec_extras(rebuilt))) == saved
+    shapes = {k: v.shape for k, v in run.model.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
