@@ -346,6 +346,21 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option(min=0, help="Batching wait (ms).")] = 2.0,
     max_texts: Annotated[int, typer.Option(min=1, help="Most texts per request.")] = 256,
     max_chars: Annotated[int, typer.Option(min=1, help="Most characters per text.")] = 10_000,
+    max_batch_chars: Annotated[
+        int, typer.Option(min=1, help="Most characters per model call (fairness budget).")
+    ] = 16_384,
+    max_body_bytes: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Most request body bytes (0 = max-texts * max-chars * 6 + 64 KiB)."
+        ),
+    ] = 0,
+    max_header_bytes: Annotated[
+        int, typer.Option(min=1024, help="Most bytes of request line + headers.")
+    ] = 16_384,
+    body_timeout_s: Annotated[
+        float, typer.Option(min=0.001, help="Seconds to send a whole body (else 408).")
+    ] = 30.0,
     token: Annotated[
         str | None, typer.Option(envvar="FENLEI_TOKEN", help="Require this bearer token on /v1.")
     ] = None,
@@ -377,16 +392,20 @@ def serve(
     """
     try:
         from fenlei.serve.app import serve as run_server
-        from fenlei.serve.schemas import ServeSettings
+        from fenlei.serve.schemas import serve_settings
     except ImportError as exc:
         from fenlei.errors import MissingExtraError
 
         raise MissingExtraError(exc.name or "fastapi", "serve", "fenlei serve") from exc
-    settings = ServeSettings(
+    settings = serve_settings(
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
         max_texts=max_texts,
         max_chars=max_chars,
+        max_batch_chars=max_batch_chars,
+        max_body_bytes=max_body_bytes or None,
+        max_header_bytes=max_header_bytes,
+        body_timeout_s=body_timeout_s,
         token=token or None,
         backend=backend,
         device=device,

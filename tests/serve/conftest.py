@@ -23,6 +23,7 @@ from fenlei.classifier import TextClassifier
 from fenlei.data import Dataset
 from fenlei.predict import Predictor
 from fenlei.serve.app import ServeState, create_app
+from fenlei.serve.guard import uvicorn_options
 from fenlei.serve.schemas import ServeSettings
 
 
@@ -58,7 +59,7 @@ def copy_run(src: Path, dst: Path) -> Path:
 
 
 class LiveServer:
-    """A uvicorn server in a thread on a free loopback port."""
+    """A uvicorn server in a thread on a free loopback port, configured as `fenlei serve`."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -66,7 +67,8 @@ class LiveServer:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on")
+        options = uvicorn_options(app.state.fenlei.settings)  # the HTTP limits of serve()
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True

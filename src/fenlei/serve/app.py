@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import gc
-import hmac
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from fenlei.errors import ConfigError
 from fenlei.predict import OnnxModule, Predictor
 from fenlei.serve.batching import MicroBatcher
 from fenlei.serve.drift import DriftMonitor
+from fenlei.serve.guard import Guard, bearer_ok, error_json, uvicorn_options
 from fenlei.serve.metrics import CONTENT_TYPE, MetricsMiddleware, ServeMetrics
 from fenlei.serve.schemas import (
     DriftReport,
@@ -214,6 +214,7 @@ def _serve_model(name: str, predictor: Predictor, state: ServeState) -> ServedMo
     batcher = MicroBatcher(
         predictor.predict_proba,
         max_batch_size=settings.max_batch_size,
+        max_batch_chars=settings.max_batch_chars,
         max_wait_ms=settings.max_wait_ms,
         observe=observe,
         on_batch=batch_hist.observe,
@@ -261,9 +262,9 @@ async def _authorize(request: Request, state: ServeState = Depends(_state)) -> N
     token = state.settings.token
     if token is None:
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+    # The Guard middleware has already refused a wrong token; this keeps the check with the
+    # routes should the app ever be mounted without it.
+    if not bearer_ok(request.scope["headers"], token):
         error = ApiError(
             401,
             "unauthorized",
@@ -386,7 +387,8 @@ async def metrics(state: ServeState = Depends(_state)) -> Response:
 def _error_response(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> Response:
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
+    content = error_json(body)  # ASCII-escaped: safe for input with lone surrogates
+    return Response(content, status_code=status, headers=headers, media_type="application/json")
 
 
 async def _on_api_error(request: Request, exc: Exception) -> Response:
@@ -515,7 +517,8 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(Guard, settings=settings)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: counts refusals
     return app
 
 
@@ -564,4 +567,5 @@ def serve(
         log_level=log_level,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s),
         access_log=False,
+        **uvicorn_options(settings),
     )

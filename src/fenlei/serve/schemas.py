@@ -7,9 +7,20 @@ OpenAPI schema at ``/docs`` shows.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
+
+from fenlei.data import check_text
+from fenlei.errors import ConfigError
 
 __all__ = [
     "DriftReport",
@@ -24,7 +35,13 @@ __all__ = [
     "PredictResponse",
     "ServeSettings",
     "TextPrediction",
+    "serve_settings",
 ]
+
+# Bytes of JSON one character can take: 6 for a \uXXXX escape (json.dumps' default for
+# non-ASCII text), which also covers raw UTF-8 (at most 4).
+_JSON_BYTES_PER_CHAR = 6
+_JSON_SLACK = 65_536  # the envelope, quotes and commas, top_k, whitespace
 
 
 class _Frozen(BaseModel):
@@ -40,8 +57,35 @@ class ServeSettings(_Frozen):
     )
     max_texts: int = Field(256, ge=1, description="Most texts in one request (else 413).")
     max_chars: int = Field(10_000, ge=1, description="Most characters per text (else 413).")
+    max_batch_chars: int = Field(
+        16_384,
+        ge=1,
+        description="Most characters per model call (a stand-in for tokens); a request that "
+        "does not fit is split across calls, and one longer text runs alone.",
+    )
+    max_body_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Most bytes of request body (else 413, without reading the rest); None: "
+        "max_texts * max_chars * 6 + 64 KiB, so any request within those limits fits "
+        "even with every character JSON-escaped.",
+    )
+    max_header_bytes: int = Field(
+        16_384,
+        ge=1024,
+        description="Most bytes of request line and headers together (else 431; or 400 from "
+        "the HTTP server, which stops reading a head that grows past it).",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a client has, once its headers are in, to send the whole body "
+        "(else 408).",
+    )
     token: str | None = Field(
-        None, description="Bearer token required on /v1/*; None leaves them open."
+        None,
+        description="Bearer token required on /v1/* (printable ASCII, no spaces); None "
+        "leaves them open.",
     )
     backend: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="Inference backend: ONNX Runtime when model.onnx exists (auto)."
@@ -78,6 +122,51 @@ class ServeSettings(_Frozen):
         30.0, ge=0, description="Seconds in-flight requests get to finish after SIGTERM."
     )
 
+    @field_validator("token")
+    @classmethod
+    def _token_fits_a_header(cls, token: str | None) -> str | None:
+        # Clients send the token in an HTTP header, which carries visible ASCII: a token
+        # outside it could never match. (Never echo the token: it is a secret.)
+        if token is None:
+            return None
+        if not token:
+            raise ValueError("empty; leave the token unset to serve /v1 without one")
+        for i, char in enumerate(token):
+            if not "!" <= char <= "~":
+                kind = "a space" if char.isspace() else f"character U+{ord(char):04X}"
+                raise ValueError(
+                    f"{kind} at position {i}; a bearer token must be printable ASCII "
+                    "without spaces (what an HTTP header carries): choose another"
+                )
+        return token
+
+    @property
+    def body_limit(self) -> int:
+        """``max_body_bytes``, or the size the largest allowed request can take as JSON."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return self.max_texts * self.max_chars * _JSON_BYTES_PER_CHAR + _JSON_SLACK
+
+
+def serve_settings(**values: Any) -> ServeSettings:
+    """Build :class:`ServeSettings`, turning a bad value into one :class:`ConfigError` line.
+
+    Raises:
+        ConfigError: a value is out of range or unusable (names the setting, never the token).
+
+    Example:
+        >>> serve_settings(max_texts=64).body_limit
+        3905536
+    """
+    try:
+        return ServeSettings(**values)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        ]
+        # not chained: pydantic's error would carry the token's value into tracebacks
+        raise ConfigError("invalid serve settings: " + "; ".join(problems)) from None
+
 
 class PredictRequest(_Frozen):
     """Texts to classify and how many labels to return per text."""
@@ -92,6 +181,20 @@ class PredictRequest(_Frozen):
         ..., min_length=1, description="Texts to classify (at least one)."
     )
     top_k: StrictInt = Field(1, ge=1, le=1000, description="Labels returned per text.")
+
+    @field_validator("texts")
+    @classmethod
+    def _texts_are_unicode(cls, texts: list[str]) -> list[str]:
+        # JSON may escape a lone surrogate (\ud800); no tokenizer takes one, so it is the
+        # client's mistake (422 naming the item), not the model's failure.
+        for i, text in enumerate(texts):
+            problem = check_text(text)
+            if problem is not None:
+                raise ValueError(
+                    f"texts[{i}] {problem}; send valid Unicode (a whole surrogate pair, "
+                    "such as \\ud83d\\ude00, for one emoji)"
+                )
+        return texts
 
 
 class LabelScore(_Frozen):
@@ -174,8 +277,8 @@ class ErrorBody(_Frozen):
     code: str
     message: str
     limit: str | None = None
-    max: int | None = None
-    got: int | None = None
+    max: int | float | None = None
+    got: int | float | None = None
     details: list[dict[str, object]] | None = None
 
 
