@@ -35,3 +35,27 @@ def test_training_writes_reference_json(bundled, tmp_path: Path) -> None:  # typ
         assert sum(stat["shares"]) == pytest.approx(1.0)
     again = reference_stats(clf.predictor_, bundled["dev"].texts)
     assert again["n"] == len(bundled["dev"])
+
+
+def test_precomputed_probabilities_are_reused(bundled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from fenlei.predict import Predictor
+
+    clf = TextClassifier(
+        "linear",
+        overrides=["train.epochs=1", "model.buckets=1000", "eval.plots=false"],
+        run_dir=tmp_path / "run",
+    )
+    clf.fit(bundled["train"].texts[:200], [lab[0] for lab in bundled["train"].labels[:200]])
+    predictor = Predictor.from_run(tmp_path / "run", backend="torch")
+    texts = bundled["dev"].texts
+    fresh = reference_stats(predictor, texts)
+    probs = predictor.predict_proba(texts)
+
+    def no_model(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the model ran again")
+
+    predictor.predict_proba = no_model  # type: ignore[method-assign]
+    predictor.score = no_model  # type: ignore[method-assign]
+    assert reference_stats(predictor, texts, probs=probs) == fresh
+    with pytest.raises(ValueError, match="rows of probabilities"):
+        reference_stats(predictor, texts, probs=probs[:3])

@@ -3,29 +3,50 @@
 Built from a run folder with :meth:`Predictor.from_run` (manifest verified) or from objects.
 Texts are encoded, grouped by length and run in batches on PyTorch, or on ONNX Runtime
 when the run folder holds ``model.onnx`` (``backend="auto"``; see :mod:`fenlei.onnx`), with
-the same outputs. Never imports training code.
+the same outputs. Labels are chosen by the run's :class:`~fenlei.decision.DecisionRule`.
+
+:class:`ServablePredictor` is the public surface the service, evaluation and the reference
+statistics use; any object with it (an ensemble, a calibrated predictor) can be served.
+Never imports training code, and never sets process-wide torch state (entry points do, with
+:func:`fenlei.runtime.configure_torch`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from fenlei._version import __version__
 from fenlei.artifact import LoadedRun, load_run
+from fenlei.config import DataConfig
+from fenlei.decision import DecisionRule, decide
 from fenlei.errors import ArtifactError, ConfigError, DataError, MissingExtraError
-from fenlei.models import batched_logits, to_probs
+from fenlei.models import batched_logits, family_of, to_probs
+from fenlei.runtime import resolve_device
 from fenlei.tokenize import Encoder
 
-__all__ = ["BACKENDS", "DEVICES", "OnnxModule", "Prediction", "Predictor", "inference_device"]
+__all__ = [
+    "BACKENDS",
+    "HEADLINE_METRICS",
+    "OnnxModule",
+    "Prediction",
+    "Predictor",
+    "PredictorInfo",
+    "Scored",
+    "ServablePredictor",
+    "TextStats",
+    "headline_metrics",
+]
 
 BACKENDS = ("auto", "torch", "onnx")
-DEVICES = ("auto", "cpu", "cuda")
 ONNX_FILE = "model.onnx"
+HEADLINE_METRICS = ("n", "accuracy", "macro_f1", "micro_f1", "roc_auc")
 
 
 class OnnxModule(nn.Module):
@@ -73,22 +94,9 @@ def _onnx_available() -> bool:
     return True
 
 
-def inference_device(name: str) -> torch.device:
-    """``"auto"`` (a CUDA GPU when torch sees one, else the CPU), ``"cpu"`` or ``"cuda"``.
-
-    Raises:
-        ConfigError: an unknown name, or ``"cuda"`` without a GPU that torch can use.
-    """
-    if name not in DEVICES:
-        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, not {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda, but torch sees no CUDA GPU here; use device=cpu or auto")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def _backend_model(run: LoadedRun, backend: str, device: torch.device) -> nn.Module:
+def _backend_model(
+    run: LoadedRun, backend: str, device: torch.device, *, threads: int | None = None
+) -> nn.Module:
     """The module to run for ``backend``: the torch model, or ONNX Runtime over model.onnx.
 
     On a GPU ``auto`` means the torch model there: fenlei's ONNX Runtime session is CPU-only.
@@ -105,8 +113,29 @@ def _backend_model(run: LoadedRun, backend: str, device: torch.device) -> nn.Mod
         raise ArtifactError(f"{path} is missing: run `fenlei export {run.run_dir}` first")
     on_cpu = device.type == "cpu"
     if backend == "onnx" or (backend == "auto" and on_cpu and path.is_file() and _onnx_available()):
-        return OnnxModule(path)
+        return OnnxModule(path, threads=threads)
     return run.model
+
+
+def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, float | int]:
+    """The headline numbers of a run's ``metrics.json``: ``dev_accuracy``, ``test_macro_f1``,
+    ..., ``best_epoch`` and ``train_seconds`` (those present).
+
+    Example:
+        >>> headline_metrics({"dev": {"accuracy": 0.9, "loss": 0.3}, "best_epoch": 2})
+        {'dev_accuracy': 0.9, 'best_epoch': 2}
+    """
+    out: dict[str, float | int] = {}
+    for split in ("dev", "test"):
+        section = metrics.get(split)
+        for key in HEADLINE_METRICS:
+            value = section.get(key) if isinstance(section, Mapping) else None
+            if isinstance(value, int | float):
+                out[f"{split}_{key}"] = value
+    for key in ("best_epoch", "train_seconds"):
+        if isinstance(metrics.get(key), int | float):
+            out[key] = metrics[key]
+    return out
 
 
 @dataclass(frozen=True)
@@ -121,6 +150,124 @@ class Prediction:
     def top(self, k: int) -> list[tuple[str, float]]:
         """The ``k`` most probable labels with their probabilities."""
         return sorted(self.probs.items(), key=lambda kv: -kv[1])[:k]
+
+
+@dataclass(frozen=True)
+class TextStats:
+    """Per-text input statistics (what the drift monitor watches besides the outputs).
+
+    Attributes:
+        length: (N,) characters per text.
+        unknown_rate: (N,) share of a text's tokens that are the unknown token (0 for an
+            encoder without one).
+    """
+
+    length: np.ndarray
+    unknown_rate: np.ndarray
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Probabilities and input statistics of the same texts, from one tokenization."""
+
+    probs: np.ndarray  # (N, C)
+    stats: TextStats
+
+
+@dataclass(frozen=True)
+class PredictorInfo:
+    """What a predictor is, for callers that describe, serve or evaluate it.
+
+    Attributes:
+        labels: the label names, in the column order of the probabilities.
+        multi_label: each label is decided on its own.
+        version: ``"<fenlei version>+<first 12 hex of the weights' sha256>"`` from the
+            manifest (``+unknown`` when not loaded from a run folder).
+        preset: the preset the run started from (``"unknown"`` without a run folder).
+        architecture: the registered model family, or the module's class name.
+        backend: ``"torch"`` or ``"onnx"``.
+        device: where the model runs (``"cpu"``, ``"cuda"``).
+        metrics: headline training metrics (:func:`headline_metrics`).
+        serve_chunk: texts per model call the family prefers when served on a CPU (None:
+            ``batch_size``).
+        batch_size: texts per model call by default (the run's ``eval.batch_size``).
+        kind: what the run folder holds: ``"single"`` (one model).
+        run_dir: the run folder (None when built from objects).
+        data: how the run's tables are read (columns, label separator); None without a run.
+    """
+
+    labels: tuple[str, ...]
+    multi_label: bool
+    architecture: str
+    backend: str
+    device: str
+    version: str = f"{__version__}+unknown"
+    preset: str = "unknown"
+    metrics: dict[str, float | int] = field(default_factory=dict)
+    serve_chunk: int | None = None
+    batch_size: int = 256
+    kind: str = "single"
+    run_dir: Path | None = None
+    data: DataConfig | None = None
+
+
+class ServablePredictor(Protocol):
+    """The public surface of a predictor: what the service, evaluation and the reference
+    statistics use. :class:`Predictor` has it; an ensemble or a calibrated predictor can too.
+    """
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Label names, in the column order of the probabilities."""
+        ...
+
+    @property
+    def rule(self) -> DecisionRule:
+        """How probabilities become chosen labels."""
+        ...
+
+    def predict_proba(self, texts: Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
+        """Probabilities (N, C); ``batch_size`` texts per model call (None: the default)."""
+        ...
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        """The decision for every text."""
+        ...
+
+    def score(self, texts: Sequence[str], *, batch_size: int | None = None) -> Scored:
+        """Probabilities and input statistics, from one pass over the texts."""
+        ...
+
+    def text_stats(self, texts: Sequence[str]) -> TextStats:
+        """Input statistics of the texts, without running the model."""
+        ...
+
+    def info(self) -> PredictorInfo:
+        """What this predictor is (labels, version, architecture, metrics, ...)."""
+        ...
+
+
+def _about_run(run: LoadedRun) -> dict[str, Any]:
+    """The fields of :class:`PredictorInfo` that a run folder tells."""
+    architecture = run.config.model.architecture
+    return {
+        "architecture": architecture,
+        "version": _version(run.manifest),
+        "preset": run.config.preset,
+        "metrics": headline_metrics(run.metrics),
+        "serve_chunk": family_of(architecture).serve_chunk,
+        "kind": str(run.manifest.get("kind", "single")),
+        "run_dir": run.run_dir,
+        "data": run.config.data,
+    }
+
+
+def _version(manifest: Mapping[str, Any]) -> str:
+    try:
+        sha = str(manifest["files"]["model.safetensors"]["sha256"])[:12]
+    except (KeyError, TypeError):
+        return f"{__version__}+unknown"
+    return f"{manifest.get('fenlei_version', __version__)}+{sha}"
 
 
 class Predictor:
@@ -139,27 +286,53 @@ class Predictor:
         labels: Sequence[str],
         *,
         multi_label: bool = False,
-        threshold: float = 0.5,
+        threshold: float | tuple[float, ...] = 0.5,
+        rule: DecisionRule | None = None,
         batch_size: int = 256,
         run: LoadedRun | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
+        """
+        Args:
+            encoder: turns texts into token ids.
+            model: ``forward(ids, mask) -> logits``; an :class:`OnnxModule` runs on the CPU.
+            labels: label names, one per probability column.
+            multi_label, threshold: the decision rule, when ``rule`` is not given.
+            rule: how probabilities become labels (overrides ``multi_label`` and
+                ``threshold``).
+            batch_size: texts per model call unless a call says otherwise.
+            run: the run folder it was loaded from, if any (for :meth:`info`).
+            device: where the torch model runs.
+        """
         self.encoder = encoder
         self.device = torch.device(device)
         if isinstance(model, OnnxModule) and self.device.type != "cpu":
             raise ConfigError("the ONNX backend runs on the CPU; pass device='cpu'")
         self.model = model.eval() if isinstance(model, OnnxModule) else model.to(self.device).eval()
         self.labels = tuple(labels)
-        self.multi_label = multi_label
-        self.threshold = threshold
+        self.rule = DecisionRule(multi_label, threshold) if rule is None else rule
         self.batch_size = batch_size
         self.run = run
         self.backend: str = getattr(model, "backend", "torch")
-        torch.set_flush_denormal(True)
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether each label is decided on its own (from :attr:`rule`)."""
+        return self.rule.multi_label
+
+    @property
+    def threshold(self) -> float | tuple[float, ...]:
+        """The multi-label threshold(s) (from :attr:`rule`)."""
+        return self.rule.threshold
 
     @classmethod
     def from_run(
-        cls, run_dir: str | Path, *, backend: str = "auto", device: str = "auto"
+        cls,
+        run_dir: str | Path,
+        *,
+        backend: str = "auto",
+        device: str = "auto",
+        threads: int | None = None,
     ) -> Predictor:
         """Load a run folder (manifest checked).
 
@@ -169,22 +342,44 @@ class Predictor:
                 Runtime when ``model.onnx`` exists and onnxruntime is installed, on the CPU).
             device: ``"auto"`` (a CUDA GPU when there is one), ``"cpu"`` or ``"cuda"``; a GPU
                 runs the PyTorch model.
+            threads: intra-op threads of the ONNX Runtime session (None: its default). The
+                PyTorch backend uses torch's process-wide setting, which entry points set
+                (:func:`fenlei.runtime.configure_torch`).
 
         Raises:
             ArtifactError: the run folder is missing, incomplete or altered.
             ConfigError: ``device="cuda"`` without a GPU, or the ONNX backend on a GPU.
+
+        Example:
+            >>> Predictor.from_run("runs/demo", backend="onnx", threads=1)  # doctest: +SKIP
         """
-        where = inference_device(device)
+        where = resolve_device(device)
         run = load_run(run_dir)
         return cls(
             run.encoder,
-            _backend_model(run, backend, where),
+            _backend_model(run, backend, where, threads=threads),
             run.labels,
-            multi_label=run.multi_label,
-            threshold=run.config.eval.threshold,
+            rule=DecisionRule(multi_label=run.multi_label, threshold=run.config.eval.threshold),
             batch_size=run.config.eval.batch_size,
             run=run,
             device=where,
+        )
+
+    def info(self) -> PredictorInfo:
+        """What this predictor is: labels, version, preset, architecture, metrics, ...
+
+        Example:
+            >>> Predictor.from_run("runs/demo").info().version  # doctest: +SKIP
+            '0.1.0+3f2a9c81d0e4'
+        """
+        about = _about_run(self.run) if self.run else {"architecture": type(self.model).__name__}
+        return PredictorInfo(
+            labels=self.labels,
+            multi_label=self.multi_label,
+            backend=self.backend,
+            device=str(self.device),
+            batch_size=self.batch_size,
+            **about,
         )
 
     def _check(self, texts: Sequence[str]) -> list[str]:
@@ -195,47 +390,72 @@ class Predictor:
                 raise DataError(f"text {i} is {type(text).__name__}, not a string")
         return list(texts)
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """Raw model outputs (N, n_outputs)."""
-        ids = self.encoder.encode_ids(self._check(texts))
+    def _logits(self, ids: list[list[int]], batch_size: int | None) -> np.ndarray:
         if not ids:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         out = batched_logits(
             self.model,
             ids,
             pad_id=self.encoder.pad_id,
-            batch_size=self.batch_size,
+            batch_size=batch_size or self.batch_size,
             device=self.device,
         )
         return out.numpy()
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+    def _probs(self, ids: list[list[int]], batch_size: int | None) -> np.ndarray:
+        logits = self._logits(ids, batch_size)
+        if logits.shape[0] == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return to_probs(torch.from_numpy(logits), multi_label=self.multi_label).numpy()
+
+    def _stats(self, texts: list[str], ids: list[list[int]]) -> TextStats:
+        unk = self.encoder.unk_id
+        length = np.array([len(t) for t in texts], dtype=np.float64)
+        if unk is None:
+            return TextStats(length, np.zeros(len(texts)))
+        rates = [seq.count(unk) / len(seq) if seq else 0.0 for seq in ids]
+        return TextStats(length, np.array(rates, dtype=np.float64))
+
+    def logits(self, texts: Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
+        """Raw model outputs (N, n_outputs)."""
+        return self._logits(self.encoder.encode_ids(self._check(texts)), batch_size)
+
+    def predict_proba(self, texts: Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
         """Probabilities (N, n_labels), columns in ``self.labels`` order.
 
         Each row sums to 1 for single-label tasks; for multi-label each entry is independent.
+        ``batch_size`` texts go through the model per call (None: ``self.batch_size``); the
+        results do not depend on it.
         """
-        logits = torch.from_numpy(self.logits(texts))
-        if logits.shape[0] == 0:
-            return logits.numpy()
-        return to_probs(logits, multi_label=self.multi_label).numpy()
+        return self._probs(self.encoder.encode_ids(self._check(texts)), batch_size)
 
-    def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        """Best label (or labels above the threshold, for multi-label) for every text."""
-        probs = self.predict_proba(texts)
-        results = []
-        for row in probs:
-            best = int(row.argmax())
-            chosen = (
-                tuple(self.labels[j] for j in np.flatnonzero(row >= self.threshold))
-                if self.multi_label
-                else (self.labels[best],)
+    def score(self, texts: Sequence[str], *, batch_size: int | None = None) -> Scored:
+        """Probabilities and input statistics of ``texts``, tokenizing them once.
+
+        Example:
+            >>> scored = predictor.score(["where is my parcel?"])  # doctest: +SKIP
+            >>> scored.probs.shape, scored.stats.unknown_rate  # doctest: +SKIP
+        """
+        texts = self._check(texts)
+        ids = self.encoder.encode_ids(texts)
+        return Scored(self._probs(ids, batch_size), self._stats(texts, ids))
+
+    def text_stats(self, texts: Sequence[str]) -> TextStats:
+        """Length and unknown-token rate of every text (tokenizes; runs no model)."""
+        texts = self._check(texts)
+        return self._stats(texts, self.encoder.encode_ids(texts))
+
+    def predict(self, texts: Sequence[str], *, batch_size: int | None = None) -> list[Prediction]:
+        """The decision of :attr:`rule` for every text: the best label, its score, the chosen
+        labels (for multi-label those whose probability reaches the threshold) and every
+        label's probability."""
+        probs = self.predict_proba(texts, batch_size=batch_size)
+        return [
+            Prediction(
+                label=d.label,
+                score=d.score,
+                probs={lab: float(p) for lab, p in zip(self.labels, row, strict=True)},
+                labels=d.labels,
             )
-            results.append(
-                Prediction(
-                    label=self.labels[best],
-                    score=float(row[best]),
-                    probs={lab: float(p) for lab, p in zip(self.labels, row, strict=True)},
-                    labels=chosen,
-                )
-            )
-        return results
+            for d, row in zip(decide(probs, self.labels, self.rule), probs, strict=True)
+        ]

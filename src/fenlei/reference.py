@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fenlei.predict import Predictor
+from fenlei.predict import ServablePredictor, TextStats
 
 __all__ = [
     "DRIFT_THRESHOLD",
@@ -26,6 +26,7 @@ __all__ = [
     "psi",
     "psi_noise",
     "reference_stats",
+    "statistics",
     "text_statistics",
 ]
 
@@ -83,30 +84,56 @@ def psi_noise(expected: Sequence[float], n_expected: int, n_actual: int) -> floa
     return max(0, occupied - 1) * (1 / n_expected + 1 / n_actual)
 
 
-def text_statistics(predictor: Predictor, texts: Sequence[str]) -> dict[str, list[float]]:
-    """Per-text values of every monitored statistic (labels as label indices)."""
-    ids = predictor.encoder.encode_ids(texts)
-    unk = predictor.encoder.unk_id
-    probs = predictor.predict_proba(texts)
+def statistics(stats: TextStats, probs: np.ndarray) -> dict[str, list[float]]:
+    """Per-text values of every monitored statistic, from a predictor's input statistics and
+    its probabilities (N, C); labels as label indices. The drift monitor calls this too, so
+    training and serving measure the same thing.
+    """
+    probs = np.asarray(probs)
+    empty = probs.shape[0] == 0
     return {
-        "length": [float(len(t)) for t in texts],
-        "unknown_rate": [
-            (sum(1 for i in seq if i == unk) / len(seq)) if seq and unk is not None else 0.0
-            for seq in ids
-        ],
-        "label": [float(i) for i in probs.argmax(axis=1)] if len(texts) else [],
-        "confidence": [float(p) for p in probs.max(axis=1)] if len(texts) else [],
+        "length": stats.length.astype(float).tolist(),
+        "unknown_rate": stats.unknown_rate.astype(float).tolist(),
+        "label": [] if empty else probs.argmax(axis=1).astype(float).tolist(),
+        "confidence": [] if empty else probs.max(axis=1).astype(float).tolist(),
     }
 
 
-def reference_stats(predictor: Predictor, texts: Sequence[str]) -> dict[str, Any]:
+def text_statistics(
+    predictor: ServablePredictor, texts: Sequence[str], *, probs: np.ndarray | None = None
+) -> dict[str, list[float]]:
+    """Per-text values of every monitored statistic (labels as label indices).
+
+    Args:
+        predictor: what scores the texts.
+        texts: the texts.
+        probs: the predictor's probabilities of ``texts`` when already computed (N, C);
+            then the model does not run again.
+    """
+    if probs is None:
+        scored = predictor.score(texts)
+        return statistics(scored.stats, scored.probs)
+    if len(probs) != len(texts):
+        raise ValueError(f"{len(probs)} rows of probabilities for {len(texts)} texts")
+    return statistics(predictor.text_stats(texts), probs)
+
+
+def reference_stats(
+    predictor: ServablePredictor, texts: Sequence[str], *, probs: np.ndarray | None = None
+) -> dict[str, Any]:
     """Bin edges and reference shares of every statistic, measured on ``texts`` (dev).
+
+    Args:
+        predictor: the trained predictor.
+        texts: the reference texts (the dev split).
+        probs: the predictor's probabilities of ``texts`` (N, C), when already computed (the
+            pipeline predicts dev once for every post-training step).
 
     Returns:
         ``{"n": ..., "thresholds": {...}, "statistics": {name: {"edges", "shares"}}}``,
         JSON-ready (an infinite edge is written as ``null``).
     """
-    values = text_statistics(predictor, texts)
+    values = text_statistics(predictor, texts, probs=probs)
     n_labels = len(predictor.labels)
     edges = {
         "length": _length_edges([int(v) for v in values["length"]]),

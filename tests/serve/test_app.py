@@ -10,13 +10,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from fenlei.predict import Predictor
+from fenlei.predict import Prediction, Predictor, PredictorInfo, Scored, TextStats
 
 from .conftest import LiveServer, StartServer
 
@@ -40,6 +42,8 @@ def test_models_lists_name_labels_version_and_metrics(
     assert info["labels"] == list(predictor.labels)
     assert info["version"].startswith("0.") and "+" in info["version"]
     assert info["architecture"] == "linear.v2" and info["backend"] == "torch"
+    assert info["multi_label"] is False and info["kind"] == "single"
+    assert info["version"] == predictor.info().version
     assert 0 <= info["metrics"]["dev_accuracy"] <= 1
 
 
@@ -56,6 +60,15 @@ def test_predict_returns_top_k_in_input_order(live: LiveServer, predictor: Predi
         assert probs == sorted(probs, reverse=True)
         assert pred["label"] == predictor.labels[int(row.argmax())]
         assert pred["score"] == pytest.approx(float(row.max()), abs=1e-6)
+
+
+def test_single_label_decision_is_predictors(live: LiveServer, predictor: Predictor) -> None:
+    with live.client() as c:
+        served = c.post("/v1/models/intents/predict", json={"texts": TEXTS}).json()
+    expected = predictor.predict(TEXTS)
+    for pred, exp in zip(served["predictions"], expected, strict=True):
+        assert pred["label"] == exp.label and pred["labels"] == [exp.label]
+        assert pred["score"] == pytest.approx(exp.score, abs=1e-6)
 
 
 def test_top_k_larger_than_labels_returns_every_label(live: LiveServer) -> None:
@@ -173,6 +186,49 @@ def test_injected_predictor_and_two_models(start_server: StartServer, predictor:
         names = [m["name"] for m in c.get("/v1/models").json()["models"]]
         r = c.post("/v1/models/b/predict", json={"texts": ["hi"]})
     assert names == ["a", "b"] and r.status_code == 200
+
+
+class _Wrapped:
+    """Not a Predictor, only its servable surface (what an ensemble or a calibrated predictor
+    would be): the service must use nothing else."""
+
+    def __init__(self, inner: Predictor) -> None:
+        self.inner = inner
+        self.labels = inner.labels
+        self.rule = inner.rule
+        self.calls = 0
+
+    def predict_proba(self, texts: Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
+        self.calls += 1
+        return self.inner.predict_proba(texts, batch_size=batch_size)
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        return self.inner.predict(texts)
+
+    def score(self, texts: Sequence[str], *, batch_size: int | None = None) -> Scored:
+        self.calls += 1
+        return self.inner.score(texts, batch_size=batch_size)
+
+    def text_stats(self, texts: Sequence[str]) -> TextStats:
+        return self.inner.text_stats(texts)
+
+    def info(self) -> PredictorInfo:
+        return replace(self.inner.info(), architecture="wrapped", kind="ensemble")
+
+
+def test_any_object_with_the_servable_surface_is_served(
+    start_server: StartServer, predictor: Predictor
+) -> None:
+    wrapped = _Wrapped(predictor)
+    server = start_server([wrapped])  # named after the run folder its info() reports
+    name = predictor.info().run_dir.name  # type: ignore[union-attr]
+    with server.client() as c:
+        (info,) = c.get("/v1/models").json()["models"]
+        body = c.post(f"/v1/models/{name}/predict", json={"texts": TEXTS}).json()
+        drift = c.get(f"/v1/models/{name}/drift")
+    assert (info["name"], info["architecture"], info["kind"]) == (name, "wrapped", "ensemble")
+    assert [p["label"] for p in body["predictions"]] == [p.label for p in predictor.predict(TEXTS)]
+    assert wrapped.calls > 0 and drift.status_code == 200
 
 
 def _free_port() -> int:

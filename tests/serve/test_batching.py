@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import torch
 
 from fenlei.config import load_config
 from fenlei.serve.batching import MicroBatcher
@@ -162,14 +161,20 @@ def test_two_workers_run_two_batches_at_once() -> None:
 
 
 def test_workers_auto_one_per_free_core_for_transformers(monkeypatch: pytest.MonkeyPatch) -> None:
-    from types import SimpleNamespace
-
+    from fenlei.models import family_of
+    from fenlei.predict import PredictorInfo
     from fenlei.serve.app import _workers
     from fenlei.serve.schemas import ServeSettings
 
-    def predictor(arch: str) -> Any:
-        return SimpleNamespace(
-            run=SimpleNamespace(config=load_config(arch)), device=torch.device("cpu")
+    def predictor(preset: str) -> PredictorInfo:
+        architecture = load_config(preset).model.architecture
+        return PredictorInfo(
+            labels=("a", "b"),
+            multi_label=False,
+            architecture=architecture,
+            backend="onnx",
+            device="cpu",
+            serve_chunk=family_of(architecture).serve_chunk,
         )
 
     monkeypatch.setattr("os.cpu_count", lambda: 2)

@@ -14,7 +14,8 @@ from fenlei import predict as predict_module
 from fenlei.cli import main
 from fenlei.errors import ConfigError
 from fenlei.onnx import export_onnx
-from fenlei.predict import OnnxModule, Predictor, inference_device
+from fenlei.predict import OnnxModule, Predictor
+from fenlei.runtime import resolve_device
 from fenlei.serve.app import _load, _workers
 from fenlei.serve.schemas import ServeSettings
 
@@ -25,13 +26,13 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def test_auto_is_the_cpu_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert inference_device("auto") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(ConfigError, match="no CUDA GPU"):
-        inference_device("cuda")
+        resolve_device("cuda")
     with pytest.raises(ConfigError, match="device must be one of"):
-        inference_device("gpu")
+        resolve_device("gpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert inference_device("auto") == torch.device("cuda")
+    assert resolve_device("auto") == torch.device("cuda")
 
 
 def test_a_gpu_runs_the_torch_model_even_with_model_onnx(
@@ -52,10 +53,12 @@ def test_a_gpu_runs_the_torch_model_even_with_model_onnx(
 
 
 def test_one_worker_per_model_on_a_gpu(serve_run: Path) -> None:
-    predictor = _load(serve_run, ServeSettings(device="cpu"))
-    predictor.device = torch.device("cuda")  # what a GPU load sets; nothing runs here
-    assert _workers(predictor, ServeSettings()) == 1
-    assert _workers(predictor, ServeSettings(workers=3)) == 3
+    from dataclasses import replace
+
+    info = _load(serve_run, ServeSettings(device="cpu")).info()
+    on_gpu = replace(info, device="cuda", serve_chunk=8)  # what a GPU load says; nothing runs
+    assert _workers(on_gpu, ServeSettings()) == 1
+    assert _workers(on_gpu, ServeSettings(workers=3)) == 3
 
 
 def _free_port() -> int:

@@ -79,8 +79,7 @@ def test_monitor_window_is_bounded(predictor: Predictor, serve_run: Path) -> Non
     assert reference is not None
     monitor = DriftMonitor(
         reference,
-        encode=predictor.encoder.encode_ids,
-        unk_id=predictor.encoder.unk_id,
+        text_stats=predictor.text_stats,
         window=50,
         min_samples=10,
     )
@@ -123,3 +122,25 @@ def test_psi_noise_matches_sampling_from_an_unchanged_distribution() -> None:
     ]
     expected = psi_noise(shares, 300, 200)
     assert abs(float(np.mean(observed)) - expected) < 0.25 * expected
+
+
+def test_monitor_reuses_the_statistics_of_a_scored_batch(
+    predictor: Predictor, serve_run: Path
+) -> None:
+    reference = load_reference(serve_run)
+    assert reference is not None
+    measured: list[int] = []
+
+    def text_stats(texts):  # type: ignore[no-untyped-def]
+        measured.append(len(texts))
+        return predictor.text_stats(texts)
+
+    texts = ["where is my parcel", "ꙮꙮ ꙮ", "refund please"] * 20
+    scored = predictor.score(texts)
+    reused = DriftMonitor(reference, text_stats=text_stats, window=100, min_samples=10)
+    reused.observe(texts, scored.probs, stats=scored.stats)
+    assert measured == []  # not tokenized a second time
+    again = DriftMonitor(reference, text_stats=text_stats, window=100, min_samples=10)
+    again.observe(texts, scored.probs)
+    assert measured == [len(texts)]
+    assert reused.psi_values() == again.psi_values()

@@ -12,10 +12,9 @@ Example:
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -29,8 +28,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fenlei._version import __version__
+from fenlei.decision import DecisionRule, decide
 from fenlei.errors import ConfigError
-from fenlei.predict import OnnxModule, Predictor
+from fenlei.predict import Predictor, PredictorInfo, ServablePredictor
+from fenlei.runtime import configure_torch
 from fenlei.serve.batching import MicroBatcher
 from fenlei.serve.drift import DriftMonitor
 from fenlei.serve.guard import Guard, bearer_ok, error_json, uvicorn_options
@@ -50,8 +51,7 @@ __all__ = ["ApiError", "ModelSource", "ServeState", "ServedModel", "create_app",
 
 logger = logging.getLogger(__name__)
 
-ModelSource = Predictor | str | Path
-_HEADLINE = ("n", "accuracy", "macro_f1", "micro_f1", "roc_auc")
+ModelSource = ServablePredictor | str | Path
 
 
 class ApiError(Exception):
@@ -69,7 +69,7 @@ class ServedModel:
     """One loaded model with its batcher, drift monitor and description."""
 
     name: str
-    predictor: Predictor
+    predictor: ServablePredictor
     batcher: MicroBatcher
     drift: DriftMonitor | None
     info: ModelInfo
@@ -93,13 +93,18 @@ def _name_sources(
 ) -> dict[str, ModelSource]:
     if isinstance(models, Mapping):
         return dict(models)
-    items = [models] if isinstance(models, str | Path | Predictor) else list(models)
+    items: list[ModelSource]
+    if isinstance(models, str | Path) or not isinstance(models, Sequence):
+        items = [models]  # one run folder or one predictor
+    else:
+        items = list(models)
     named: dict[str, ModelSource] = {}
     for i, item in enumerate(items):
-        if isinstance(item, Predictor):
-            name = item.run.run_dir.resolve().name if item.run is not None else f"model{i}"
-        else:
+        if isinstance(item, str | Path):
             name = Path(item).resolve().name
+        else:
+            run_dir = item.info().run_dir
+            name = run_dir.resolve().name if run_dir is not None else f"model{i}"
         if name in named:
             raise ConfigError(
                 f"two models are both named {name!r}; pass a mapping {{name: run_dir}} "
@@ -109,82 +114,49 @@ def _name_sources(
     return named
 
 
-def _load(source: ModelSource, settings: ServeSettings) -> Predictor:
-    predictor = (
-        source
-        if isinstance(source, Predictor)
-        else Predictor.from_run(source, backend=settings.backend, device=settings.device)
+def _load(source: ModelSource, settings: ServeSettings) -> ServablePredictor:
+    """A run folder loaded for serving (ONNX Runtime with the server's threads), or the
+    predictor given, as it is."""
+    if not isinstance(source, str | Path):
+        return source
+    return Predictor.from_run(
+        source, backend=settings.backend, device=settings.device, threads=settings.threads
     )
-    threads = settings.threads
-    model = predictor.model
-    if threads is not None and isinstance(model, OnnxModule) and model.threads != threads:
-        predictor.model = OnnxModule(model.path, threads=threads)
-    return predictor
 
 
-def _set_threads(threads: int | None) -> None:
-    """Limit intra-op threads: on few cores, spinning math threads starve the event loop."""
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+def _configure(settings: ServeSettings) -> None:
+    """Process-wide torch state: flush denormals, and limit intra-op threads (on few cores,
+    spinning math threads starve the event loop)."""
+    configure_torch(threads=settings.threads)
 
 
-def _version(predictor: Predictor) -> str:
-    if predictor.run is None:
-        return f"{__version__}+unknown"
-    try:
-        manifest = json.loads((predictor.run.run_dir / "manifest.json").read_text("utf-8"))
-        sha = manifest["files"]["model.safetensors"]["sha256"][:12]
-        return f"{manifest.get('fenlei_version', __version__)}+{sha}"
-    except (OSError, ValueError, KeyError):
-        return f"{__version__}+unknown"
-
-
-def _headline_metrics(metrics: Mapping[str, Any]) -> dict[str, float | int | None]:
-    out: dict[str, float | int | None] = {}
-    for split in ("dev", "test"):
-        for key in _HEADLINE:
-            value = (
-                metrics.get(split, {}).get(key) if isinstance(metrics.get(split), dict) else None
-            )
-            if isinstance(value, int | float):
-                out[f"{split}_{key}"] = value
-    for key in ("best_epoch", "train_seconds"):
-        if isinstance(metrics.get(key), int | float):
-            out[key] = metrics[key]
-    return out
-
-
-def _model_info(name: str, predictor: Predictor) -> ModelInfo:
-    run = predictor.run
+def _model_info(name: str, info: PredictorInfo) -> ModelInfo:
     return ModelInfo(
         name=name,
-        labels=list(predictor.labels),
-        version=_version(predictor),
-        preset=run.config.preset if run else "unknown",
-        architecture=run.config.model.architecture if run else type(predictor.model).__name__,
-        backend=str(getattr(predictor, "backend", "torch")),
-        metrics=_headline_metrics(run.metrics if run else {}),
+        labels=list(info.labels),
+        multi_label=info.multi_label,
+        version=info.version,
+        preset=info.preset,
+        architecture=info.architecture,
+        backend=info.backend,
+        kind=info.kind,
+        metrics=dict(info.metrics),
     )
 
 
-_TRANSFORMER_CHUNK = 8  # MiniLM on CPU: 8 length-sorted texts per call beat 1 and 32
-
-
-def _is_transformer(predictor: Predictor) -> bool:
-    run = predictor.run
-    return run is not None and run.config.model.architecture.startswith("transformer")
-
-
-def _chunk_size(predictor: Predictor, settings: ServeSettings) -> int:
+def _chunk_size(info: PredictorInfo, settings: ServeSettings) -> int:
+    """Texts per model call: the setting, else the family's serving chunk on a CPU (MiniLM:
+    8 length-sorted texts per call beat 1 and 32), else the run's eval batch size."""
     if settings.chunk_size is not None:
         return settings.chunk_size
-    return _TRANSFORMER_CHUNK if _is_transformer(predictor) else predictor.batch_size
+    if info.serve_chunk is not None and info.device == "cpu":
+        return info.serve_chunk
+    return info.batch_size
 
 
-def _workers(predictor: Predictor, settings: ServeSettings) -> int:
-    """Batches that may run at once: a transformer gets one per core its threads leave free.
+def _workers(info: PredictorInfo, settings: ServeSettings) -> int:
+    """Batches that may run at once: a model whose family serves in chunks (a transformer)
+    gets one per core its threads leave free.
 
     Measured on 2 cores, MiniLM (ONNX, 1 thread) at concurrency 32: 220 requests/s with one
     worker, 385 with two. A small model's call takes about a millisecond, so a second worker
@@ -192,42 +164,64 @@ def _workers(predictor: Predictor, settings: ServeSettings) -> int:
     """
     if settings.workers is not None:
         return settings.workers
-    if not _is_transformer(predictor) or predictor.device.type != "cpu":
+    if info.serve_chunk is None or info.device != "cpu":
         return 1  # a GPU runs one batch at a time anyway
     return max(1, min(4, (os.cpu_count() or 1) // (settings.threads or 1)))
 
 
-def _serve_model(name: str, predictor: Predictor, state: ServeState) -> ServedModel:
+def _batch_function(
+    name: str,
+    predictor: ServablePredictor,
+    chunk: int,
+    metrics: ServeMetrics,
+    drift: DriftMonitor | None,
+) -> Callable[[list[str]], np.ndarray]:
+    """texts -> probabilities (N, C), observed for /metrics and drift in the same worker
+    thread. With a drift monitor the predictor scores and measures the texts in one pass
+    (:meth:`~fenlei.predict.Predictor.score`), so a batch is tokenized once."""
+    labels = predictor.labels
+
+    def run(texts: list[str]) -> np.ndarray:
+        if drift is None:
+            probs = predictor.predict_proba(texts, batch_size=chunk)
+            stats = None
+        else:
+            scored = predictor.score(texts, batch_size=chunk)
+            probs, stats = scored.probs, scored.stats
+        try:
+            metrics.observe_batch(name, labels, texts, probs)
+            if drift is not None:
+                drift.observe(texts, probs, stats=stats)
+        except Exception:  # monitoring must never fail a prediction
+            logger.exception("observing a batch of %s failed", name)
+        return probs
+
+    return run
+
+
+def _serve_model(name: str, predictor: ServablePredictor, state: ServeState) -> ServedModel:
     settings, metrics = state.settings, state.metrics
-    predictor.batch_size = _chunk_size(predictor, settings)
+    info = predictor.info()
     drift = DriftMonitor.from_predictor(
         predictor, window=settings.drift_window, min_samples=settings.drift_min_samples
     )
-    labels = predictor.labels
-
-    def observe(texts: list[str], probs: np.ndarray) -> None:
-        metrics.observe_batch(name, labels, texts, probs)
-        if drift is not None:
-            drift.observe(texts, probs)
-
     batch_hist = metrics.batch_size.labels(name)
     batcher = MicroBatcher(
-        predictor.predict_proba,
+        _batch_function(name, predictor, _chunk_size(info, settings), metrics, drift),
         max_batch_size=settings.max_batch_size,
         max_batch_chars=settings.max_batch_chars,
         max_wait_ms=settings.max_wait_ms,
-        observe=observe,
         on_batch=batch_hist.observe,
-        workers=_workers(predictor, settings),
+        workers=_workers(info, settings),
     )
     metrics.queue_depth.labels(name).set_function(lambda: batcher.queued_texts)
-    return ServedModel(name, predictor, batcher, drift, _model_info(name, predictor))
+    return ServedModel(name, predictor, batcher, drift, _model_info(name, info))
 
 
 def _lifespan(sources: dict[str, ModelSource], state: ServeState):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        _set_threads(state.settings.threads)
+        _configure(state.settings)
         for name, source in sources.items():
             predictor = _load(source, state.settings)
             state.models[name] = _serve_model(name, predictor, state)
@@ -310,13 +304,25 @@ def _check_limits(body: PredictRequest, settings: ServeSettings) -> None:
         )
 
 
-def _encode(name: str, labels: tuple[str, ...], probs: np.ndarray, top_k: int) -> dict[str, Any]:
+def _encode(
+    name: str, labels: tuple[str, ...], rule: DecisionRule, probs: np.ndarray, top_k: int
+) -> dict[str, Any]:
+    """The response body: the rule's decision per text (as ``Predictor.predict`` gives it)
+    and the ``top_k`` most probable labels."""
     k = min(top_k, len(labels))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # (N, C) -> (N, k)
     predictions = []
-    for row, idx in zip(probs.tolist(), order.tolist(), strict=True):
-        top = [{"label": labels[j], "probability": row[j]} for j in idx]
-        predictions.append({"label": top[0]["label"], "score": top[0]["probability"], "top": top})
+    for decided, row, idx in zip(
+        decide(probs, labels, rule), probs.tolist(), order.tolist(), strict=True
+    ):
+        predictions.append(
+            {
+                "label": decided.label,
+                "score": decided.score,
+                "labels": list(decided.labels),
+                "top": [{"label": labels[j], "probability": row[j]} for j in idx],
+            }
+        )
     return {"model": name, "predictions": predictions}
 
 
@@ -334,7 +340,8 @@ async def predict(
     """Classify texts: labels with probabilities, in input order."""
     _check_limits(body, state.settings)
     probs = await served.batcher.submit(body.texts)
-    return JSONResponse(_encode(served.name, served.predictor.labels, probs, body.top_k))
+    predictor = served.predictor
+    return JSONResponse(_encode(served.name, predictor.labels, predictor.rule, probs, body.top_k))
 
 
 async def list_models(
@@ -490,8 +497,9 @@ def create_app(
     """Build the service for run folders (loaded at start-up) or ready predictors.
 
     Args:
-        models: run folders or :class:`Predictor` objects; a list names each by its folder,
-            a mapping names them explicitly.
+        models: run folders, or predictors (a :class:`~fenlei.predict.Predictor` or any
+            object with the :class:`~fenlei.predict.ServablePredictor` surface); a list names
+            each by its folder, a mapping names them explicitly.
         settings: batching, limits, token, backend and drift window.
 
     Raises:
@@ -557,7 +565,7 @@ def serve(
     _check_port_free(host, port)
     # Load (and verify) every run folder before uvicorn starts, so a bad folder or device is
     # one clear error from this call rather than a traceback from the server's start-up.
-    _set_threads(settings.threads)
+    _configure(settings)
     loaded = {name: _load(source, settings) for name, source in _name_sources(models).items()}
     app = create_app(loaded, settings)
     uvicorn.run(

@@ -6,8 +6,13 @@ keeps the last ``window`` texts' values of each statistic, histograms them on th
 edges and reports the population stability index (PSI). Thresholds: PSI < 0.1 stable,
 0.1-0.2 warn (moderate shift), > 0.2 drifted.
 
+The per-text values come from :func:`fenlei.reference.statistics`, the function that
+measured the reference, so training and serving cannot measure differently. The service
+hands over the input statistics its predictor computed while scoring a batch
+(:meth:`~fenlei.predict.Predictor.score`), so a served batch is tokenized once.
+
 Example:
-    >>> monitor = DriftMonitor.from_run(predictor, window=1000)  # doctest: +SKIP
+    >>> monitor = DriftMonitor.from_predictor(predictor, window=1000)  # doctest: +SKIP
     >>> monitor.observe(texts, probs); monitor.report("intents").drifted  # doctest: +SKIP
 """
 
@@ -24,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from fenlei.errors import ArtifactError
-from fenlei.predict import Predictor
+from fenlei.predict import ServablePredictor, TextStats
 from fenlei.reference import (
     DRIFT_THRESHOLD,
     STATISTICS,
@@ -32,12 +37,13 @@ from fenlei.reference import (
     bin_shares,
     psi,
     psi_noise,
+    statistics,
 )
 from fenlei.serve.schemas import DriftReport, DriftStatistic
 
 __all__ = ["DriftMonitor", "load_reference"]
 
-Encode = Callable[[Sequence[str]], list[list[int]]]
+MeasureTexts = Callable[[Sequence[str]], TextStats]
 
 
 def load_reference(run_dir: Path) -> dict[str, Any] | None:
@@ -77,14 +83,12 @@ class DriftMonitor:
         self,
         reference: dict[str, Any],
         *,
-        encode: Encode,
-        unk_id: int | None,
+        text_stats: MeasureTexts,
         window: int = 1000,
         min_samples: int = 100,
     ) -> None:
         self.reference = reference
-        self.encode = encode
-        self.unk_id = unk_id
+        self.text_stats = text_stats
         self.window = window
         self.min_samples = min_samples
         thresholds = reference.get("thresholds", {})
@@ -96,42 +100,31 @@ class DriftMonitor:
 
     @classmethod
     def from_predictor(
-        cls, predictor: Predictor, *, window: int = 1000, min_samples: int = 100
+        cls, predictor: ServablePredictor, *, window: int = 1000, min_samples: int = 100
     ) -> DriftMonitor | None:
         """A monitor for a predictor loaded from a run folder; None without reference.json."""
-        if predictor.run is None:
-            return None
-        reference = load_reference(predictor.run.run_dir)
+        run_dir = predictor.info().run_dir
+        reference = None if run_dir is None else load_reference(run_dir)
         if reference is None:
             return None
         return cls(
-            reference,
-            encode=predictor.encoder.encode_ids,
-            unk_id=predictor.encoder.unk_id,
-            window=window,
-            min_samples=min_samples,
+            reference, text_stats=predictor.text_stats, window=window, min_samples=min_samples
         )
 
-    def _unknown_rates(self, texts: Sequence[str]) -> list[float]:
-        if self.unk_id is None:
-            return [0.0] * len(texts)
-        unk = self.unk_id
-        return [
-            (sum(1 for i in seq if i == unk) / len(seq)) if seq else 0.0
-            for seq in self.encode(texts)
-        ]
+    def observe(
+        self, texts: Sequence[str], probs: np.ndarray, *, stats: TextStats | None = None
+    ) -> None:
+        """Add a batch of texts and their probabilities (N, n_labels) to the window.
 
-    def observe(self, texts: Sequence[str], probs: np.ndarray) -> None:
-        """Add a batch of texts and their probabilities (N, n_labels) to the window."""
+        Args:
+            texts: the batch's texts.
+            probs: their probabilities (N, C).
+            stats: their input statistics, when the predictor already measured them while
+                scoring (else they are measured here, which tokenizes the texts again).
+        """
         if len(texts) == 0:
             return
-        values: dict[str, Sequence[float]] = {
-            "length": [float(len(t)) for t in texts],
-            "label": probs.argmax(axis=1).astype(float).tolist(),
-            "confidence": probs.max(axis=1).astype(float).tolist(),
-        }
-        if "unknown_rate" in self.names:
-            values["unknown_rate"] = self._unknown_rates(texts)
+        values = statistics(self.text_stats(texts) if stats is None else stats, probs)
         with self._lock:
             for name in self.names:
                 self._values[name].extend(values[name])

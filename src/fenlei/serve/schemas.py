@@ -205,10 +205,15 @@ class LabelScore(_Frozen):
 
 
 class TextPrediction(_Frozen):
-    """The result for one text: best label, its probability and the top-k labels."""
+    """The result for one text: best label, its probability, the chosen labels and the
+    top-k labels (the same decision as ``Predictor.predict``)."""
 
-    label: str
-    score: float
+    label: str = Field(description="The most probable label.")
+    score: float = Field(description="Its probability.")
+    labels: list[str] = Field(
+        description="The labels the model's decision rule chose: the best label, or for a "
+        "multi-label model every label whose probability reaches the threshold (maybe none)."
+    )
     top: list[LabelScore]
 
 
@@ -224,10 +229,12 @@ class ModelInfo(_Frozen):
 
     name: str
     labels: list[str]
+    multi_label: bool = Field(description="Whether a text may get several labels (or none).")
     version: str = Field(description="fenlei version + first 12 hex of the weights' sha256.")
     preset: str
     architecture: str
     backend: str
+    kind: str = Field(description="What the run folder holds: single (one model).")
     metrics: dict[str, float | int | None] = Field(
         description="Headline dev/test metrics from training (accuracy, macro F1, ...)."
     )
