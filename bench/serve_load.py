@@ -44,21 +44,21 @@ MAX_REQUESTS = 2_000_000  # hard bound per level, whatever the duration
 def _naive_app(run: str, backend: str, threads: int) -> Any:
     from fastapi import FastAPI
 
-    from fenlei.predict import OnnxModule, Predictor
+    from fenlei.decision import decide
+    from fenlei.predict import Predictor
 
-    predictor = Predictor.from_run(run, backend=backend)
-    if threads and isinstance(predictor.model, OnnxModule):  # same threads as fenlei's
-        predictor.model = OnnxModule(predictor.model.path, threads=threads)
+    # same ONNX Runtime threads as fenlei's (torch's are set process-wide by _serve_main)
+    predictor = Predictor.from_run(run, backend=backend, threads=threads or None)
     app = FastAPI()
 
     @app.post("/v1/models/{name}/predict")
     def predict(name: str, body: dict[str, Any]) -> dict[str, Any]:
         probs = predictor.predict_proba(body["texts"])  # one model call per request
+        decided = decide(probs, predictor.labels, predictor.rule)
         return {
             "model": name,
             "predictions": [
-                {"label": predictor.labels[int(row.argmax())], "score": float(row.max())}
-                for row in probs
+                {"label": d.label, "score": d.score, "labels": list(d.labels)} for d in decided
             ],
         }
 
@@ -73,23 +73,21 @@ def _pipeline_app(run: str) -> Any:
     from fastapi import FastAPI
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-    from fenlei.predict import Predictor
+    from fenlei.artifact import load_run
 
-    predictor = Predictor.from_run(run, backend="torch")
-    assert predictor.run is not None
-    encoder_dir = predictor.run.config.model.pretrained or predictor.run.config.encoder.pretrained
+    loaded = load_run(run)  # the run's config names the pretrained encoder and its length
+    labels, config = loaded.labels, loaded.config
+    encoder_dir = config.model.pretrained or config.encoder.pretrained
     from fenlei.tokenize import resolve_pretrained
 
     path = resolve_pretrained(str(encoder_dir))
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=len(predictor.labels)
-    )
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
     tokenizer = AutoTokenizer.from_pretrained(path)
     import torch
 
     gpu = 0 if torch.cuda.is_available() else -1  # where fenlei and naive run too (auto)
     pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, device=gpu)
-    max_length = predictor.run.config.encoder.max_length
+    max_length = config.encoder.max_length
     app = FastAPI()
 
     @app.post("/v1/models/{name}/predict")
@@ -110,13 +108,14 @@ def _pipeline_app(run: str) -> Any:
 def _serve_main(
     kind: str, run: str, port: int, max_batch_size: int, max_wait_ms: float, backend: str
 ) -> None:
-    import torch
     import uvicorn
 
-    # Same intra-op threads for every server (FENLEI_BENCH_THREADS, default 1; 0 = torch's).
+    from fenlei.runtime import configure_torch
+
+    # Same intra-op threads for every server (FENLEI_BENCH_THREADS, default 1; 0 = torch's),
+    # and flush-denormal as fenlei serve sets it.
     threads = int(os.environ.get("FENLEI_BENCH_THREADS", "1"))
-    if threads:
-        torch.set_num_threads(threads)
+    configure_torch(threads=threads or None)
     if kind == "fenlei":
         from fenlei.serve.app import create_app
         from fenlei.serve.schemas import ServeSettings

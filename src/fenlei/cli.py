@@ -79,10 +79,12 @@ def _summary_table(summaries: list[Any]) -> Table:
 
 
 def _metrics_table(metrics: dict[str, Any], title: str) -> Table:
+    from fenlei.predict import HEADLINE_METRICS
+
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("n", "accuracy", "macro_f1", "micro_f1", "roc_auc"):
+    for key in HEADLINE_METRICS:
         if key in metrics:
             value = metrics[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
@@ -253,15 +255,16 @@ def evaluate(
 
     Example: fenlei evaluate runs/r1 test.csv --json test-metrics.json --plots plots/
     """
-    from fenlei.config import load_config
+    from fenlei.config import DataConfig, load_config
     from fenlei.data import load_table
     from fenlei.evaluate import evaluate as evaluate_metrics
     from fenlei.evaluate import plot_confusion
     from fenlei.predict import Predictor
+    from fenlei.runtime import configure_torch
 
+    configure_torch()
     predictor = Predictor.from_run(run)
-    assert predictor.run is not None
-    data_cfg = predictor.run.config.data
+    data_cfg = predictor.info().data or DataConfig()  # the columns the run was trained on
     if text_col or label_col:
         data_cfg = load_config(None, _overrides(None, text_col, label_col)).data.model_copy(
             update={"multi_label": data_cfg.multi_label, "label_sep": data_cfg.label_sep}
@@ -299,6 +302,7 @@ def predict(
     from fenlei.data import check_text
     from fenlei.errors import DataError
     from fenlei.predict import Predictor
+    from fenlei.runtime import configure_torch
 
     if not texts and not file:
         raise typer.BadParameter("give texts to classify, or --file with --out")
@@ -310,6 +314,7 @@ def predict(
                 f"text argument {number} {text[:40]!a} {problem}; pass the text as UTF-8 "
                 "(check the terminal's encoding or the locale, e.g. LANG=C.UTF-8)"
             )
+    configure_torch()
     predictor = Predictor.from_run(run)
     if file and out_file:
         cfg = DataConfig(text_cols=text_col) if text_col else DataConfig()
