@@ -4,6 +4,9 @@ The public API, imported lazily so ``import fenlei`` stays fast::
 
     from fenlei import TextClassifier
     clf = TextClassifier("linear").fit(texts, labels)
+
+or step by step: ``load_table`` -> ``prepare_splits`` -> ``train_run`` -> ``Predictor`` ->
+``evaluate``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ if TYPE_CHECKING:
     from fenlei.config import RunConfig, load_config
     from fenlei.data import Dataset, bundled_dataset_path, load_table
     from fenlei.errors import ArtifactError, ConfigError, DataError, FenleiError
+    from fenlei.evaluate import evaluate
+    from fenlei.pipeline import prepare_splits, train_run
     from fenlei.predict import Prediction, Predictor
 
 __all__ = [
@@ -32,8 +37,11 @@ __all__ = [
     "TextClassifier",
     "__version__",
     "bundled_dataset_path",
+    "evaluate",
     "load_config",
     "load_table",
+    "prepare_splits",
+    "train_run",
 ]
 
 _HOME = {
@@ -49,6 +57,9 @@ _HOME = {
     "Prediction": "fenlei.predict",
     "Predictor": "fenlei.predict",
     "TextClassifier": "fenlei.classifier",
+    "prepare_splits": "fenlei.pipeline",
+    "train_run": "fenlei.pipeline",
+    "evaluate": "fenlei.evaluate",
 }
 
 
