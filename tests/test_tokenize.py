@@ -6,8 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from fenlei.config import EncoderConfig
+from fenlei.data import bundled_dataset_path, load_table
 from fenlei.errors import ArtifactError, ConfigError, DataError
 from fenlei.tokenize import Encoder, train_encoder
 
@@ -131,3 +133,55 @@ def test_encode_ids_names_the_text_the_tokenizer_refuses(bad: object, problem: s
         enc.encode_ids(["fine", bad, "fine"])  # type: ignore[list-item]
     assert "vocab_size" not in str(info.value)
     assert enc.encode_ids(["fine"])  # the encoder still works
+
+
+# On the bundled data, 2,000 pieces is where the trainers' hash-map tie-breaking used to show:
+# four WordPiece trainings gave four vocabularies (600 or 1,000 pieces happened to agree).
+@pytest.mark.parametrize("kind", ["wordpiece", "word", "unigram"])
+def test_same_texts_and_config_give_the_same_tokenizer(kind: str) -> None:
+    texts = load_table(bundled_dataset_path("train")).texts
+    cfg = EncoderConfig(kind=kind, vocab_size=2000)
+    first = train_encoder(texts, cfg).tokenizer.to_str()
+    for _ in range(3):
+        assert train_encoder(texts, cfg).tokenizer.to_str() == first
+
+
+def test_wordpiece_adds_only_pad_and_unk_as_special_tokens() -> None:
+    enc = train_encoder(TEXTS, EncoderConfig(vocab_size=200, min_frequency=1))
+    added = enc.tokenizer.get_added_tokens_decoder()
+    assert [t.content for _, t in sorted(added.items())] == ["[PAD]", "[UNK]"]
+    assert enc.tokenizer.token_to_id("##r") is not None  # a piece, not an added token
+    assert "##r" not in enc.tokenizer.encode("##r").tokens
+    assert enc.vocab_size <= 200
+
+
+def test_two_trainings_of_a_run_give_identical_weights(tmp_path: Path) -> None:
+    """``lstm`` and ``seed-lstm`` runs reproduce: same command, same tokenizer and weights."""
+    from safetensors.torch import load_file
+
+    from fenlei.classifier import TextClassifier
+
+    train = load_table(bundled_dataset_path("train"))
+    dev = load_table(bundled_dataset_path("dev"))
+    tiny = [
+        "train.threads=1",
+        "eval.plots=false",
+        "encoder.vocab_size=2000",
+        "encoder.max_length=32",
+        "model.embedding_dim=16",
+        "model.hidden_size=16",
+    ]
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        TextClassifier("lstm", overrides=tiny, epochs=1, run_dir=run).fit(
+            train.texts,
+            [labels[0] for labels in train.labels],
+            X_dev=dev.texts,
+            y_dev=[labels[0] for labels in dev.labels],
+        )
+    a, b = ((run / "tokenizer.json").read_text(encoding="utf-8") for run in runs)
+    assert a == b
+    first, second = (load_file(run / "model.safetensors") for run in runs)
+    assert first.keys() == second.keys()
+    for name, tensor in first.items():
+        assert torch.equal(tensor, second[name]), name

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
@@ -194,7 +195,9 @@ def train_encoder(texts: Iterable[str], cfg: EncoderConfig) -> Encoder:
 
     ``word`` keeps the ``vocab_size`` most frequent whole words (each punctuation mark and
     each CJK character is a word of its own; the rest is unknown), as fastText does; with
-    ``drop_punctuation`` it is the Keras ``Tokenizer``.
+    ``drop_punctuation`` it is the Keras ``Tokenizer``. The same texts and config give the
+    same ``tokenizer.json`` every time (Unigram: see docs/architecture.md for the one
+    float-rounding caveat).
 
     Args:
         texts: the training texts (never dev or test).
@@ -208,42 +211,15 @@ def train_encoder(texts: Iterable[str], cfg: EncoderConfig) -> Encoder:
             or the vocabulary cannot hold every character of the texts.
         DataError: a text is not a string or not encodable as UTF-8 (names its index).
     """
-    special = [PAD, UNK]
-    trainer: trainers.Trainer
-    if cfg.kind == "wordpiece":
-        tok = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=100))
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=cfg.vocab_size,
-            min_frequency=cfg.min_frequency,
-            special_tokens=special,
-            show_progress=False,
-        )
-        tok.decoder = decoders.WordPiece()
-    elif cfg.kind == "word":
-        tok = Tokenizer(models.WordLevel(unk_token=UNK))
-        trainer = trainers.WordLevelTrainer(
-            vocab_size=cfg.vocab_size,
-            min_frequency=cfg.min_frequency,
-            special_tokens=special,
-            show_progress=False,
-        )
-    elif cfg.kind == "unigram":
-        tok = Tokenizer(models.Unigram())
-        trainer = trainers.UnigramTrainer(
-            vocab_size=cfg.vocab_size, special_tokens=special, unk_token=UNK, show_progress=False
-        )
-    else:
+    if cfg.kind == "pretrained":
         raise ConfigError("encoder.kind=pretrained is loaded, not trained")
-    tok.normalizer = _normalizer(cfg)
-    # Keras's word split keeps "don't" whole; otherwise every punctuation mark is a token
-    keras_words = cfg.kind == "word" and cfg.drop_punctuation
-    tok.pre_tokenizer = (
-        pre_tokenizers.WhitespaceSplit() if keras_words else pre_tokenizers.BertPreTokenizer()
-    )
+    texts = list(_checked_texts(texts))  # WordPiece reads them twice
+    special = [PAD, UNK]
+    if cfg.kind == "wordpiece":
+        special += _continuation_pieces(texts, cfg)
+    tok = _blank_tokenizer(cfg)
     try:
-        tok.train_from_iterator(_checked_texts(texts), trainer=trainer)
-    except DataError:
-        raise
+        tok.train_from_iterator(texts, trainer=_trainer(cfg, special))
     except Exception as exc:  # tokenizers raises bare Exceptions
         # only the Unigram trainer's "not large enough to contain all chars" is about the size
         advice = "; raise encoder.vocab_size" if "not large enough" in str(exc) else ""
@@ -251,30 +227,101 @@ def train_encoder(texts: Iterable[str], cfg: EncoderConfig) -> Encoder:
             f"cannot train a {cfg.kind} vocabulary of encoder.vocab_size={cfg.vocab_size}: "
             f"{exc}{advice}"
         ) from exc
-    _canonical_ids(tok, cfg, special)
+    tok = _canonical_tokenizer(tok, cfg)
     logger.info("trained a %s vocabulary of %d entries", cfg.kind, tok.get_vocab_size())
     return Encoder(tok, cfg)
 
 
-def _canonical_ids(tok: Tokenizer, cfg: EncoderConfig, special: list[str]) -> None:
-    """Renumber the vocabulary in a fixed order (specials first, then sorted).
+def _blank_tokenizer(cfg: EncoderConfig, model: models.Model | None = None) -> Tokenizer:
+    """An untrained tokenizer of ``cfg.kind`` (or around ``model``) with fenlei's text steps."""
+    if model is None and cfg.kind == "wordpiece":
+        model = models.WordPiece(unk_token=UNK, max_input_chars_per_word=100)
+    elif model is None:
+        model = models.WordLevel(unk_token=UNK) if cfg.kind == "word" else models.Unigram()
+    tok = Tokenizer(model)
+    tok.normalizer = _normalizer(cfg)
+    # Keras's word split keeps "don't" whole; otherwise every punctuation mark is a token
+    keras_words = cfg.kind == "word" and cfg.drop_punctuation
+    tok.pre_tokenizer = (
+        pre_tokenizers.WhitespaceSplit() if keras_words else pre_tokenizers.BertPreTokenizer()
+    )
+    if cfg.kind == "wordpiece":
+        tok.decoder = decoders.WordPiece()
+    return tok
 
-    The trainers break ties through hash maps, so the same texts can yield the same pieces
-    under different ids; sorted ids make the same vocabulary give the same model.
+
+def _trainer(cfg: EncoderConfig, special: list[str]) -> trainers.Trainer:
+    if cfg.kind == "wordpiece":
+        return trainers.WordPieceTrainer(
+            vocab_size=cfg.vocab_size,
+            min_frequency=cfg.min_frequency,
+            special_tokens=special,
+            show_progress=False,
+        )
+    if cfg.kind == "word":
+        return trainers.WordLevelTrainer(
+            vocab_size=cfg.vocab_size,
+            min_frequency=cfg.min_frequency,
+            special_tokens=special,
+            show_progress=False,
+        )
+    return trainers.UnigramTrainer(
+        vocab_size=cfg.vocab_size, special_tokens=special, unk_token=UNK, show_progress=False
+    )
+
+
+def _continuation_pieces(texts: list[str], cfg: EncoderConfig) -> list[str]:
+    """``##c`` for every character ``c`` that occurs inside a word, sorted.
+
+    Why WordPiece needs them up front: its trainer (BPE underneath) gives each ``##c`` an id
+    in the order it meets words in a hash map with a per-instance random seed, then breaks
+    ties between equally frequent pairs by id. So four trainings on the same texts merged
+    tied pairs in four orders and made four vocabularies. Passed as special tokens, these
+    pieces get their ids from this sorted list instead and every tie is broken the same way;
+    the trainer would have created exactly these pieces anyway, so the vocabulary keeps its
+    size. The words are counted by the same normalizer and pre-tokenizer, in Rust.
     """
+    counter = _blank_tokenizer(cfg, models.WordLevel(unk_token=UNK))
+    counter.train_from_iterator(
+        texts, trainer=trainers.WordLevelTrainer(vocab_size=sys.maxsize, show_progress=False)
+    )
+    inner = {char for word in counter.get_vocab() for char in word[1:]}
+    return [f"##{char}" for char in sorted(inner)]
+
+
+# Unigram scores are log-probabilities from EM whose float sums run in hash-map and thread
+# order, so they differ between trainings in the last bits (about 1e-14); rounded, they agree.
+_SCORE_DECIMALS = 4
+
+
+def _canonical_tokenizer(trained: Tokenizer, cfg: EncoderConfig) -> Tokenizer:
+    """A fresh tokenizer over the trained vocabulary, renumbered in a fixed order.
+
+    Specials first, then the pieces sorted (Unigram: by rounded score, then piece), so the
+    same vocabulary always gets the same ids. Built anew so that only ``[PAD]`` and
+    ``[UNK]`` are added tokens (WordPiece training also registers the ``##c`` pieces).
+    """
+    special = [PAD, UNK]
+    model: models.Model
     if cfg.kind in ("wordpiece", "word"):
-        pieces = [t for t in tok.get_vocab() if t not in special]
+        pieces = [t for t in trained.get_vocab() if t not in special]
         vocab = {t: i for i, t in enumerate([*special, *sorted(pieces)])}
-        tok.model = (
+        model = (
             models.WordLevel(vocab=vocab, unk_token=UNK)
             if cfg.kind == "word"
             else models.WordPiece(vocab=vocab, unk_token=UNK, max_input_chars_per_word=100)
         )
-        return
-    scored = json.loads(tok.to_str())["model"]["vocab"]
-    specials = [(p, s) for p, s in scored if p in special]
-    rest = sorted(((p, s) for p, s in scored if p not in special), key=lambda ps: (-ps[1], ps[0]))
-    tok.model = models.Unigram([*specials, *rest], unk_id=special.index(UNK), byte_fallback=False)
+    else:
+        scored = json.loads(trained.to_str())["model"]["vocab"]
+        specials = [(p, s) for p, s in scored if p in special]
+        rest = sorted(
+            ((p, round(s, _SCORE_DECIMALS)) for p, s in scored if p not in special),
+            key=lambda ps: (-ps[1], ps[0]),
+        )
+        model = models.Unigram([*specials, *rest], unk_id=special.index(UNK), byte_fallback=False)
+    tok = _blank_tokenizer(cfg, model)
+    tok.add_special_tokens(special)
+    return tok
 
 
 def resolve_pretrained(name: str) -> str:
