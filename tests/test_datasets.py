@@ -12,6 +12,7 @@ import hashlib
 import http.server
 import io
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +43,8 @@ class _Server:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.cut_after: int | None = None
+        self.send_length = True  # False: no Content-Length, the body ends when the socket closes
+        self.sent: list[int] = []  # bytes each response managed to send before the client left
         self.requests: list[dict[str, Any]] = []
         server = self
 
@@ -68,14 +71,27 @@ class _Server:
                 else:
                     self.send_response(200)
                 payload = body[start:]
-                self.send_header("Content-Length", str(len(payload)))
+                if server.send_length:
+                    self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 if server.cut_after is not None:
                     self.wfile.write(payload[: server.cut_after])
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                self.wfile.write(payload)
+                self._send_in_blocks(payload)
+
+            def _send_in_blocks(self, payload: bytes) -> None:
+                sent = 0
+                try:
+                    for at in range(0, len(payload), 4096):
+                        self.wfile.write(payload[at : at + 4096])
+                        self.wfile.flush()
+                        sent += len(payload[at : at + 4096])
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client stopped reading: what the size cap is for
+                server.sent.append(sent)
+                self.close_connection = True
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -175,6 +191,61 @@ def test_truncated_file_on_the_server_is_an_error(
     with pytest.raises(datasets.DownloadError, match="truncated"):
         datasets.get("sst2", cache=tmp_path, base_url=server.url)
     assert _leftovers(tmp_path) == ["downloads"]
+
+
+def test_oversized_file_is_refused_before_it_is_written(
+    tmp_path: Path, server: _Server, sst2: bytes
+) -> None:
+    server.files["SST-2.zip"] = sst2 * 60  # a mirror serving something 60x the published size
+    with pytest.raises(datasets.DownloadError, match="more than the") as info:
+        datasets.get("sst2", cache=tmp_path, base_url=server.url)
+    assert f"announces {len(sst2) * 60:,} bytes, more than the {len(sst2):,}" in str(info.value)
+    assert "--base-url" in str(info.value)
+    assert _leftovers(tmp_path) == ["downloads"]
+
+
+def test_oversized_file_without_a_length_is_cut_at_the_published_size(
+    tmp_path: Path, server: _Server, sst2: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.send_length = False  # the client learns the size only by reading
+    server.files["SST-2.zip"] = sst2 + bytes(32 << 20)  # more than any socket buffers hold
+    written: list[int] = []
+    real_copy = datasets._copy_capped
+
+    def spy(*args: Any) -> int:
+        try:
+            return real_copy(*args)
+        finally:
+            written.append(args[1].tell())
+
+    monkeypatch.setattr(datasets, "_copy_capped", spy)
+    with pytest.raises(datasets.DownloadError, match=f"sends more than the {len(sst2):,} bytes"):
+        datasets.get("sst2", cache=tmp_path, base_url=server.url)
+    assert written and written[0] <= len(sst2)  # never wrote past the published size
+    assert _leftovers(tmp_path) == ["downloads"]
+    # the client hung up instead of reading the rest: the server could not send it all
+    for _ in range(1000):
+        if server.sent:
+            break
+        time.sleep(0.01)
+    assert server.sent and server.sent[0] < len(server.files["SST-2.zip"])
+
+
+def test_a_part_file_longer_than_the_published_size_is_restarted(
+    tmp_path: Path, server: _Server, sst2: bytes
+) -> None:
+    part = tmp_path / "downloads" / "SST-2.zip.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"x" * (len(sst2) + 10))
+    ds = datasets.get("sst2", cache=tmp_path, base_url=server.url)
+    assert ds.rows["train"] == 3
+    assert server.requests[-1]["range"] is None
+
+
+def test_every_registry_file_has_a_byte_limit() -> None:
+    for spec in datasets.list_datasets():
+        for remote in spec.files:
+            assert remote.byte_limit is not None, remote.name
 
 
 def test_unverified_file_is_refused_until_accepted(

@@ -31,6 +31,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from fenlei.errors import DataError
 
@@ -58,12 +59,22 @@ class DownloadError(DataError):
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """One upstream file: where it is, its published sha256 (None when unknown) and size."""
+    """One upstream file: where it is, its published sha256 (None when unknown) and size.
+
+    ``size`` is the exact size in bytes; where no exact size is published, ``max_size`` is
+    an upper bound. A download stops as soon as it passes either (see :attr:`byte_limit`).
+    """
 
     name: str
     url: str
     sha256: str | None
     size: int | None = None
+    max_size: int | None = None
+
+    @property
+    def byte_limit(self) -> int | None:
+        """The most bytes a download of this file may write (None: no limit known)."""
+        return self.size if self.size is not None else self.max_size
 
 
 @dataclass(frozen=True)
@@ -294,6 +305,7 @@ REGISTRY: dict[str, KnownDataset] = {
                     "https://raw.githubusercontent.com/zejunwang1/bertorch/"
                     "cd2075223142ad3d21dc4221e8a12ed8c730b052/data/ChnSentiCorp/ChnSentiCorp.zip",
                     None,
+                    1954058,  # the blob's size in that commit's git tree
                 ),
             ),
             _parse_chnsenticorp,
@@ -313,6 +325,9 @@ REGISTRY: dict[str, KnownDataset] = {
                     "sms_spam_collection.zip",
                     "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
                     None,
+                    # no size is published: 5,574 short messages (about 480 KB of text) zip
+                    # to far less than this bound
+                    max_size=2_000_000,
                 ),
             ),
             _parse_sms_spam,
@@ -380,9 +395,50 @@ def _source_url(remote: RemoteFile, base_url: str | None) -> str:
     return remote.url
 
 
-def _fetch(url: str, part: Path, *, timeout: float) -> None:
-    """Download ``url`` into ``part``, continuing from its current size with HTTP Range."""
+class _OverLimitError(Exception):
+    """The server sends more bytes than the file may have (carries how many were kept)."""
+
+    def __init__(self, kept: int, announced: int | None = None) -> None:
+        super().__init__(kept)
+        self.kept = kept
+        self.announced = announced
+
+
+def _over_limit(url: str, part: Path, limit: int, exc: _OverLimitError) -> DownloadError:
+    part.unlink(missing_ok=True)
+    if exc.announced is not None:
+        what = f"announces {exc.announced:,} bytes, more than the {limit:,} this file has"
+    else:
+        what = f"sends more than the {limit:,} bytes this file has (stopped at {exc.kept:,})"
+    return DownloadError(
+        f"{url} {what}; the download was stopped and the partial file deleted. The server "
+        "has a different file: retry later or from another mirror with --base-url"
+    )
+
+
+def _copy_capped(
+    response: http.client.HTTPResponse, fh: IO[bytes], have: int, limit: int | None
+) -> int:
+    """Copy the body into ``fh`` (which holds ``have`` bytes); never let it pass ``limit``."""
+    received = 0
+    while block := response.read(CHUNK):
+        if limit is not None and have + received + len(block) > limit:
+            raise _OverLimitError(have + received)
+        fh.write(block)
+        received += len(block)
+    return received
+
+
+def _fetch(url: str, part: Path, *, timeout: float, limit: int | None = None) -> None:
+    """Download ``url`` into ``part``, continuing from its current size with HTTP Range.
+
+    A download that would pass ``limit`` bytes stops (before the first byte when the server
+    announces the length), and the ``.part`` file is deleted.
+    """
     have = part.stat().st_size if part.exists() else 0
+    if limit is not None and have > limit:  # left by a server that sent too much before
+        part.unlink()
+        have = 0
     request = urllib.request.Request(url, headers={"User-Agent": "fenlei"})
     if have:
         request.add_header("Range", f"bytes={have}-")
@@ -398,13 +454,16 @@ def _fetch(url: str, part: Path, *, timeout: float) -> None:
         resumed = have > 0 and response.status == 206
         if have and not resumed:
             logger.info("%s ignored the Range request; downloading from the start", url)
+        start = have if resumed else 0
         expected = response.headers.get("Content-Length")
-        received = 0
         try:
+            if limit is not None and expected is not None and start + int(expected) > limit:
+                raise _OverLimitError(start, start + int(expected))
             with part.open("ab" if resumed else "wb") as fh:
-                while block := response.read(CHUNK):
-                    fh.write(block)
-                    received += len(block)
+                received = _copy_capped(response, fh, start, limit)
+        except _OverLimitError as exc:
+            assert limit is not None
+            raise _over_limit(url, part, limit, exc) from None
         except (OSError, http.client.IncompleteRead) as exc:
             raise DownloadError(
                 f"download of {url} stopped after {part.stat().st_size:,} bytes ({exc}); "
@@ -436,7 +495,7 @@ def _download(
     final.unlink(missing_ok=True)
     part = folder / (remote.name + ".part")
     url = _source_url(remote, base_url)
-    _fetch(url, part, timeout=timeout)
+    _fetch(url, part, timeout=timeout, limit=remote.byte_limit)
     size = part.stat().st_size
     if remote.size is not None and size < remote.size:
         # the server finished its response, so its copy is short: resuming cannot help
