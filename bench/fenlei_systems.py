@@ -19,6 +19,7 @@ from bench.peers import _common as c
 from fenlei.config import load_config
 from fenlei.data import Dataset
 from fenlei.pipeline import prepare_splits, train_run
+from fenlei.runtime import configure_torch
 
 # run-folder files needed to load a model (checkpoint/ and plots/ are training by-products)
 MODEL_FILES = (
@@ -42,9 +43,9 @@ def main() -> None:
     task = c.load_task()
     opts: dict[str, Any] = task.get("options", {})
     threads = int(os.environ.get("BENCH_THREADS", "2"))
-    torch.set_num_threads(threads)
     overrides = [f"train.threads={threads}", "eval.plots=false", *opts.get("overrides", [])]
     cfg = load_config(opts["preset"], overrides)
+    configure_torch(threads=threads, seed=cfg.train.seed)
     train = _dataset(task["train"], task.get("train_limit"))
     splits = prepare_splits(cfg.data, train, _dataset(task["valid"]), _dataset(task["test"]))
     run_dir = Path(task["workdir"]) / "run"
@@ -65,9 +66,9 @@ def main() -> None:
             "model_bytes": size,
             "best_epoch": result.metrics["best_epoch"],
             "epochs_run": result.metrics["epochs_run"],
-            "dev_accuracy_per_epoch": [h["dev"]["accuracy"] for h in result.history],
-            # a solved family (nbsvm): one record per C instead of per epoch
-            **({"c_values": [h["c"] for h in result.history]} if "c" in result.history[0] else {}),
+            "dev_accuracy_per_epoch": [h.dev["accuracy"] for h in result.history],
+            # a solved family (nbsvm): the setting of each solve ({"c": ...})
+            **({"params": [h.param for h in result.history]} if result.history[0].param else {}),
             "settings": {"preset": opts["preset"], "overrides": overrides},
             "versions": {"fenlei": version("fenlei"), "torch": torch.__version__},
             **timing,

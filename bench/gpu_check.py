@@ -68,6 +68,7 @@ def main() -> None:
     from fenlei.data import bundled_dataset_path, load_table
     from fenlei.pipeline import prepare_splits, train_run
     from fenlei.predict import Predictor
+    from fenlei.runtime import configure_torch
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("."))
@@ -93,6 +94,7 @@ def main() -> None:
                 "eval.plots=false",
             ],
         )
+        configure_torch(seed=cfg.train.seed)
         started = time.perf_counter()
         run = train_run(cfg, prepare_splits(cfg.data, data["train"], data["dev"]), Path(tmp) / "r")
         result["train_seconds"] = time.perf_counter() - started

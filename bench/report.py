@@ -122,9 +122,12 @@ def _system_note(cell: dict[str, Any]) -> str:
     notes.append(f"{cell.get('threads', 2)} thread(s)")  # cells before the field: 2
     if cell.get("machine", {}).get("loadavg"):
         notes.append(f"load {cell['machine']['loadavg'][0]:.1f}")
-    if "c_values" in det:
-        tried = ", ".join(f"{c:g}" for c in det["c_values"])
-        notes.append(f"best C {det['c_values'][det['best_epoch'] - 1]:g} of {tried}")
+    # a solved family: the setting of each solve (cells written before "params": "c_values")
+    params = det.get("params") or [{"c": c} for c in det.get("c_values", [])]
+    if params:
+        best = params[det["best_epoch"] - 1]
+        tried = ", ".join(" ".join(f"{v:g}" for v in p.values()) for p in params)
+        notes.append(f"best {' '.join(f'{k} {v:g}' for k, v in best.items())} of {tried}")
     elif "best_epoch" in det:
         notes.append(f"best epoch {det['best_epoch']}/{det.get('epochs_run')}")
     if "max_length" in settings:

@@ -23,6 +23,7 @@ from fenlei.config import load_config
 from fenlei.data import load_table
 from fenlei.pipeline import prepare_splits, train_run
 from fenlei.progress import RichProgress
+from fenlei.runtime import configure_torch
 
 HERE = Path(__file__).resolve().parent
 
@@ -43,6 +44,7 @@ def main() -> None:
     test = load_table(args.data / "test.csv.gz", cfg.data)
     splits = prepare_splits(cfg.data, train, None, test)
     load_seconds = time.perf_counter() - started
+    configure_torch(threads=cfg.train.threads, seed=cfg.train.seed)
     result = train_run(
         cfg,
         splits,
@@ -51,7 +53,7 @@ def main() -> None:
         resume=args.resume,
         progress=RichProgress(cfg.train.monitor),
     )
-    epochs = [r["seconds"] for r in result.history]
+    epochs = [r.seconds for r in result.history]
     report = {
         "benchmark": "seed_imdb",
         "preset": args.preset,
@@ -62,7 +64,7 @@ def main() -> None:
         "test_accuracy": result.metrics["test"]["accuracy"],
         "test_macro_f1": result.metrics["test"]["macro_f1"],
         "best_epoch": result.metrics["best_epoch"],
-        "dev_accuracy_per_epoch": [r["dev"]["accuracy"] for r in result.history],
+        "dev_accuracy_per_epoch": [r.dev["accuracy"] for r in result.history],
         "seconds_per_epoch": epochs,
         "mean_seconds_per_epoch": sum(epochs) / len(epochs),
         "train_seconds_total": result.metrics["train_seconds"],

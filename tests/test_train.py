@@ -15,12 +15,22 @@ import numpy as np
 import pytest
 import torch
 
-from fenlei import train as train_module
 from fenlei.config import load_config
 from fenlei.data import Dataset, bundled_dataset_path
 from fenlei.pipeline import prepare_splits, train_run
 from fenlei.predict import Predictor
-from fenlei.train import training_batches, use_mixed_precision
+from fenlei.records import EpochRecord
+from fenlei.train import (
+    CheckpointWriter,
+    LoopState,
+    TrainData,
+    fit,
+    should_checkpoint,
+    training_batches,
+    use_mixed_precision,
+)
+from fenlei.train import checkpoint as checkpoint_module
+from fenlei.train import loop as loop_module
 
 LSTM_TINY = [
     "train.threads=1",
@@ -51,6 +61,22 @@ def _train(bundled: dict[str, Dataset], run_dir: Path, overrides: list[str]) -> 
     splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"])
     result = train_run(cfg, splits, run_dir)
     return result.predictor.predict_proba(bundled["test"].texts[:50])
+
+
+def _tiny_lstm(
+    bundled: dict[str, Dataset], cfg: Any
+) -> tuple[torch.nn.Module, TrainData, TrainData]:
+    from fenlei.data import LabelSet
+    from fenlei.models import ModelSpec, build_model
+    from fenlei.tokenize import train_encoder
+
+    labels = LabelSet.fit(bundled["train"])
+    encoder = train_encoder(bundled["train"].texts, cfg.encoder)
+    spec = ModelSpec(vocab_size=encoder.vocab_size, pad_id=encoder.pad_id, n_outputs=len(labels))
+    model = build_model(cfg.model, spec)
+    data = TrainData.from_dataset(bundled["train"], labels, encoder, n_out=len(labels))
+    dev = TrainData.from_dataset(bundled["dev"], labels, encoder, n_out=len(labels))
+    return model, data, dev
 
 
 def test_training_is_reproducible(bundled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -174,17 +200,11 @@ def test_best_checkpoint_matches_the_best_epoch_every_checkpoint_records(  # typ
     from safetensors import safe_open
 
     from fenlei.artifact import PROGRESS_KEY
-    from fenlei.data import LabelSet
-    from fenlei.models import ModelSpec, build_model
-    from fenlei.tokenize import train_encoder
-    from fenlei.train import fit
+    from fenlei.models import family_of
 
     cfg = load_config("lstm", [*LSTM_TINY, "train.epochs=4", "train.patience=none"])
-    labels = LabelSet.fit(bundled["train"])
-    encoder = train_encoder(bundled["train"].texts, cfg.encoder)
-    spec = ModelSpec(vocab_size=encoder.vocab_size, pad_id=encoder.pad_id, n_outputs=len(labels))
-    model = build_model(cfg.model, spec)
-    run = fit(model, encoder, bundled["train"], bundled["dev"], labels, cfg.train, run_dir=tmp_path)
+    model, data, dev = _tiny_lstm(bundled, cfg)
+    run = fit(model, family_of("lstm.v1"), data, dev, cfg.train, run_dir=tmp_path)
 
     def progress(path: Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
@@ -202,7 +222,6 @@ def test_best_checkpoint_matches_the_best_epoch_every_checkpoint_records(  # typ
 def test_checkpoint_writer_reraises_errors_from_its_thread(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import fenlei.train as train_module
     from fenlei.artifact import CheckpointSnapshot
     from fenlei.errors import ArtifactError
 
@@ -210,7 +229,7 @@ def test_checkpoint_writer_reraises_errors_from_its_thread(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("fenlei.artifact.save_file", disk_full)
-    writer = train_module._CheckpointWriter()
+    writer = CheckpointWriter()
     writer.submit(tmp_path, CheckpointSnapshot({}, {}), best=False)
     with pytest.raises(ArtifactError, match=r"cannot write the checkpoint.*free disk space"):
         writer.close()
@@ -230,8 +249,8 @@ def test_checkpoint_writer_queues_the_newest_and_never_blocks(
         release.wait(timeout=10)
         written.append((snap.progress["epoch"], best))
 
-    monkeypatch.setattr(train_module, "write_checkpoint", slow_disk)
-    writer = train_module._CheckpointWriter()
+    monkeypatch.setattr(checkpoint_module, "write_checkpoint", slow_disk)
+    writer = CheckpointWriter()
     writer.submit(tmp_path, CheckpointSnapshot({}, {"epoch": 1}), best=True)
     assert started.wait(timeout=10)
     for epoch in (2, 3):  # 1 is being written; 3 replaces 2 in the queue
@@ -243,7 +262,7 @@ def test_checkpoint_writer_queues_the_newest_and_never_blocks(
 
     started.clear()
     release.clear()
-    writer = train_module._CheckpointWriter()
+    writer = CheckpointWriter()
     writer.submit(tmp_path, CheckpointSnapshot({}, {"epoch": 1}), best=False)
     assert started.wait(timeout=10)
     writer.submit(tmp_path, CheckpointSnapshot({}, {"epoch": 2}), best=False)
@@ -252,31 +271,24 @@ def test_checkpoint_writer_queues_the_newest_and_never_blocks(
     assert written[2:] == [(1, False)]
 
 
-class _Plain(torch.nn.Module):
-    pass
-
-
-class _Declares(torch.nn.Module):
-    def bf16_cpu_training(self) -> None:
-        pass
-
-
 @pytest.mark.parametrize(
-    ("device", "model", "amx", "amp", "expected"),
+    ("device", "family", "amx", "amp", "expected"),
     [
-        ("cpu", _Declares(), True, True, True),
-        ("cpu", _Declares(), False, True, False),  # bf16 without AMX is emulated: slower
-        ("cpu", _Plain(), True, True, False),  # no measured gain declared (linear, lstm)
-        ("cpu", _Declares(), True, False, False),  # train.amp=false
-        ("cuda", _Plain(), False, True, True),
+        ("cpu", "transformer.v1", True, True, True),  # declares a measured bf16 gain
+        ("cpu", "transformer.v1", False, True, False),  # bf16 without AMX is emulated: slower
+        ("cpu", "lstm.v1", True, True, False),  # no measured gain declared (linear, lstm)
+        ("cpu", "transformer.v1", True, False, False),  # train.amp=false
+        ("cuda", "lstm.v1", False, True, True),
     ],
 )
 def test_mixed_precision_choice(  # type: ignore[no-untyped-def]
-    monkeypatch, device: str, model: torch.nn.Module, amx: bool, amp: bool, expected: bool
+    monkeypatch, device: str, family: str, amx: bool, amp: bool, expected: bool
 ) -> None:
-    monkeypatch.setattr(train_module, "_cpu_has_amx", lambda: amx)
+    from fenlei.models import family_of
+
+    monkeypatch.setattr(loop_module, "_cpu_has_amx", lambda: amx)
     cfg = load_config("minilm", [f"train.amp={str(amp).lower()}"]).train
-    assert use_mixed_precision(cfg, torch.device(device), model) is expected
+    assert use_mixed_precision(cfg, torch.device(device), family_of(family)) is expected
 
 
 def test_transformer_trains_under_bf16_on_cpu(  # type: ignore[no-untyped-def]
@@ -285,7 +297,7 @@ def test_transformer_trains_under_bf16_on_cpu(  # type: ignore[no-untyped-def]
     from tests.conftest import family_overrides
 
     # bf16 autocast runs on any CPU (emulated without AMX), so the path is tested everywhere
-    monkeypatch.setattr(train_module, "_cpu_has_amx", lambda: True)
+    monkeypatch.setattr(loop_module, "_cpu_has_amx", lambda: True)
     preset, overrides = family_overrides("transformer.v1", tiny_transformer_dir)
     cfg = load_config(preset, [*overrides, "train.epochs=3", "train.patience=none"])
     splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"])
@@ -336,9 +348,9 @@ def test_which_epochs_are_checkpointed(
     epoch: int, bad_epochs: int, best: bool, busy: bool, expected: bool
 ) -> None:
     cfg = load_config("lstm", ["train.epochs=5", "train.patience=2"]).train
-    state = train_module._State(epoch=epoch, bad_epochs=bad_epochs)
+    state = LoopState(epoch=epoch, bad_epochs=bad_epochs)
     writer = _Writer(busy)
-    assert train_module._should_checkpoint(cfg, state, writer, best=best) is expected  # type: ignore[arg-type]
+    assert should_checkpoint(cfg, state, writer, best=best) is expected  # type: ignore[arg-type]
 
 
 def test_frozen_embeddings_stay_pretrained(
@@ -386,8 +398,8 @@ class _InterruptAfter:
     def step(self, loss: float) -> None:
         pass
 
-    def epoch_end(self, record: dict[str, Any]) -> None:
-        if record["epoch"] == self.epoch:
+    def epoch_end(self, record: EpochRecord) -> None:
+        if record.epoch == self.epoch:
             raise KeyboardInterrupt
 
 

@@ -121,10 +121,10 @@ def _predictions_table(texts: list[str], predictions: list[Any], top_k: int) -> 
 def _show_training_result(result: Any) -> None:
     metrics = result.metrics
     history = result.history
-    if history and "c" in history[0]:  # a solved family: one record per C, not per epoch
-        best_c = history[metrics["best_epoch"] - 1]["c"]
-        tried = ", ".join(f"{h['c']:g}" for h in history)
-        which = f"best C={best_c:g} (tried {tried})"
+    best = next((r for r in history if r.epoch == metrics["best_epoch"]), None)
+    if best is not None and best.param:  # a solved family: one record per setting tried
+        tried = "; ".join(r.param_text() for r in history)
+        which = f"best {best.param_text()} (tried {tried})"
     else:
         which = f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}"
     out.print(f"{which}, {metrics['train_seconds']:.1f}s")
@@ -138,6 +138,9 @@ def _show_training_result(result: Any) -> None:
 def _run_training(cfg: Any, splits: Any, out_dir: Path, *, resume: bool, overwrite: bool) -> Any:
     from fenlei.pipeline import train_run
     from fenlei.progress import RichProgress
+    from fenlei.runtime import configure_torch
+
+    configure_torch(threads=cfg.train.threads, seed=cfg.train.seed)
 
     out.print(_summary_table(splits.summaries()))
     return train_run(

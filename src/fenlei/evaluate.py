@@ -23,6 +23,7 @@ from fenlei.artifact import atomic_write
 from fenlei.data import Dataset
 from fenlei.errors import DataError
 from fenlei.predict import Predictor
+from fenlei.records import EpochRecord
 
 __all__ = ["evaluate", "plot_confusion", "plot_history", "write_plots"]
 
@@ -127,21 +128,21 @@ def plot_confusion(matrix: list[list[int]], labels: tuple[str, ...], path: Path)
     _save_figure(fig, path)
 
 
-def plot_history(history: list[dict[str, Any]], path: Path) -> None:
+def plot_history(history: list[EpochRecord], path: Path) -> None:
     """Draw training loss, dev loss and dev accuracy per epoch as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [r["epoch"] for r in history]
+    epochs = [r.epoch for r in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train loss")
-    left.plot(epochs, [r["dev"]["loss"] for r in history], marker="o", label="dev loss")
+    left.plot(epochs, [r.train_loss for r in history], marker="o", label="train loss")
+    left.plot(epochs, [r.dev["loss"] for r in history], marker="o", label="dev loss")
     left.set_xlabel("epoch")
     left.legend()
-    right.plot(epochs, [r["dev"]["accuracy"] for r in history], marker="o", label="dev accuracy")
-    right.plot(epochs, [r["dev"]["macro_f1"] for r in history], marker="o", label="dev macro-F1")
+    right.plot(epochs, [r.dev["accuracy"] for r in history], marker="o", label="dev accuracy")
+    right.plot(epochs, [r.dev["macro_f1"] for r in history], marker="o", label="dev macro-F1")
     right.set_xlabel("epoch")
     right.legend()
     fig.suptitle("Training curves")
@@ -151,7 +152,7 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
 def write_plots(
     run_dir: Path,
     labels: tuple[str, ...],
-    history: list[dict[str, Any]],
+    history: list[EpochRecord],
     test_metrics: dict[str, Any] | None,
 ) -> list[Path]:
     """Write ``plots/training_curves.png`` and, when known, ``plots/confusion_matrix.png``."""

@@ -19,14 +19,16 @@ import torch
 from fenlei.artifact import CHECKPOINT_DIR, atomic_write, atomic_write_text, save_run
 from fenlei.config import DataConfig, RunConfig
 from fenlei.data import Dataset, DataSummary, LabelSet, check_splits, split, summarize
+from fenlei.decision import DecisionRule
 from fenlei.errors import ArtifactError, ConfigError, DataError
 from fenlei.evaluate import evaluate, write_plots
-from fenlei.models import ModelSpec, build_model, check, n_outputs
+from fenlei.models import ModelSpec, build_model, check, family_of, n_outputs
 from fenlei.predict import Predictor
 from fenlei.progress import ProgressReporter
+from fenlei.records import EpochRecord
 from fenlei.reference import reference_stats
 from fenlei.tokenize import Encoder, load_pretrained_encoder, train_encoder
-from fenlei.train import fit
+from fenlei.train import TrainData, fit
 
 __all__ = ["Splits", "TrainResult", "prepare_splits", "train_run"]
 
@@ -93,7 +95,7 @@ class TrainResult:
     run_dir: Path
     predictor: Predictor
     metrics: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[EpochRecord] = field(default_factory=list)
 
 
 def _fit_encoder(cfg: RunConfig, texts: list[str]) -> Encoder:
@@ -189,20 +191,21 @@ def train_run(
             single_logit=cfg.model.single_logit,
         ),
     )
-    train_ids = encoder.encode_ids(splits.train.texts)
-    model = build_model(cfg.model, spec, vocab=encoder.tokenizer.get_vocab(), train_ids=train_ids)
+    data = TrainData.from_dataset(
+        splits.train, splits.labels, encoder, n_out=spec.n_outputs, augment=cfg.augment
+    )
+    dev = TrainData.from_dataset(splits.dev, splits.labels, encoder, n_out=spec.n_outputs)
+    model = build_model(cfg.model, spec, vocab=encoder.tokenizer.get_vocab(), train_ids=data.ids)
     run = fit(
         model,
-        encoder,
-        splits.train,
-        splits.dev,
-        splits.labels,
+        family_of(cfg.model.architecture),
+        data,
+        dev,
         cfg.train,
+        rule=DecisionRule(multi_label=splits.labels.multi_label, threshold=cfg.eval.threshold),
         run_dir=root,
         resume=resume,
         progress=progress,
-        augment=cfg.augment,
-        train_ids=train_ids,
     )
     train_seconds = time.perf_counter() - started
     predictor = Predictor(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from fenlei.records import EpochRecord
+
 __all__ = ["ProgressReporter", "RichProgress"]
 
 
@@ -20,8 +22,9 @@ class ProgressReporter(Protocol):
     def step(self, loss: float) -> None:
         """One optimisation step finished with this loss."""
 
-    def epoch_end(self, record: dict[str, Any]) -> None:
-        """The epoch finished; ``record`` is its line of metrics.jsonl."""
+    def epoch_end(self, record: EpochRecord) -> None:
+        """The epoch (or a solved family's solve) finished; ``record`` is its line of
+        metrics.jsonl."""
 
 
 class RichProgress:
@@ -69,16 +72,16 @@ class RichProgress:
         self._steps += 1
         self._progress.update(self._task, advance=1, loss=self._loss_sum / self._steps)
 
-    def epoch_end(self, record: dict[str, Any]) -> None:
-        """Close the bar and print the epoch's dev metrics."""
+    def epoch_end(self, record: EpochRecord) -> None:
+        """Close the bar and print the epoch's dev metrics (and its ``param``, if any)."""
         self._progress.stop()
-        dev = record.get("dev", {})
-        best = " (best)" if record.get("is_best") else ""
-        solved = f"C={record['c']:g} · " if "c" in record else ""  # a solved family's trial
+        dev = record.dev
+        best = " (best)" if record.is_best else ""
+        param = f"{record.param_text()} · " if record.param else ""
         self.console.print(
-            f"  {solved}train loss {record['train_loss']:.4f}"
+            f"  {param}train loss {record.train_loss:.4f}"
             f" · dev loss {dev.get('loss', float('nan')):.4f}"
             f" · dev accuracy {dev.get('accuracy', float('nan')):.4f}"
             f" · dev macro-F1 {dev.get('macro_f1', float('nan')):.4f}"
-            f" · {record['seconds']:.1f}s{best}"
+            f" · {record.seconds:.1f}s{best}"
         )

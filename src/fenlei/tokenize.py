@@ -94,6 +94,12 @@ class Encoder:
         """Number of ids the encoder can produce."""
         return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
 
+    @property
+    def special_ends(self) -> int:
+        """Special tokens the tokenizer adds at each end of a text ([CLS] ... [SEP]: 1)."""
+        processor = self.tokenizer.post_processor
+        return 0 if processor is None else -(-processor.num_special_tokens_to_add(False) // 2)
+
     def encode_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, truncated, unpadded.
 

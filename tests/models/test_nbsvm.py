@@ -69,7 +69,7 @@ def test_each_c_is_one_record_and_the_best_on_dev_is_kept(tmp_path, bundled) -> 
     )
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
-    assert [r["c"] for r in records] == [0.001, 1.0, 30.0]
+    assert [r["param"]["c"] for r in records] == [0.001, 1.0, 30.0]
     accuracies = [r["dev"]["accuracy"] for r in records]
     assert accuracies[0] < max(accuracies)  # C=0.001 all but ignores the features
     best = [r for r in records if r["is_best"]][-1]
