@@ -46,4 +46,4 @@ def test_training_with_augmentation(bundled, tmp_path) -> None:  # type: ignore[
     )
     splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"])
     result = train_run(cfg, splits, tmp_path / "run")
-    assert result.metrics["dev"]["accuracy"] > 0.2
+    assert result.metrics.dev.accuracy > 0.2

@@ -6,14 +6,18 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from safetensors.numpy import load_file
 
 from fenlei.artifact import load_run
 from fenlei.cli import main
 from fenlei.config import load_config
 from fenlei.data import bundled_dataset_path
-from fenlei.pipeline import prepare_splits, train_run
+from fenlei.pipeline import AFTER_TRAINING, prepare_splits, train_run
 from fenlei.predict import Predictor
+from fenlei.records import RunMetrics
 from tests.conftest import FAMILIES
 
 RUN_FILES = {
@@ -25,6 +29,9 @@ RUN_FILES = {
     "metrics.json",
     "metrics.jsonl",
     "manifest.json",
+    "reference.json",
+    "splits.json",
+    "predictions.safetensors",
 }
 
 
@@ -39,7 +46,7 @@ def test_family_end_to_end(family: str, family_settings, bundled, tmp_path: Path
     assert not (tmp_path / "run" / "checkpoint").exists()
     assert (tmp_path / "run" / "plots" / "confusion_matrix.png").stat().st_size > 1000
     assert (tmp_path / "run" / "plots" / "training_curves.png").stat().st_size > 1000
-    test = result.metrics["test"]
+    test = result.metrics.to_json()["test"]
     assert set(test) >= {"accuracy", "macro_f1", "micro_f1", "per_class", "confusion_matrix"}
     assert len(test["per_class"]) == 12
     assert test["n"] == len(bundled["test"])
@@ -54,7 +61,8 @@ def test_linear_learns_the_bundled_intents(bundled, tmp_path: Path) -> None:  # 
     cfg = load_config("linear", ["train.threads=1", "eval.plots=false", "model.buckets=50000"])
     splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"], bundled["test"])
     result = train_run(cfg, splits, tmp_path / "run")
-    assert result.metrics["test"]["accuracy"] > 0.6  # 12 classes: chance is 0.08
+    assert result.metrics.test is not None
+    assert result.metrics.test.accuracy > 0.6  # 12 classes: chance is 0.08
 
 
 def test_cli_train_predict_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -189,3 +197,108 @@ def test_rare_label_cannot_be_split(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "'rare' occurs in only 1 row(s) (row 22)" in err and str(path) in err
+
+
+TINY_LINEAR = [
+    "train.threads=1",
+    "train.epochs=2",
+    "eval.plots=false",
+    "encoder.vocab_size=600",
+    "model.buckets=2000",
+]
+
+
+def test_dev_and_test_are_predicted_once(
+    bundled, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    calls: list[int] = []
+    real = Predictor.predict_proba
+
+    def counted(self: Predictor, texts, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(texts))
+        return real(self, texts, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict_proba", counted)
+    cfg = load_config("linear", TINY_LINEAR)
+    splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"], bundled["test"])
+    train_run(cfg, splits, tmp_path / "run")
+    assert sorted(calls) == sorted([len(bundled["dev"]), len(bundled["test"])])
+
+
+def test_the_run_keeps_split_rows_and_predictions(bundled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = load_config("linear", TINY_LINEAR)
+    splits = prepare_splits(cfg.data, bundled["train"], None, bundled["test"])  # dev split off
+    result = train_run(cfg, splits, tmp_path / "run")
+    kept = json.loads((tmp_path / "run" / "splits.json").read_text(encoding="utf-8"))
+    for name, data in (("train", splits.train), ("dev", splits.dev), ("test", splits.test)):
+        assert data is not None
+        assert kept[name] == {
+            "source": data.source,
+            "rows": [ex.source_row for ex in data.examples],
+        }
+    assert sorted(kept["train"]["rows"] + kept["dev"]["rows"]) == [
+        ex.source_row for ex in bundled["train"].examples
+    ]
+    probs = load_file(str(tmp_path / "run" / "predictions.safetensors"))
+    predictor = Predictor.from_run(tmp_path / "run", backend="torch")
+    np.testing.assert_allclose(probs["dev"], predictor.predict_proba(splits.dev.texts), atol=1e-6)
+    np.testing.assert_allclose(
+        probs["test"], predictor.predict_proba(bundled["test"].texts), atol=1e-6
+    )
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text(encoding="utf-8"))
+    assert {"splits.json", "predictions.safetensors"} <= set(manifest["files"])
+    assert manifest["kind"] == "single"
+    assert load_run(tmp_path / "run").kind == "single"
+    assert result.metrics.test is not None
+    assert result.metrics.test.n == len(bundled["test"])
+
+
+def test_metrics_json_keeps_its_keys(bundled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = load_config("linear", TINY_LINEAR)
+    splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"], bundled["test"])
+    result = train_run(cfg, splits, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))
+    assert list(saved) == [
+        "best_epoch",
+        "epochs_run",
+        "stopped_early",
+        "train_seconds",
+        "data",
+        "dev",
+        "test",
+    ]
+    assert list(saved["dev"]) == [
+        "n",
+        "accuracy",
+        "macro_f1",
+        "micro_f1",
+        "per_class",
+        "confusion_matrix",
+    ]
+    assert list(saved["data"][bundled["train"].source]) == ["rows", "labels"]
+    assert set(saved["test"]["per_class"]["refund"]) == {"precision", "recall", "f1", "support"}
+    assert RunMetrics.from_json(saved) == result.metrics
+    assert AFTER_TRAINING[0].__name__ == "score_splits"  # the later steps read the scores
+
+
+def test_training_leaves_the_global_random_state_alone(bundled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = load_config("linear", TINY_LINEAR)
+    splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"])
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    first = train_run(cfg, splits, tmp_path / "a").predictor.predict_proba(["where is my parcel"])
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(99)  # the caller's seed does not change the run: the run seeds its own
+    second = train_run(cfg, splits, tmp_path / "b").predictor.predict_proba(["where is my parcel"])
+    np.testing.assert_array_equal(first, second)
+
+
+def test_old_run_folders_are_single_runs(bundled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = load_config("linear", TINY_LINEAR)
+    splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"])
+    train_run(cfg, splits, tmp_path / "run")
+    manifest_path = tmp_path / "run" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    del manifest["kind"]  # as written before run folders had a kind
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    assert load_run(tmp_path / "run").kind == "single"

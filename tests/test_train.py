@@ -191,7 +191,7 @@ def test_linear_sparse_optimizers_learn(bundled, tmp_path: Path, optimizer: str)
     )
     splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"])
     result = train_run(cfg, splits, tmp_path / optimizer)
-    assert result.metrics["dev"]["accuracy"] > 0.4  # 12 intents: chance is about 0.08
+    assert result.metrics.dev.accuracy > 0.4  # 12 intents: chance is about 0.08
 
 
 def test_best_checkpoint_matches_the_best_epoch_every_checkpoint_records(  # type: ignore[no-untyped-def]

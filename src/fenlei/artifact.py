@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+RUN_KIND = "single"  # the manifest's "kind" of a one-model run folder (older ones have none)
 MANIFEST = "manifest.json"
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.safetensors"
@@ -113,13 +114,21 @@ def _payload_files(run_dir: Path) -> list[Path]:
     )
 
 
-def write_manifest(run_dir: Path) -> dict[str, Any]:
-    """(Re)write ``manifest.json`` over every file of the run folder; return it."""
+def write_manifest(run_dir: Path, *, kind: str = RUN_KIND) -> dict[str, Any]:
+    """(Re)write ``manifest.json`` over every file of the run folder; return it.
+
+    ``kind`` says what the folder holds: ``"single"``, one model (the only kind so far).
+    """
     files = {
         p.relative_to(run_dir).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
         for p in _payload_files(run_dir)
     }
-    manifest = {"format_version": FORMAT_VERSION, "fenlei_version": __version__, "files": files}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "fenlei_version": __version__,
+        "kind": kind,
+        "files": files,
+    }
     _write_json(run_dir / MANIFEST, manifest)
     return manifest
 
@@ -221,6 +230,11 @@ class LoadedRun:
     spec: ModelSpec
     metrics: dict[str, Any]
     manifest: dict[str, Any] = field(default_factory=dict)  # as verified (versions, sha256s)
+
+    @property
+    def kind(self) -> str:
+        """What the run folder holds: ``"single"`` (one model; also every older folder)."""
+        return str(self.manifest.get("kind", RUN_KIND))
 
 
 def _read_json(path: Path) -> Any:

@@ -28,6 +28,8 @@ from fenlei.evaluate import evaluate
 from fenlei.pipeline import prepare_splits, train_run
 from fenlei.predict import Prediction, Predictor
 from fenlei.progress import RichProgress
+from fenlei.records import RunMetrics
+from fenlei.run_folder import LOCK_FILE
 from fenlei.runtime import configure_torch
 
 __all__ = ["TextClassifier", "config_overrides", "predict_file"]
@@ -118,6 +120,12 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         run_dir: where to keep the run folder; None: a temporary folder, removed on the next
             ``fit`` and when the classifier is garbage-collected (``save`` keeps a copy).
         verbose: show a progress bar while fitting.
+
+    Attributes:
+        classes_: the labels, in the column order of ``predict_proba``.
+        run_dir_: the run folder of the fitted or loaded model.
+        metrics_: its ``metrics.json`` (:class:`~fenlei.records.RunMetrics`).
+        history_: one :class:`~fenlei.records.EpochRecord` per epoch (after ``fit``).
 
     Example:
         >>> clf = TextClassifier("linear", epochs=3)
@@ -223,7 +231,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         for name in ("predictor_", "run_dir_", "classes_", "metrics_", "history_"):
             self.__dict__.pop(name, None)
 
-    def _set_fitted(self, predictor: Predictor, run_dir: Path, metrics: dict[str, Any]) -> None:
+    def _set_fitted(self, predictor: Predictor, run_dir: Path, metrics: RunMetrics) -> None:
         self.predictor_ = predictor
         self.run_dir_ = run_dir
         self.classes_ = np.array(predictor.labels)
@@ -283,7 +291,9 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             raise ArtifactError(f"{target} exists and is not empty; choose a new folder")
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        shutil.copytree(self.run_dir_, staging, dirs_exist_ok=True)
+        shutil.copytree(
+            self.run_dir_, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOCK_FILE)
+        )
         if target.exists():
             target.rmdir()
         staging.rename(target)
@@ -305,7 +315,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         assert predictor.run is not None
         cfg = predictor.run.config
         clf = cls(cfg.preset, overrides=config_overrides(cfg), run_dir=path)
-        clf._set_fitted(predictor, Path(path), predictor.run.metrics)
+        clf._set_fitted(predictor, Path(path), _metrics(predictor.run.metrics, path))
         return clf
 
 
@@ -325,6 +335,13 @@ def config_overrides(cfg: RunConfig) -> tuple[str, ...]:
         for key, value in values.items()
         if value != base[section].get(key)
     )
+
+
+def _metrics(data: dict[str, Any], path: str | Path) -> RunMetrics:
+    try:
+        return RunMetrics.from_json(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{Path(path) / 'metrics.json'} is not a run's metrics: {exc}") from exc
 
 
 def _plain(values: Sequence[Any]) -> Sequence[Any]:

@@ -121,17 +121,17 @@ def _predictions_table(texts: list[str], predictions: list[Any], top_k: int) -> 
 def _show_training_result(result: Any) -> None:
     metrics = result.metrics
     history = result.history
-    best = next((r for r in history if r.epoch == metrics["best_epoch"]), None)
+    best = next((r for r in history if r.epoch == metrics.best_epoch), None)
     if best is not None and best.param:  # a solved family: one record per setting tried
         tried = "; ".join(r.param_text() for r in history)
         which = f"best {best.param_text()} (tried {tried})"
     else:
-        which = f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}"
-    out.print(f"{which}, {metrics['train_seconds']:.1f}s")
-    out.print(_metrics_table(metrics["dev"], "Dev"))
-    if "test" in metrics:
-        out.print(_metrics_table(metrics["test"], "Test"))
-        out.print(_per_class_table(metrics["test"]))
+        which = f"best epoch {metrics.best_epoch} of {metrics.epochs_run}"
+    out.print(f"{which}, {metrics.train_seconds:.1f}s")
+    out.print(_metrics_table(metrics.dev.to_json(), "Dev"))
+    if metrics.test is not None:
+        out.print(_metrics_table(metrics.test.to_json(), "Test"))
+        out.print(_per_class_table(metrics.test.to_json()))
     out.print(f"run folder: [bold]{escape(str(result.run_dir))}[/bold]")
 
 
@@ -169,9 +169,12 @@ def train(
         "runs/latest"
     ),
     resume: Annotated[
-        bool, typer.Option(help="Continue from the run folder's checkpoint.")
+        bool,
+        typer.Option(help="Continue from the run folder's checkpoint (a complete run stays)."),
     ] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace a finished run in --out.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a finished run in --out (only fenlei's own files).")
+    ] = False,
 ) -> None:
     """Train a classifier on a labelled table and write a run folder.
 

@@ -1,12 +1,16 @@
 """Metrics (scikit-learn) and plots (matplotlib) for a predictor on a labelled dataset.
 
-Enter through :func:`evaluate`, which returns a JSON-ready dict, and :func:`write_plots`,
-which draws the confusion matrix and the training curves into ``plots/``.
+Enter through :func:`evaluate` (predict a labelled dataset, return a JSON-ready dict),
+:func:`score_probabilities` (score probabilities already computed, as a typed
+:class:`~fenlei.records.Scores`; the pipeline predicts dev and test once for every step) and
+:func:`write_plots`, which draws the confusion matrix and the training curves into ``plots/``.
+Labels are decided by the predictor's :class:`~fenlei.decision.DecisionRule`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +25,12 @@ from sklearn.metrics import (
 
 from fenlei.artifact import atomic_write
 from fenlei.data import Dataset
+from fenlei.decision import DecisionRule
 from fenlei.errors import DataError
-from fenlei.predict import Predictor
-from fenlei.records import EpochRecord
+from fenlei.predict import ServablePredictor
+from fenlei.records import ClassScores, EpochRecord, Scores
 
-__all__ = ["evaluate", "plot_confusion", "plot_history", "write_plots"]
+__all__ = ["evaluate", "plot_confusion", "plot_history", "score_probabilities", "write_plots"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +53,75 @@ def _truth(dataset: Dataset, labels: tuple[str, ...], multi_label: bool) -> np.n
     return np.array([index[ex.labels[0]] for ex in dataset.examples])
 
 
-def evaluate(predictor: Predictor, dataset: Dataset) -> dict[str, Any]:
+def score_probabilities(
+    probs: np.ndarray, dataset: Dataset, labels: Sequence[str], rule: DecisionRule
+) -> Scores:
+    """Score probabilities already computed for ``dataset`` (the pipeline predicts once).
+
+    Args:
+        probs: (N, C) probabilities of ``dataset``'s texts, columns in ``labels`` order.
+        dataset: the labelled examples the probabilities are of.
+        labels: the label names.
+        rule: how probabilities become decided labels (the predictor's).
+
+    Returns:
+        Accuracy, macro/micro F1, per-class precision/recall/F1, the confusion matrix
+        (single-label) and ROC-AUC (binary).
+
+    Raises:
+        DataError: a label of the dataset is unknown to the model.
+        ValueError: ``probs`` does not have one row per text and one column per label.
+
+    Example:
+        >>> p = predictor.predict_proba(dev.texts)  # doctest: +SKIP
+        >>> score_probabilities(p, dev, predictor.labels, predictor.rule).n  # doctest: +SKIP
+        215
+    """
+    names = tuple(labels)
+    probs = np.asarray(probs)
+    if probs.shape != (len(dataset), len(names)):
+        raise ValueError(
+            f"probabilities of shape {probs.shape} for {len(dataset)} texts x {len(names)} labels"
+        )
+    y_true = _truth(dataset, names, rule.multi_label)
+    y_pred = rule.predicted(probs)
+    label_ids = list(range(len(names)))
+    report = classification_report(
+        y_true,
+        y_pred,
+        labels=None if rule.multi_label else label_ids,
+        target_names=list(names),
+        output_dict=True,
+        zero_division=0,
+    )
+    matrix, auc = None, None
+    if not rule.multi_label:
+        matrix = confusion_matrix(y_true, y_pred, labels=label_ids).tolist()
+        if len(names) == 2 and len(set(y_true.tolist())) == 2:
+            auc = float(roc_auc_score(y_true, probs[:, 1]))
+    return Scores(
+        n=len(dataset),
+        accuracy=float(accuracy_score(y_true, y_pred)),
+        macro_f1=float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        micro_f1=float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+        per_class={
+            name: ClassScores(
+                precision=float(report[name]["precision"]),
+                recall=float(report[name]["recall"]),
+                f1=float(report[name]["f1-score"]),
+                support=int(report[name]["support"]),
+            )
+            for name in names
+        },
+        confusion_matrix=matrix,
+        roc_auc=auc,
+    )
+
+
+def evaluate(predictor: ServablePredictor, dataset: Dataset) -> dict[str, Any]:
     """Accuracy, macro/micro F1, per-class precision/recall/F1, confusion matrix, ROC-AUC.
+
+    Predicts ``dataset`` and scores it with :func:`score_probabilities`.
 
     Args:
         predictor: a trained model.
@@ -65,42 +137,11 @@ def evaluate(predictor: Predictor, dataset: Dataset) -> dict[str, Any]:
     Example:
         >>> evaluate(Predictor.from_run("runs/demo"), load_table("test.csv"))  # doctest: +SKIP
     """
-    labels = predictor.labels
-    y_true = _truth(dataset, labels, predictor.multi_label)
+    _truth(
+        dataset, predictor.labels, predictor.rule.multi_label
+    )  # unknown labels before predicting
     probs = predictor.predict_proba(dataset.texts)
-    if predictor.multi_label:
-        y_pred = (probs >= predictor.threshold).astype(int)
-    else:
-        y_pred = probs.argmax(axis=1)
-    label_ids = list(range(len(labels)))
-    report = classification_report(
-        y_true,
-        y_pred,
-        labels=None if predictor.multi_label else label_ids,
-        target_names=list(labels),
-        output_dict=True,
-        zero_division=0,
-    )
-    metrics: dict[str, Any] = {
-        "n": len(dataset),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
-        "per_class": {
-            name: {
-                "precision": float(report[name]["precision"]),
-                "recall": float(report[name]["recall"]),
-                "f1": float(report[name]["f1-score"]),
-                "support": int(report[name]["support"]),
-            }
-            for name in labels
-        },
-    }
-    if not predictor.multi_label:
-        metrics["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=label_ids).tolist()
-        if len(labels) == 2 and len(set(y_true.tolist())) == 2:
-            metrics["roc_auc"] = float(roc_auc_score(y_true, probs[:, 1]))
-    return metrics
+    return score_probabilities(probs, dataset, predictor.labels, predictor.rule).to_json()
 
 
 def _save_figure(fig: Any, path: Path) -> None:

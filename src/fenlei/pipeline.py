@@ -1,38 +1,78 @@
 """The file-to-run-folder training pipeline.
 
-:func:`prepare_splits` checks (and if needed makes) the train/dev/test splits; :func:`train_run`
-is the whole job (run folder, tokenizer, model, loop, evaluation, plots, save).
+:func:`prepare_splits` checks (and if needed makes) the train/dev/test splits.
+:func:`train_run` is the whole job, in this order:
+
+1. claim the run folder (:mod:`fenlei.run_folder`: lock it, refuse a folder of other files,
+   clean up, decide between a fresh start, a resume and a run that is already complete);
+2. fit the tokenizer (or reload the checkpointed one), build the model and train it
+   (:func:`fenlei.train.fit`), with the run's own seeded random state;
+3. predict dev and test once;
+4. run the :data:`AFTER_TRAINING` steps in order; each is a small function of one shared
+   :class:`AfterTraining` (the predictor, the splits, the probabilities, the history, the
+   folder) and adds scores or files: scores, reference statistics, plots, kept predictions;
+5. save the run folder (:func:`fenlei.artifact.save_run`; the manifest comes last).
+
+Under a data-parallel launcher every rank runs it; only rank 0 (:class:`fenlei.runtime.Dist`)
+touches the run folder.
+
+Example:
+    >>> splits = prepare_splits(cfg.data, load_table("train.csv", cfg.data))  # doctest: +SKIP
+    >>> train_run(cfg, splits, "runs/x").metrics.dev.accuracy  # doctest: +SKIP
+    0.91
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors.numpy import save_file
 
+from fenlei import run_folder
 from fenlei.artifact import CHECKPOINT_DIR, atomic_write, atomic_write_text, save_run
 from fenlei.config import DataConfig, RunConfig
 from fenlei.data import Dataset, DataSummary, LabelSet, check_splits, split, summarize
 from fenlei.decision import DecisionRule
-from fenlei.errors import ArtifactError, ConfigError, DataError
-from fenlei.evaluate import evaluate, write_plots
+from fenlei.errors import ArtifactError, DataError
+from fenlei.evaluate import score_probabilities, write_plots
 from fenlei.models import ModelSpec, build_model, check, family_of, n_outputs
-from fenlei.predict import Predictor
+from fenlei.predict import Predictor, ServablePredictor
 from fenlei.progress import ProgressReporter
-from fenlei.records import EpochRecord
+from fenlei.records import EpochRecord, RunMetrics, Scores, SplitCounts, read_history
 from fenlei.reference import reference_stats
+from fenlei.runtime import Dist
 from fenlei.tokenize import Encoder, load_pretrained_encoder, train_encoder
-from fenlei.train import TrainData, fit
+from fenlei.train import Run, TrainData, fit
 
-__all__ = ["Splits", "TrainResult", "prepare_splits", "train_run"]
+__all__ = [
+    "AFTER_TRAINING",
+    "PREDICTIONS_FILE",
+    "SPLITS_FILE",
+    "AfterTraining",
+    "Splits",
+    "Step",
+    "TrainResult",
+    "draw_plots",
+    "keep_predictions",
+    "prepare_splits",
+    "score_splits",
+    "train_run",
+    "write_reference",
+]
 
 logger = logging.getLogger(__name__)
+
+SPLITS_FILE = "splits.json"
+PREDICTIONS_FILE = "predictions.safetensors"
 
 
 @dataclass(frozen=True)
@@ -90,12 +130,110 @@ def _check_enough_rows_to_split(dataset: Dataset, needed: int) -> None:
 
 @dataclass
 class TrainResult:
-    """What :func:`train_run` produced."""
+    """What :func:`train_run` produced: the run folder, a ready predictor, the metrics
+    written to ``metrics.json`` and the epoch history (``metrics.jsonl``)."""
 
     run_dir: Path
     predictor: Predictor
-    metrics: dict[str, Any]
+    metrics: RunMetrics
     history: list[EpochRecord] = field(default_factory=list)
+
+
+@dataclass
+class AfterTraining:
+    """What the after-training steps share. Steps read it and add to ``scores``/``files``.
+
+    Attributes:
+        cfg: the run's configuration.
+        splits: the data the run was trained and scored on.
+        run_dir: the run folder.
+        predictor: the trained model, ready to predict.
+        history: one record per epoch (or solve).
+        dev_probs: (N_dev, C) probabilities of the dev texts, in dev order.
+        test_probs: (N_test, C) probabilities of the test texts; None without a test split.
+        dist: this process's rank; only the main rank writes.
+        scores: split name (``"dev"``, ``"test"``) -> its scores.
+        files: files the steps wrote.
+    """
+
+    cfg: RunConfig
+    splits: Splits
+    run_dir: Path
+    predictor: ServablePredictor
+    history: list[EpochRecord]
+    dev_probs: np.ndarray
+    test_probs: np.ndarray | None
+    dist: Dist = field(default_factory=Dist)
+    scores: dict[str, Scores] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+    def write_json(self, name: str, obj: Any, *, indent: int | None = 1) -> None:
+        """Write ``run_dir/name`` atomically (on the main rank only)."""
+        if self.dist.is_main:
+            path = self.run_dir / name
+            atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent))
+            self.files.append(path)
+
+
+Step = Callable[[AfterTraining], None]
+
+
+def score_splits(ctx: AfterTraining) -> None:
+    """Score dev (and test) from the probabilities predicted once."""
+    labels, rule = ctx.predictor.labels, ctx.predictor.rule
+    ctx.scores["dev"] = score_probabilities(ctx.dev_probs, ctx.splits.dev, labels, rule)
+    if ctx.splits.test is not None and ctx.test_probs is not None:
+        ctx.scores["test"] = score_probabilities(ctx.test_probs, ctx.splits.test, labels, rule)
+
+
+def write_reference(ctx: AfterTraining) -> None:
+    """``reference.json``: the dev distributions the server's drift monitor compares with."""
+    stats = reference_stats(ctx.predictor, ctx.splits.dev.texts, probs=ctx.dev_probs)
+    ctx.write_json("reference.json", stats)
+
+
+def draw_plots(ctx: AfterTraining) -> None:
+    """``plots/``: training curves and the confusion matrix (test, else dev)."""
+    if not ctx.cfg.eval.plots or not ctx.dist.is_main:
+        return
+    shown = ctx.scores.get("test") or ctx.scores.get("dev")
+    ctx.files.extend(
+        write_plots(
+            ctx.run_dir, ctx.predictor.labels, ctx.history, shown.to_json() if shown else None
+        )
+    )
+
+
+def keep_predictions(ctx: AfterTraining) -> None:
+    """Keep which source rows went to which split (``splits.json``: source and row numbers
+    per split, in split order) and the dev and test probabilities (``predictions.safetensors``:
+    tensors ``dev`` and ``test``, rows in split order, columns in label order), so a report can
+    show the worst errors without predicting again."""
+    sets = {"train": ctx.splits.train, "dev": ctx.splits.dev, "test": ctx.splits.test}
+    ctx.write_json(
+        SPLITS_FILE,
+        {
+            name: {"source": data.source, "rows": [ex.source_row for ex in data.examples]}
+            for name, data in sets.items()
+            if data is not None
+        },
+        indent=None,  # one row number per line would make it several times larger
+    )
+    if not ctx.dist.is_main:
+        return
+    probs = {"dev": ctx.dev_probs, "test": ctx.test_probs}
+    tensors = {
+        k: np.ascontiguousarray(v, dtype=np.float32) for k, v in probs.items() if v is not None
+    }
+    meta = {"labels": json.dumps(list(ctx.predictor.labels), ensure_ascii=False)}
+    path = ctx.run_dir / PREDICTIONS_FILE
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    ctx.files.append(path)
+
+
+# In order: later steps read what earlier ones added (plots show the scores). A step that
+# changes probabilities (calibration) must come before write_reference.
+AFTER_TRAINING: tuple[Step, ...] = (score_splits, write_reference, draw_plots, keep_predictions)
 
 
 def _fit_encoder(cfg: RunConfig, texts: list[str]) -> Encoder:
@@ -106,82 +244,46 @@ def _fit_encoder(cfg: RunConfig, texts: list[str]) -> Encoder:
     return train_encoder(texts, cfg.encoder)
 
 
-def _same_run(saved: dict[str, Any], cfg: RunConfig, labels: LabelSet) -> bool:
-    # Re-validate through today's schema so settings added since (with defaults) still match.
-    try:
-        then = RunConfig.model_validate(saved.get("config", {}))
-    except ValueError:
-        return False
-    return then == cfg and saved.get("labels") == list(labels.names)
+def _open(
+    root: Path, cfg: RunConfig, labels: LabelSet, *, resume: bool, overwrite: bool, dist: Dist
+) -> run_folder.Start:
+    if not dist.is_main:  # rank 0 prepares the folder; the others only train
+        return "resume" if resume else "fresh"
+    return run_folder.open_for_training(root, cfg, labels, resume=resume, overwrite=overwrite)
 
 
-def _prepare_run_dir(
-    run_dir: Path, cfg: RunConfig, labels: LabelSet, *, resume: bool
-) -> Encoder | None:
-    """Check or start the run folder; return the checkpointed encoder when resuming."""
-    ckpt = run_dir / CHECKPOINT_DIR
-    state = {"config": cfg.model_dump(mode="json"), "labels": list(labels.names)}
-    if resume and (ckpt / "run.json").is_file():
-        saved = json.loads((ckpt / "run.json").read_text(encoding="utf-8"))
-        if not _same_run(saved, cfg, labels):
-            raise ConfigError(
-                f"the checkpoint in {ckpt} was made with other settings or labels; "
-                "train again without --resume, or with the same config and data"
-            )
-        return Encoder.load(ckpt / "tokenizer.json", cfg.encoder)
-    if resume:
-        logger.warning("nothing to resume in %s: starting from scratch", run_dir)
-    if (run_dir / "manifest.json").is_file() and not resume:
-        raise ArtifactError(
-            f"{run_dir} already holds a finished run; choose another output folder "
-            "or pass --overwrite"
-        )
-    shutil.rmtree(ckpt, ignore_errors=True)
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    ckpt.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(ckpt / "run.json", json.dumps(state, ensure_ascii=False))
-    return None
+def _encoder(cfg: RunConfig, splits: Splits, root: Path, *, resumed: bool, dist: Dist) -> Encoder:
+    """The checkpointed tokenizer when resuming, else a fitted one (checkpointed too)."""
+    path = root / CHECKPOINT_DIR / "tokenizer.json"
+    if resumed and dist.is_main and path.is_file():
+        return Encoder.load(path, cfg.encoder)
+    encoder = _fit_encoder(cfg, splits.train.texts)  # deterministic: every rank gets the same
+    if dist.is_main:
+        atomic_write(path, encoder.save)
+    return encoder
 
 
-def train_run(
+@contextmanager
+def _own_random_state(seed: int) -> Iterator[None]:
+    """Seed torch for this run only: in a fork of the global generator that is restored
+    afterwards, so the caller's random state is left as it was and runs in one process do
+    not disturb each other; results are those of seeding globally."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _fit_model(
     cfg: RunConfig,
     splits: Splits,
-    run_dir: str | Path,
+    root: Path,
+    encoder: Encoder,
     *,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: ProgressReporter | None = None,
-) -> TrainResult:
-    """Train, evaluate and save one run folder.
-
-    Args:
-        cfg: the resolved configuration.
-        splits: checked train/dev/test data (see :func:`prepare_splits`).
-        run_dir: the run folder to write.
-        resume: continue from the checkpoint in ``run_dir`` if there is one.
-        overwrite: replace a finished run already in ``run_dir``.
-        progress: receives training progress (a progress bar).
-
-    Returns:
-        The run folder, a ready predictor and the metrics written to ``metrics.json``.
-
-    Raises:
-        ArtifactError: ``run_dir`` already holds a finished run and ``overwrite`` is False.
-        ConfigError: the settings do not fit the model family (:func:`fenlei.models.check`).
-
-    Example:
-        >>> result = train_run(load_config("linear"), splits, "runs/x")  # doctest: +SKIP
-    """
-    check(cfg)  # the settings fit the model family, before anything is written
-    root = Path(run_dir)
-    if overwrite and not resume and (root / "manifest.json").is_file():
-        shutil.rmtree(root)
-    started = time.perf_counter()
-    encoder = _prepare_run_dir(root, cfg, splits.labels, resume=resume)
-    if encoder is None:
-        encoder = _fit_encoder(cfg, splits.train.texts)
-        atomic_write(root / CHECKPOINT_DIR / "tokenizer.json", encoder.save)
-    torch.manual_seed(cfg.train.seed)
+    resume: bool,
+    progress: ProgressReporter | None,
+) -> tuple[Run, ModelSpec]:
+    """Build the model for ``encoder`` and train it; return the run and the model's spec."""
     spec = ModelSpec(
         vocab_size=encoder.vocab_size,
         pad_id=encoder.pad_id,
@@ -207,30 +309,113 @@ def train_run(
         resume=resume,
         progress=progress,
     )
-    train_seconds = time.perf_counter() - started
+    return run, spec
+
+
+def _finished(root: Path) -> TrainResult:
+    """The result of a run folder that is already complete."""
+    predictor = Predictor.from_run(root)
+    try:
+        metrics = RunMetrics.from_json(json.loads((root / "metrics.json").read_text("utf-8")))
+        jsonl = root / "metrics.jsonl"
+        history = read_history(jsonl) if jsonl.is_file() else []
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{root}: metrics.json or metrics.jsonl is unreadable ({exc})") from exc
+    logger.info("%s is complete: nothing to resume", root)
+    return TrainResult(root, predictor, metrics, history)
+
+
+def train_run(
+    cfg: RunConfig,
+    splits: Splits,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: ProgressReporter | None = None,
+    dist: Dist | None = None,
+) -> TrainResult:
+    """Train, evaluate and save one run folder.
+
+    Args:
+        cfg: the resolved configuration.
+        splits: checked train/dev/test data (see :func:`prepare_splits`).
+        run_dir: the run folder to write: new, empty, or a fenlei run folder.
+        resume: continue from the checkpoint in ``run_dir`` if there is one; a run that is
+            already complete (same settings) is returned as it is.
+        overwrite: replace a finished run already in ``run_dir`` (only fenlei's own files
+            are removed).
+        progress: receives training progress (a progress bar).
+        dist: this process's rank (default: from the environment); only rank 0 writes.
+
+    Returns:
+        The run folder, a ready predictor, the metrics written to ``metrics.json`` and the
+        history.
+
+    Raises:
+        ArtifactError: ``run_dir`` holds files fenlei did not write, holds a finished run and
+            ``overwrite`` is False, or another training is writing it.
+        ConfigError: the settings do not fit the model family (:func:`fenlei.models.check`),
+            or ``resume`` meets a checkpoint of other settings.
+
+    Example:
+        >>> result = train_run(load_config("linear"), splits, "runs/x")  # doctest: +SKIP
+    """
+    check(cfg)  # the settings fit the model family, before anything is written
+    root = Path(run_dir)
+    dist = Dist.from_env() if dist is None else dist
+    if dist.is_main:
+        run_folder.check_writable(root)  # before the lock, so a refused folder is left as it was
+    with run_folder.lock(root) if dist.is_main else nullcontext():
+        started = time.perf_counter()
+        start = _open(root, cfg, splits.labels, resume=resume, overwrite=overwrite, dist=dist)
+        if start == "complete":
+            return _finished(root)
+        encoder = _encoder(cfg, splits, root, resumed=start == "resume", dist=dist)
+        with _own_random_state(cfg.train.seed):
+            run, spec = _fit_model(cfg, splits, root, encoder, resume=resume, progress=progress)
+        train_seconds = time.perf_counter() - started
+        result = _after_training(cfg, splits, root, encoder, run, spec, train_seconds, dist)
+    dist.barrier()  # the other ranks return once the run folder is complete
+    return result
+
+
+def _after_training(
+    cfg: RunConfig,
+    splits: Splits,
+    root: Path,
+    encoder: Encoder,
+    run: Run,
+    spec: ModelSpec,
+    train_seconds: float,
+    dist: Dist,
+) -> TrainResult:
+    """Predict dev and test once, run :data:`AFTER_TRAINING`, save the run folder."""
+    rule = DecisionRule(multi_label=splits.labels.multi_label, threshold=cfg.eval.threshold)
     predictor = Predictor(
-        encoder,
-        run.model,
-        splits.labels.names,
-        multi_label=splits.labels.multi_label,
-        threshold=cfg.eval.threshold,
-        batch_size=cfg.eval.batch_size,
+        encoder, run.model, splits.labels.names, rule=rule, batch_size=cfg.eval.batch_size
     )
-    metrics: dict[str, Any] = {
-        "best_epoch": run.best_epoch,
-        "epochs_run": len(run.history),
-        "stopped_early": run.stopped_early,
-        "train_seconds": train_seconds,
-        "data": {s.source: {"rows": s.rows, "labels": s.label_counts} for s in splits.summaries()},
-        "dev": evaluate(predictor, splits.dev),
-    }
-    if splits.test is not None:
-        metrics["test"] = evaluate(predictor, splits.test)
-    atomic_write_text(
-        root / "reference.json",
-        json.dumps(reference_stats(predictor, splits.dev.texts), ensure_ascii=False, indent=1),
+    ctx = AfterTraining(
+        cfg,
+        splits,
+        root,
+        predictor,
+        run.history,
+        dev_probs=predictor.predict_proba(splits.dev.texts),
+        test_probs=None if splits.test is None else predictor.predict_proba(splits.test.texts),
+        dist=dist,
     )
-    if cfg.eval.plots:
-        write_plots(root, splits.labels.names, run.history, metrics.get("test") or metrics["dev"])
-    save_run(root, cfg, splits.labels.names, encoder, run.model, spec, metrics)
+    for step in AFTER_TRAINING:
+        step(ctx)
+    metrics = RunMetrics(
+        best_epoch=run.best_epoch,
+        epochs_run=len(run.history),
+        stopped_early=run.stopped_early,
+        train_seconds=train_seconds,
+        data={s.source: SplitCounts(s.rows, s.label_counts) for s in splits.summaries()},
+        dev=ctx.scores["dev"],
+        test=ctx.scores.get("test"),
+    )
+    if dist.is_main:
+        save_run(root, cfg, splits.labels.names, encoder, run.model, spec, metrics.to_json())
     return TrainResult(root, predictor, metrics, run.history)

@@ -6,6 +6,10 @@ with, ``{"c": 0.3}``). The progress bar, the CLI, the plots and the bench read i
 way, whichever family wrote it. Enter through :meth:`EpochRecord.to_json` /
 :meth:`EpochRecord.from_json` and :func:`read_history`.
 
+:class:`RunMetrics` is a run folder's ``metrics.json`` (with :class:`Scores` per labelled
+split, :class:`ClassScores` per label and :class:`SplitCounts` per data split), written by
+the pipeline; its ``to_json`` keeps the keys older readers know.
+
 Example:
     >>> EpochRecord.from_json({"epoch": 1, "c": 0.3, "train_loss": 0.5, "dev": {},
     ...                        "seconds": 1.0, "precision": "fp32", "is_best": True}).param
@@ -20,7 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EpochRecord", "history_lines", "read_history"]
+__all__ = [
+    "ClassScores",
+    "EpochRecord",
+    "RunMetrics",
+    "Scores",
+    "SplitCounts",
+    "history_lines",
+    "read_history",
+]
 
 # Keys an older solved-family record carried at the top level instead of in "param".
 _LEGACY_PARAMS = ("c",)
@@ -103,3 +115,161 @@ def read_history(path: str | Path) -> list[EpochRecord]:
     """
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return [EpochRecord.from_json(json.loads(line)) for line in lines if line.strip()]
+
+
+# ---------------------------------------------------------------- metrics (metrics.json)
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """Precision, recall, F1 and support of one label."""
+
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-ready form (``metrics.json``'s ``per_class`` entries)."""
+        return {
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "support": self.support,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ClassScores:
+        """Read what :meth:`to_json` wrote."""
+        return cls(
+            precision=float(data["precision"]),
+            recall=float(data["recall"]),
+            f1=float(data["f1"]),
+            support=int(data["support"]),
+        )
+
+
+@dataclass(frozen=True)
+class Scores:
+    """How well a model labels one labelled set (``metrics.json``'s ``dev`` / ``test``).
+
+    Attributes:
+        n: number of texts.
+        accuracy: share of texts whose decided labels are exactly right.
+        macro_f1, micro_f1: F1 averaged over labels, and over all decisions.
+        per_class: label -> its scores.
+        confusion_matrix: rows true, columns predicted, in label order (single-label only).
+        roc_auc: binary tasks with both labels present only.
+    """
+
+    n: int
+    accuracy: float
+    macro_f1: float
+    micro_f1: float
+    per_class: dict[str, ClassScores]
+    confusion_matrix: list[list[int]] | None = None
+    roc_auc: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-ready form, with the keys ``metrics.json`` has always had."""
+        out: dict[str, Any] = {
+            "n": self.n,
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "micro_f1": self.micro_f1,
+            "per_class": {name: s.to_json() for name, s in self.per_class.items()},
+        }
+        if self.confusion_matrix is not None:
+            out["confusion_matrix"] = [list(row) for row in self.confusion_matrix]
+        if self.roc_auc is not None:
+            out["roc_auc"] = self.roc_auc
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Scores:
+        """Read what :meth:`to_json` (or an older fenlei) wrote."""
+        matrix = data.get("confusion_matrix")
+        auc = data.get("roc_auc")
+        return cls(
+            n=int(data["n"]),
+            accuracy=float(data["accuracy"]),
+            macro_f1=float(data["macro_f1"]),
+            micro_f1=float(data["micro_f1"]),
+            per_class={
+                str(k): ClassScores.from_json(v) for k, v in dict(data["per_class"]).items()
+            },
+            confusion_matrix=None if matrix is None else [[int(c) for c in r] for r in matrix],
+            roc_auc=None if auc is None else float(auc),
+        )
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    """Rows and rows per label of one data split (``metrics.json``'s ``data``)."""
+
+    rows: int
+    labels: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-ready form."""
+        return {"rows": self.rows, "labels": dict(self.labels)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SplitCounts:
+        """Read what :meth:`to_json` wrote."""
+        return cls(int(data["rows"]), {str(k): int(v) for k, v in dict(data["labels"]).items()})
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """A run's ``metrics.json``: how training went and how the model scores.
+
+    Attributes:
+        best_epoch: the epoch (or solve) whose weights were kept.
+        epochs_run: epochs (or solves) run.
+        stopped_early: training stopped on ``train.patience``.
+        train_seconds: wall time from the start of the run to the trained model.
+        data: split source -> its row counts.
+        dev: scores on the dev split.
+        test: scores on the test split, when there is one.
+    """
+
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    train_seconds: float
+    data: dict[str, SplitCounts]
+    dev: Scores
+    test: Scores | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-ready form: ``metrics.json``, keys as they have always been."""
+        out: dict[str, Any] = {
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "stopped_early": self.stopped_early,
+            "train_seconds": self.train_seconds,
+            "data": {source: counts.to_json() for source, counts in self.data.items()},
+            "dev": self.dev.to_json(),
+        }
+        if self.test is not None:
+            out["test"] = self.test.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunMetrics:
+        """Read a ``metrics.json`` (today's or an older fenlei's).
+
+        Raises:
+            KeyError, TypeError, ValueError: ``data`` is not a run's metrics.
+        """
+        test = data.get("test")
+        return cls(
+            best_epoch=int(data["best_epoch"]),
+            epochs_run=int(data["epochs_run"]),
+            stopped_early=bool(data["stopped_early"]),
+            train_seconds=float(data["train_seconds"]),
+            data={str(k): SplitCounts.from_json(v) for k, v in dict(data.get("data", {})).items()},
+            dev=Scores.from_json(data["dev"]),
+            test=None if test is None else Scores.from_json(test),
+        )
