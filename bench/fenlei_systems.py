@@ -62,10 +62,10 @@ def main() -> None:
     c.emit(
         {
             "predictions": predictions,
-            "train_seconds": result.metrics["train_seconds"],
+            "train_seconds": result.metrics.train_seconds,
             "model_bytes": size,
-            "best_epoch": result.metrics["best_epoch"],
-            "epochs_run": result.metrics["epochs_run"],
+            "best_epoch": result.metrics.best_epoch,
+            "epochs_run": result.metrics.epochs_run,
             "dev_accuracy_per_epoch": [h.dev["accuracy"] for h in result.history],
             # a solved family (nbsvm): the setting of each solve ({"c": ...})
             **({"params": [h.param for h in result.history]} if result.history[0].param else {}),
