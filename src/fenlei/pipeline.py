@@ -282,6 +282,7 @@ def _fit_model(
     *,
     resume: bool,
     progress: ProgressReporter | None,
+    dist: Dist,
 ) -> tuple[Run, ModelSpec]:
     """Build the model for ``encoder`` and train it; return the run and the model's spec."""
     spec = ModelSpec(
@@ -308,6 +309,7 @@ def _fit_model(
         run_dir=root,
         resume=resume,
         progress=progress,
+        dist=dist,
     )
     return run, spec
 
@@ -373,7 +375,9 @@ def train_run(
             return _finished(root)
         encoder = _encoder(cfg, splits, root, resumed=start == "resume", dist=dist)
         with _own_random_state(cfg.train.seed):
-            run, spec = _fit_model(cfg, splits, root, encoder, resume=resume, progress=progress)
+            run, spec = _fit_model(
+                cfg, splits, root, encoder, resume=resume, progress=progress, dist=dist
+            )
         train_seconds = time.perf_counter() - started
         result = _after_training(cfg, splits, root, encoder, run, spec, train_seconds, dist)
     dist.barrier()  # the other ranks return once the run folder is complete
