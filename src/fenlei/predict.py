@@ -13,6 +13,7 @@ Never imports training code, and never sets process-wide torch state (entry poin
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from fenlei.artifact import LoadedRun, load_run
 from fenlei.config import DataConfig
 from fenlei.decision import DecisionRule, decide
 from fenlei.errors import ArtifactError, ConfigError, DataError, MissingExtraError
+from fenlei.explain import IG_STEPS, Explanation, explain, shadow_copy
 from fenlei.models import batched_logits, family_of, to_probs
 from fenlei.runtime import resolve_device
 from fenlei.tokenize import Encoder
@@ -316,6 +318,8 @@ class Predictor:
         self.backend: str = getattr(model, "backend", "torch")
 
     @property
+        self._explainer: nn.Module | None = None  # a shadow of the torch model, made once
+        self._explain_lock = threading.Lock()
     def multi_label(self) -> bool:
         """Whether each label is decided on its own (from :attr:`rule`)."""
         return self.rule.multi_label
@@ -459,3 +463,44 @@ class Predictor:
             )
             for d, row in zip(decide(probs, self.labels, self.rule), probs, strict=True)
         ]
+
+    def explain(
+        self, texts: Sequence[str], *, target: str | None = None, n_steps: int = IG_STEPS
+    ) -> list[Explanation]:
+        """A score per word of each text towards its predicted label, or ``target``.
+
+        Exact for bag models (linear, nbsvm), integrated gradients otherwise (see
+        :mod:`fenlei.explain`). Runs the PyTorch model of the run folder, also when
+        predictions run on ONNX Runtime. Explanations of one predictor run one at a time;
+        predictions meanwhile go on.
+
+        Raises:
+            DataError: a text has no tokens, or ``target`` is not one of :attr:`labels`.
+            ConfigError: the predictor was not loaded from a run folder (the family is
+                read from its config).
+            MissingExtraError: integrated gradients need ``pip install 'fenlei[explain]'``.
+
+        Example:
+            >>> best = predictor.explain(["where is my parcel?"])[0].top(3)  # doctest: +SKIP
+        """
+        texts = self._check(texts)
+        if self.run is None:
+            raise ConfigError(
+                "explain needs a predictor loaded from a run folder (Predictor.from_run): "
+                "the model family comes from its config"
+            )
+        family = family_of(self.run.config.model.architecture)
+        with self._explain_lock:
+            if self._explainer is None:
+                torch_model = self.run.model if self.backend == "onnx" else self.model
+                self._explainer = shadow_copy(torch_model)
+            return explain(
+                self._explainer,
+                self.encoder,
+                family,
+                self.labels,
+                texts,
+                multi_label=self.multi_label,
+                target=target,
+                n_steps=n_steps,
+            )

@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
@@ -28,6 +29,7 @@ __all__ = [
     "PAD",
     "UNK",
     "Encoder",
+    "TokenOffsets",
     "keep_head_and_tail",
     "load_pretrained_encoder",
     "pad_ids",
@@ -63,6 +65,26 @@ def keep_head_and_tail(ids: list[int], max_length: int) -> list[int]:
         return ids
     head = max(1, max_length // 4)
     return ids[:head] + ids[len(ids) - (max_length - head) :]
+
+
+@dataclass(frozen=True)
+class TokenOffsets:
+    """One text's token ids with where each token came from (see
+    :meth:`Encoder.encode_with_offsets`).
+
+    Attributes:
+        ids: the token ids, exactly as :meth:`Encoder.encode_ids` gives them.
+        spans: each token's ``(start, end)`` character span in the original text; ``(0, 0)``
+            for a special token.
+        words: each token's word number in the text (the pre-tokenizer's words: a CJK
+            character is a word of its own); None for a special token ([CLS], [SEP]).
+        cut: the text was longer than ``max_length`` tokens and was cut.
+    """
+
+    ids: list[int]
+    spans: list[tuple[int, int]]
+    words: list[int | None]
+    cut: bool
 
 
 class Encoder:
@@ -113,6 +135,41 @@ class Encoder:
         if self.cfg.truncation != "head+tail":
             return [enc.ids for enc in encodings]
         return [keep_head_and_tail(enc.ids, self.cfg.max_length) for enc in encodings]
+
+    def encode_with_offsets(self, texts: Sequence[str]) -> list[TokenOffsets]:
+        """Token ids of each text with their character spans and word numbers.
+
+        The ids are those of :meth:`encode_ids` (the same cut, head+tail included), so a
+        score per token maps back onto the text the user wrote.
+
+        Raises:
+            DataError: a text is not a string or cannot be tokenized; names its index.
+
+        Example:
+            >>> enc.encode_with_offsets(["good film"])[0].spans  # doctest: +SKIP
+            [(0, 4), (5, 9)]
+        """
+        try:
+            encodings = self.tokenizer.encode_batch(list(texts))
+        except Exception as exc:  # tokenizers raises TypeError, or bare Exceptions
+            raise self._encoding_error(texts, exc) from exc
+        out = []
+        for enc in encodings:
+            keep = list(range(len(enc.ids)))
+            cut = bool(enc.overflowing)  # the tokenizer's own truncation (head or tail)
+            if self.cfg.truncation == "head+tail":
+                keep = keep_head_and_tail(keep, self.cfg.max_length)
+                cut = len(keep) < len(enc.ids)
+            special = enc.special_tokens_mask
+            out.append(
+                TokenOffsets(
+                    ids=[enc.ids[i] for i in keep],
+                    spans=[(0, 0) if special[i] else enc.offsets[i] for i in keep],
+                    words=[None if special[i] else enc.word_ids[i] for i in keep],
+                    cut=cut,
+                )
+            )
+        return out
 
     def _encoding_error(self, texts: Sequence[str], exc: Exception) -> DataError:
         # Only on failure: find the first text the tokenizer refuses, so the error can name it.

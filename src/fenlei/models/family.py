@@ -18,16 +18,19 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+import torch
 from torch import nn
 
 if TYPE_CHECKING:
     from fenlei.config import ModelConfig, RunConfig
     from fenlei.models import ModelSpec
 
-__all__ = ["Builder", "Family", "TrainIds"]
+__all__ = ["Attribution", "Builder", "Family", "TrainIds"]
 
 TrainIds = Sequence[Sequence[int]] | None
 Builder = Callable[["ModelConfig", "ModelSpec", dict[str, int] | None, TrainIds], nn.Module]
+# (module, one text's ids (T,)) -> (per-token logit contributions (T, n_outputs), bias (n_outputs,))
+Attribution = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _no_extras(model: nn.Module) -> dict[str, Any]:
@@ -54,6 +57,9 @@ class Family:
             measured gain); None: fp32 on CPU.
         gradient_checkpointing: switches gradient checkpointing on; None: not supported.
         token_embedding: the token embedding table (freezing, attributions); None: none.
+        attribution: exact per-token contributions to the logits of one text, which with the
+            bias sum to them (a bag model's logit is a sum over its features); None:
+            explanations use integrated gradients on ``token_embedding``.
         spec_extras: fields of :class:`~fenlei.models.ModelSpec` the built model learned
             (saved in ``model_config.json`` so the run folder rebuilds it).
         search_space: hyperparameters a tuner may vary, ``"section.key" -> choices``.
@@ -72,6 +78,7 @@ class Family:
     bf16_cpu: Callable[[nn.Module], AbstractContextManager[Any]] | None = None
     gradient_checkpointing: Callable[[nn.Module], None] | None = None
     token_embedding: Callable[[nn.Module], nn.Module | None] | None = None
+    attribution: Attribution | None = None
     spec_extras: Callable[[nn.Module], dict[str, Any]] = _no_extras
     search_space: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     validate: Callable[[RunConfig], None] | None = None

@@ -47,6 +47,8 @@ __all__ = [
     "fnv1a",
     "ngram_buckets",
     "occupied_buckets",
+    "spread_over_tokens",
+    "token_contributions",
     "token_ngram_features",
     "used_buckets",
 ]
@@ -184,6 +186,23 @@ def token_ngram_features(
         row = vocab_size + bucket if bucket_rows is None else bucket_rows[bucket]
         parts.append(torch.where(ok, row, pad_index))
     return torch.cat(parts, dim=1)
+
+
+def spread_over_tokens(values: torch.Tensor, length: int, ngram: int) -> torch.Tensor:
+    """Per-token sums (T, C) of per-feature values (T', C) laid out as
+    :func:`token_ngram_features` lays out one text's features: each token's own value, plus
+    an equal share of every n-gram that covers it."""
+    out = values[:length].clone()
+    start = length
+    for n in range(2, ngram + 1):
+        if length < n:
+            break
+        width = length - n + 1
+        share = values[start : start + width] / n  # the n-grams starting at 0 .. width-1
+        for k in range(n):
+            out[k : k + width] += share
+        start += width
+    return out
 
 
 class BagOfNgrams(nn.Module):
@@ -352,6 +371,33 @@ def token_embedding(model: nn.Module) -> nn.Module:
     return model.embed
 
 
+@torch.no_grad()
+def token_contributions(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's exact share (T, n_outputs) of the logits of one text's ids (T,), and the
+    bias (n_outputs,); together they sum to the eval-mode logits.
+
+    The logit is ``head(sum of feature vectors / count)``, linear in each feature: a token
+    gets its own vector's and its character n-grams' part, and an equal share of each token
+    n-gram covering it.
+    """
+    assert isinstance(model, BagOfNgrams)
+    pad = model.pad_index
+    weight = model.embed.weight
+    head = model.head.weight  # (C, D)
+    features = model.token_ngrams(ids[None], torch.ones_like(ids)[None])[0]  # (T',)
+    valid = (features != pad)[:, None]
+    count = valid.sum().clamp(min=1)
+    per_feature = (weight[features] @ head.T) * valid / count  # (T', C)
+    per_token = spread_over_tokens(per_feature, len(ids), model.ngram)
+    if model.use_chars:
+        char_table: torch.Tensor = model.char_table  # type: ignore[assignment]
+        grams = char_table[ids]  # (T, K)
+        kept = (grams != pad)[:, :, None]
+        chars = (weight[grams] * kept).sum(dim=1) / kept.sum(dim=1).clamp(min=1)  # (T, D)
+        per_token = per_token + chars @ head.T / count
+    return per_token, model.head.bias.detach().clone()
+
+
 def spec_extras(model: nn.Module) -> dict[str, Any]:
     """``ngram_rows``: the n-gram rows the table kept (absent: one row per bucket)."""
     assert isinstance(model, BagOfNgrams)
@@ -377,6 +423,7 @@ def _family(name: str, build: Builder) -> Family:
         reads=_READS,
         sparse_table=True,  # the table trains with a sparse optimizer
         token_embedding=token_embedding,
+        attribution=token_contributions,
         spec_extras=spec_extras,
         search_space=_SEARCH_SPACE,
     )

@@ -27,7 +27,12 @@ import torch
 from torch import nn
 
 from fenlei.models.family import Family, TrainIds
-from fenlei.models.linear import bucket_row_map, token_ngram_features, used_buckets
+from fenlei.models.linear import (
+    bucket_row_map,
+    spread_over_tokens,
+    token_ngram_features,
+    used_buckets,
+)
 from fenlei.tokenize import pad_ids
 
 if TYPE_CHECKING:
@@ -36,7 +41,7 @@ if TYPE_CHECKING:
     from fenlei.config import ModelConfig
     from fenlei.models import ModelSpec
 
-__all__ = ["NBSVM_V1", "NBLogistic", "build", "nb_ratio"]
+__all__ = ["NBSVM_V1", "NBLogistic", "build", "nb_ratio", "token_contributions"]
 
 
 def nb_ratio(features: sp.csr_matrix, positive: np.ndarray, alpha: float) -> np.ndarray:
@@ -222,6 +227,30 @@ def build(
     return model
 
 
+@torch.no_grad()
+def token_contributions(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's exact share (T, n_outputs) of the logits of one text's ids (T,), and the
+    bias (n_outputs,); together they sum to the logits.
+
+    A feature counts once per text however often it occurs, so its weight is split equally
+    over its occurrences, and an n-gram's share equally over the tokens it covers.
+    """
+    assert isinstance(model, NBLogistic)
+    features = token_ngram_features(
+        ids[None],
+        torch.ones_like(ids)[None],
+        vocab_size=model.vocab_size,
+        ngram=model.ngram,
+        buckets=model.buckets,
+        pad_index=model.pad_index,
+        bucket_rows=getattr(model, "bucket_rows", None),
+    )[0]  # (T',), in position order, repeats kept
+    _, inverse, counts = torch.unique(features, return_inverse=True, return_counts=True)
+    valid = (features != model.pad_index)[:, None]
+    per_feature = model.table.weight[features] * valid / counts[inverse][:, None]  # (T', C)
+    return spread_over_tokens(per_feature, len(ids), model.ngram), model.bias.detach().clone()
+
+
 def spec_extras(model: nn.Module) -> dict[str, Any]:
     """``ngram_rows``: the n-gram rows the table kept (absent: one row per bucket)."""
     assert isinstance(model, NBLogistic)
@@ -234,6 +263,7 @@ NBSVM_V1 = Family(
     reads=frozenset({"ngram", "buckets", "nb_c", "nb_alpha"}),
     trains_by="solver",
     soft_targets=False,  # the solver fits hard 0/1 targets per label
+    attribution=token_contributions,
     spec_extras=spec_extras,
     search_space={
         "model.nb_c": (0.1, 0.3, 1.0, 3.0),
