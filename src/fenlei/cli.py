@@ -427,6 +427,9 @@ def serve(
     run_server(_named_runs(runs), settings, host=host, port=port)
 
 
+    max_explain_texts: Annotated[
+        int, typer.Option(min=1, help="Most texts per explain request.")
+    ] = 8,
 @app.command()
 def export(run: Annotated[Path, typer.Argument(help="Run folder.")]) -> None:
     """Export a run folder's model to ONNX (model.onnx); the server then uses ONNX Runtime.
@@ -483,6 +486,7 @@ def datasets_get(
     accept_unverified: Annotated[
         bool,
         typer.Option("--accept-unverified", help="Allow files with no published sha256."),
+        max_explain_texts=max_explain_texts,
     ] = False,
 ) -> None:
     """Download (resumable), verify (sha256) and convert a dataset to text,label CSV tables.

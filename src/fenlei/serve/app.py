@@ -491,6 +491,9 @@ def _routes(app: FastAPI) -> None:
 
 
 def create_app(
+    from fenlei.serve.explaining import add_explain_route  # it builds on this module
+
+    add_explain_route(app)
     models: Mapping[str, ModelSource] | Sequence[ModelSource] | ModelSource,
     settings: ServeSettings | None = None,
 ) -> FastAPI:

@@ -27,6 +27,8 @@ __all__ = [
     "DriftStatistic",
     "ErrorBody",
     "ErrorResponse",
+    "ExplainRequest",
+    "ExplainResponse",
     "HealthResponse",
     "LabelScore",
     "ModelInfo",
@@ -34,7 +36,9 @@ __all__ = [
     "PredictRequest",
     "PredictResponse",
     "ServeSettings",
+    "TextExplanation",
     "TextPrediction",
+    "WordScore",
     "serve_settings",
 ]
 
@@ -57,6 +61,9 @@ class ServeSettings(_Frozen):
     )
     max_texts: int = Field(256, ge=1, description="Most texts in one request (else 413).")
     max_chars: int = Field(10_000, ge=1, description="Most characters per text (else 413).")
+    max_explain_texts: int = Field(
+        8, ge=1, description="Most texts in one explain request (else 413)."
+    )
     max_batch_chars: int = Field(
         16_384,
         ge=1,
@@ -293,3 +300,65 @@ class ErrorResponse(_Frozen):
     """Every 4xx/5xx body: ``{"error": {...}}``."""
 
     error: ErrorBody
+
+
+class ExplainRequest(_Frozen):
+    """Texts to explain, towards their predicted label or one ``target`` label."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        json_schema_extra={"examples": [{"texts": ["where is my parcel?"], "target": None}]},
+    )
+
+    texts: list[StrictStr] = Field(..., min_length=1, description="Texts to explain.")
+    target: StrictStr | None = Field(
+        None, description="Explain this label for every text (None: each text's prediction)."
+    )
+
+    @field_validator("texts")
+    @classmethod
+    def _texts_are_unicode(cls, texts: list[str]) -> list[str]:
+        for i, text in enumerate(texts):
+            problem = check_text(text)
+            if problem is not None:
+                raise ValueError(f"texts[{i}] {problem}; send valid Unicode")
+        return texts
+
+
+class WordScore(_Frozen):
+    """One word of a text and its score towards the explained label."""
+
+    token: str = Field(description="The word as written: text[start:end].")
+    start: int = Field(description="Start offset in the text (Unicode code points).")
+    end: int = Field(description="End offset (exclusive).")
+    score: float = Field(description="Its share of the label's score; > 0 pushes towards it.")
+
+
+class TextExplanation(_Frozen):
+    """Why one text gets (or would get) a label: a score per word."""
+
+    label: str = Field(description="The label explained (the prediction, or the target).")
+    predicted: str = Field(description="The most probable label.")
+    probability: float = Field(description="The explained label's probability.")
+    method: Literal["exact", "integrated-gradients", "ensemble"]
+    score: float = Field(
+        description="The label's score: its logit minus the mean logit (softmax), its "
+        "log-odds (one sigmoid) or its logit (multi-label)."
+    )
+    base: float = Field(description="The score without the words (bias or baseline).")
+    special: float = Field(description="The part of special tokens ([CLS], [SEP]).")
+    delta: float = Field(
+        description="Integrated gradients' convergence delta: sum of word scores + special "
+        "= score - base + delta (0 when exact)."
+    )
+    truncated: bool = Field(description="The text was cut like the model cuts it.")
+    unknown: int = Field(description="Words the model knows only as the unknown token.")
+    tokens: list[WordScore]
+
+
+class ExplainResponse(_Frozen):
+    """Explanations in the order of the request's texts."""
+
+    model: str
+    explanations: list[TextExplanation]
