@@ -106,3 +106,65 @@ def test_page_with_token(browser: Any, start_server: StartServer, serve_run: Pat
     page.click("#classify")
     page.wait_for_selector(".bar-row")
     page.close()
+
+
+def _classify(page: Any, server: LiveServer, text: str, *, per_line: bool = False) -> None:
+    page.goto(server.url + "/")
+    page.wait_for_selector("#model option", state="attached")
+    if per_line:
+        page.check("#per-line")
+    page.fill("#text", text)
+    page.click("#classify")
+
+
+def test_page_highlights_the_words_under_each_prediction(
+    browser: Any, start_server: StartServer, serve_run: Path
+) -> None:
+    server = start_server({"intents": serve_run})
+    outside: list[str] = []
+    page = _offline_page(browser, server, outside)
+    text = "😀 my parcel still hasn't arrived, 快递到哪里了?"
+    _classify(page, server, text)
+    page.wait_for_selector(".why .tok")
+    assert page.inner_text(".why .hl") == text  # every character shown, once, in order
+    words = page.locator(".why .tok")
+    assert words.count() >= 8
+    colours = {words.nth(i).evaluate("el => el.style.backgroundColor") for i in range(3)}
+    assert all(c.startswith("rgba(") for c in colours)
+    label = server.state.models["intents"].predictor.predict([text])[0].label
+    assert page.inner_text(".why .muted").startswith(f"Why {label}:")
+    assert outside == []
+    page.close()
+
+
+MARKUP = [
+    "<img src=x onerror=\"window.__pwned='img'; alert(1)\">",
+    "<script>window.__pwned='script'; alert(2)</script>",
+    "</div><svg onload=\"window.__pwned='svg'\"></svg> refund",
+]
+
+
+def test_markup_in_texts_and_labels_never_runs(
+    browser: Any, start_server: StartServer, predictor: Any
+) -> None:
+    from fenlei.predict import Predictor
+
+    labels = [
+        f"<img src=x onerror=\"window.__pwned='label{i}'\">{name}"
+        for i, name in enumerate(predictor.labels)
+    ]
+    relabelled = Predictor(predictor.encoder, predictor.model, labels, run=predictor.run)
+    server = start_server({"intents": relabelled})
+    dialogs: list[str] = []
+    page = _offline_page(browser, server, [])
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    _classify(page, server, "\n".join(MARKUP), per_line=True)
+    page.wait_for_function("document.querySelectorAll('.why .hl').length === 3")
+    page.wait_for_timeout(300)  # an injected onerror/onload would have fired by now
+    assert page.evaluate("window.__pwned") is None
+    assert dialogs == []
+    assert page.locator("#results img, #results script, #results svg, #model img").count() == 0
+    shown = [page.locator(".why .hl").nth(i).inner_text() for i in range(3)]
+    assert shown == MARKUP  # shown as the text it is
+    assert labels[0] in page.inner_text("#results") or labels[1] in page.inner_text("#results")
+    page.close()
