@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,17 @@ from fenlei._version import __version__
 from fenlei.config import RunConfig
 from fenlei.errors import ArtifactError
 from fenlei.models import ModelSpec, build_model, family_of
+from fenlei.run_schema import (
+    FIX,
+    LabelsFile,
+    Manifest,
+    SpecFile,
+    check_agreement,
+    check_weights,
+    invalid,
+    parse_config,
+    validate,
+)
 from fenlei.tokenize import Encoder
 
 __all__ = [
@@ -46,6 +58,7 @@ __all__ = [
     "mark_best_checkpoint",
     "save_run",
     "snapshot",
+    "update_manifest",
     "verify_manifest",
     "write_checkpoint",
     "write_manifest",
@@ -58,6 +71,16 @@ CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.safetensors"
 PROGRESS_KEY = "fenlei.progress"
 BEST_FILE = "best.safetensors"
+# what load_run reads; the manifest must list each of them
+RUN_FILES = (
+    "config.json",
+    "labels.json",
+    "model_config.json",
+    "tokenizer.json",
+    "model.safetensors",
+    "metrics.json",
+)
+MAX_JSON_BYTES = 64 << 20  # fenlei's own JSON files are kilobytes; tokenizer.json is not read here
 
 
 def atomic_write(path: Path, write: Callable[[Path], None], *, durable: bool = True) -> None:
@@ -103,25 +126,51 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _payload_files(run_dir: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in run_dir.rglob("*")
-        if p.is_file()
-        and p.name != MANIFEST
-        and not p.name.startswith(".")
-        and CHECKPOINT_DIR not in p.relative_to(run_dir).parts
-    )
+def _refuse_odd(path: Path) -> None:
+    """Refuse a link (it may point anywhere) or anything else that is not a plain file/folder."""
+    mode = path.lstat().st_mode
+    if stat.S_ISLNK(mode):
+        raise ArtifactError(
+            f"{path} is a symbolic link (to {os.readlink(path)}); a run folder holds its own "
+            "files: replace the link by a copy of the file, or restore the folder"
+        )
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise ArtifactError(f"{path} is not a regular file; remove it or restore the folder")
+
+
+def _payload_files(run_dir: Path) -> dict[str, Path]:
+    """Relative posix path -> path of every file the manifest covers (hidden names and
+    ``checkpoint/`` aside), walked without following links.
+
+    Raises:
+        ArtifactError: a symbolic link or a special file (a FIFO would hang the hashing).
+    """
+    found: dict[str, Path] = {}
+    for folder, dirs, names in os.walk(run_dir):
+        here = Path(folder)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != CHECKPOINT_DIR]
+        for name in dirs:
+            _refuse_odd(here / name)  # os.walk lists a linked folder here and does not enter it
+        for name in names:
+            path = here / name
+            if name.startswith(".") or (here == run_dir and name == MANIFEST):
+                continue
+            _refuse_odd(path)
+            found[path.relative_to(run_dir).as_posix()] = path
+    return dict(sorted(found.items()))
 
 
 def write_manifest(run_dir: Path, *, kind: str = RUN_KIND) -> dict[str, Any]:
     """(Re)write ``manifest.json`` over every file of the run folder; return it.
 
     ``kind`` says what the folder holds: ``"single"``, one model (the only kind so far).
+
+    Raises:
+        ArtifactError: the folder holds a symbolic link or a special file (named).
     """
     files = {
-        p.relative_to(run_dir).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
-        for p in _payload_files(run_dir)
+        rel: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        for rel, p in _payload_files(run_dir).items()
     }
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -133,47 +182,81 @@ def write_manifest(run_dir: Path, *, kind: str = RUN_KIND) -> dict[str, Any]:
     return manifest
 
 
-def verify_manifest(run_dir: Path) -> dict[str, Any]:
-    """Check every file listed in the manifest; return the manifest.
+def update_manifest(run_dir: Path, manifest: dict[str, Any], name: str) -> dict[str, Any]:
+    """Record ``name`` as it is now in a verified ``manifest`` (or drop it, if it is gone).
+
+    Unlike :func:`write_manifest` nothing else is hashed again, so a file changed since the
+    manifest was verified is not vouched for by the rewrite.
 
     Raises:
-        ArtifactError: no run folder, no or unreadable manifest, unknown format version, or a
-            file that is missing, truncated or altered (the message names it).
+        ArtifactError: ``name`` is a symbolic link or a special file.
     """
-    if not run_dir.is_dir():
-        raise ArtifactError(f"{run_dir} is not a run folder (it does not exist)")
+    path = run_dir / name
+    files = {k: v for k, v in manifest["files"].items() if k != name}
+    if path.exists() or path.is_symlink():
+        _refuse_odd(path)
+        files[name] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+    updated = {**manifest, "fenlei_version": __version__, "files": dict(sorted(files.items()))}
+    _write_json(run_dir / MANIFEST, updated)
+    return updated
+
+
+def _read_manifest(run_dir: Path) -> tuple[dict[str, Any], Manifest]:
+    """The manifest as read and as validated; its format version is checked first."""
     path = run_dir / MANIFEST
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise ArtifactError(
             f"{path} is missing: the run did not finish or this is not a fenlei run folder; "
             "train again (or `fenlei train --resume`)"
         )
+    _refuse_odd(path)
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        files = manifest["files"]
-        version = manifest["format_version"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raw = _read_json(path)
+    except ArtifactError as exc:
         raise ArtifactError(f"{path} is not a valid manifest: {exc}") from exc
-    if version != FORMAT_VERSION:
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if type(version) is int and version != FORMAT_VERSION:  # else the schema names the field
         raise ArtifactError(
             f"{run_dir} has run-folder format {version}; this fenlei reads {FORMAT_VERSION}"
         )
-    for rel, meta in files.items():
+    return raw, validate(Manifest, path, raw)
+
+
+def verify_manifest(run_dir: Path) -> dict[str, Any]:
+    """Check that the run folder holds exactly the files its manifest lists; return it.
+
+    Raises:
+        ArtifactError: no run folder, no or invalid manifest, unknown format version, a
+            symbolic link or special file, a file the manifest does not list, or one that is
+            missing, truncated or altered (the message names it).
+    """
+    if not run_dir.is_dir():
+        raise ArtifactError(f"{run_dir} is not a run folder (it does not exist)")
+    raw, manifest = _read_manifest(run_dir)
+    present = _payload_files(run_dir)
+    for rel in present:
+        if rel not in manifest.files:
+            raise ArtifactError(
+                f"{present[rel]} is not in the manifest: it was added after the run was "
+                "saved; remove it (or run `fenlei export` again for model.onnx), or restore "
+                "the folder"
+            )
+    for rel, meta in manifest.files.items():
         file = run_dir / rel
-        if not file.is_file():
+        if rel not in present:
             raise ArtifactError(f"{file} is listed in the manifest but missing")
         size = file.stat().st_size
-        if size != meta["bytes"]:
+        if size != meta.size:
             raise ArtifactError(
-                f"{file} has {size} bytes, the manifest says {meta['bytes']}: it is truncated "
+                f"{file} has {size} bytes, the manifest says {meta.size}: it is truncated "
                 "or altered; restore it or train again"
             )
-        if _sha256(file) != meta["sha256"]:
+        if _sha256(file) != meta.sha256:
             raise ArtifactError(
                 f"{file} does not match its sha256 in the manifest: it was altered or "
                 "corrupted; restore it or train again"
             )
-    return dict(manifest)
+    return dict(raw)
 
 
 def _model_spec(model: nn.Module, spec: ModelSpec, architecture: str) -> ModelSpec:
@@ -239,34 +322,46 @@ class LoadedRun:
 
 def _read_json(path: Path) -> Any:
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise ArtifactError(f"{path} is larger than {MAX_JSON_BYTES >> 20} MiB; {FIX}")
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+    # ValueError: also a number past Python's digit cap; RecursionError: nesting too deep
+    except (OSError, ValueError, RecursionError) as exc:
         raise ArtifactError(f"{path} is not readable JSON: {exc}") from exc
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
-    """Verify the manifest and rebuild config, labels, encoder and model (in eval mode).
+    """Verify the manifest and every field of the JSON files, then rebuild the run.
+
+    Nothing is built before the files are validated and ``model.safetensors`` is checked
+    against the model they describe (see :mod:`fenlei.run_schema`), so an odd folder costs
+    no memory. The model comes back in eval mode.
 
     Raises:
-        ArtifactError: the folder is missing, incomplete, altered or incompatible.
+        ArtifactError: the folder is missing, incomplete, altered, inconsistent or
+            incompatible (one line naming the file and field).
 
     Example:
         >>> run = load_run("runs/demo")  # doctest: +SKIP
     """
-    from pydantic import ValidationError
-
     root = Path(run_dir)
     manifest = verify_manifest(root)
-    raw_cfg = _read_json(root / "config.json")
-    raw_cfg.pop("fenlei_version", None)
-    try:
-        cfg = RunConfig.model_validate(raw_cfg)
-        spec = ModelSpec(**_read_json(root / "model_config.json"))
-    except (ValidationError, TypeError) as exc:
-        raise ArtifactError(f"{root / 'config.json'} does not describe a valid run: {exc}") from exc
-    label_info = _read_json(root / "labels.json")
+    for name in RUN_FILES:
+        if name not in manifest["files"]:
+            raise invalid(root / MANIFEST, f"{name} is not listed")
+    cfg = parse_config(root / "config.json", _read_json(root / "config.json"))
+    labels = validate(LabelsFile, root / "labels.json", _read_json(root / "labels.json"))
+    spec_path = root / "model_config.json"
+    spec = validate(SpecFile, spec_path, _read_json(spec_path)).to_spec()
+    metrics = _read_json(root / "metrics.json")
+    if not isinstance(metrics, dict):
+        raise invalid(
+            root / "metrics.json", f"expected a JSON object, found {type(metrics).__name__}"
+        )
     encoder = Encoder.load(root / "tokenizer.json", cfg.encoder)
-    model = build_model(cfg.model, spec)
+    check_agreement(root, cfg, labels, spec, encoder)
+    check_weights(root / "model.safetensors", cfg.model, spec)
+    model = build_model(cfg.model, spec)  # its tensors now match the file's, so fit in memory
     try:
         load_model(model, str(root / "model.safetensors"), strict=True)
     except (SafetensorError, RuntimeError, OSError) as exc:
@@ -275,12 +370,12 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     return LoadedRun(
         run_dir=root,
         config=cfg,
-        labels=tuple(label_info["labels"]),
-        multi_label=bool(label_info.get("multi_label", False)),
+        labels=tuple(labels.labels),
+        multi_label=labels.multi_label,
         encoder=encoder,
         model=model,
         spec=spec,
-        metrics=_read_json(root / "metrics.json"),
+        metrics=metrics,
         manifest=manifest,
     )
 

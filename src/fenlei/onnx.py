@@ -3,8 +3,9 @@
 :func:`export_onnx` traces the model with ``torch.onnx.export`` (the default exporter, which
 needs ``onnxscript``; the legacy TorchScript exporter if that fails), with inputs ``ids`` and
 ``mask`` of shape (batch, sequence), both dynamic, and output ``logits``. It checks ONNX
-Runtime against PyTorch on sample texts, then rewrites the manifest so the run folder stays
-verifiable. :meth:`fenlei.predict.Predictor.from_run` picks the file up (``backend="auto"``).
+Runtime against PyTorch on sample texts, then records ``model.onnx`` in the manifest it
+verified (nothing else is hashed again), so the run folder stays verifiable.
+:meth:`fenlei.predict.Predictor.from_run` picks the file up (``backend="auto"``).
 
 Example:
     >>> export_onnx("runs/demo")  # doctest: +SKIP
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fenlei.artifact import LoadedRun, atomic_write, load_run, write_manifest
+from fenlei.artifact import LoadedRun, atomic_write, load_run, update_manifest
 from fenlei.errors import ArtifactError, MissingExtraError
 from fenlei.predict import ONNX_FILE, OnnxModule, Predictor
 
@@ -140,12 +141,13 @@ def export_onnx(
         path, lambda tmp: logger.info("exported with %s", _export(run.model, (ids, mask), tmp))
     )
     diff = _max_difference(run, path, texts)
+    # only model.onnx changes: the rest stays as load_run verified it, nothing else is vouched for
     if diff > tolerance:
         path.unlink()
-        write_manifest(root)
+        update_manifest(root, run.manifest, ONNX_FILE)
         raise ArtifactError(
             f"{path}: ONNX Runtime differs from PyTorch by {diff:.2e} > {tolerance}"
         )
-    write_manifest(root)
+    update_manifest(root, run.manifest, ONNX_FILE)
     logger.info("wrote %s (max probability difference %.1e)", path, diff)
     return path
