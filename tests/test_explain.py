@@ -166,7 +166,7 @@ def test_a_long_text_is_cut_like_the_model_cuts_it(predictors) -> None:  # type:
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t"])
 def test_an_empty_text_is_refused(text: str, predictors) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(DataError, match="text 1 has no tokens"):
+    with pytest.raises(DataError, match=r"texts\[1\] has no tokens"):
         predictors["lstm.v1"].explain(["refund", text])
 
 
@@ -236,3 +236,57 @@ def test_offsets_come_with_the_ids_the_model_reads(truncation: str, bundled) -> 
     # head+tail: the first quarter of 6 tokens (1) and the last three quarters (5)
     expected = {"head": "我要退款我要", "tail": "我要退款谢谢", "head+tail": "我" + "要退款谢谢"}
     assert kept == expected[truncation]
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    from fenlei.cli import main
+
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_shows_words_for_and_against(predictors, capsys) -> None:  # type: ignore[no-untyped-def]
+    run = str(predictors["lstm.v1"].run.run_dir)
+    code, out, _ = _cli(["explain", run, "where is my parcel?", "我要退款", "--top-k", "2"], capsys)
+    assert code == 0
+    assert "1. " in out and "2. " in out and "integrated-gradients" in out
+    assert out.count("for: ") == 2 and out.count("against: ") == 2
+    assert "where is my parcel?" in out and "我要退款" in out
+    code, out, _ = _cli(["explain", run, "refund " * 600], capsys)
+    assert code == 0 and "note: cut to 400 tokens" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["  "], "error: text argument 1 '  ' is empty"),
+        (["refund", "--target", "nope"], "error: target label 'nope' is not one of"),
+    ],
+)
+def test_cli_refuses_with_one_line(args: list[str], message: str, predictors, capsys) -> None:  # type: ignore[no-untyped-def]
+    run = str(predictors["linear.v2"].run.run_dir)
+    code, _, err = _cli(["explain", run, *args], capsys)
+    assert code == 2 and err.startswith(message) and len(err.strip().splitlines()) == 1
+
+
+def test_cli_explains_a_file_into_jsonl(predictors, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    run = str(predictors["nbsvm.v1"].run.run_dir)
+    table = tmp_path / "in.csv"
+    table.write_text("text\nwhere is my parcel?\n我要退款\n", encoding="utf-8")
+    out = tmp_path / "why.jsonl"
+    code, _, err = _cli(["explain", run, "--file", str(table), "--out", str(out)], capsys)
+    assert code == 0 and "wrote 2 explanations" in err
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["row"] for r in rows] == [2, 3] and rows[1]["text"] == "我要退款"
+    for r in rows:
+        assert {"label", "predicted", "probability", "delta", "score", "base"} <= set(r)
+        assert all(r["text"][t["start"] : t["end"]] == t["token"] for t in r["tokens"])
+    table.write_text("text\nrefund\n   \n", encoding="utf-8")
+    code, _, err = _cli(["explain", run, "-f", str(table), "-o", str(out)], capsys)
+    assert code == 2 and "row 3" in err and "empty" in err
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 2  # the old file stays whole
+    code, _, err = _cli(["explain", run, "--file", str(table)], capsys)
+    assert code == 2 and "--file needs --out" in err

@@ -406,6 +406,104 @@ def serve(
         from fenlei.serve.schemas import serve_settings
     except ImportError as exc:
         from fenlei.errors import MissingExtraError
+def _shade(strength: float) -> str:
+    """A rich style for a word: green towards the label, red away, paler when weaker."""
+    if abs(strength) < 0.1:
+        return ""
+    fade = int(255 - 150 * min(1.0, abs(strength)))
+    rgb = (fade, 255, fade) if strength > 0 else (255, fade, fade)
+    return "black on rgb({},{},{})".format(*rgb)
+
+
+def _explanation_view(number: int, e: Any, top_k: int) -> Any:
+    """One explanation for the terminal: header, the coloured text, words for and against."""
+    from rich.console import Group
+    from rich.text import Text
+
+    header = Text.assemble((f"{number}. ", "bold"), (e.label, "bold"), f"  p={e.probability:.3f}")
+    if e.label != e.predicted:
+        header.append(f"  (predicted: {e.predicted})")
+    header.append(f"  {e.method}", style="dim")
+    if e.method == "integrated-gradients":
+        header.append(f", delta {e.delta:+.4f}", style="dim")
+    body = Text()
+    peak = max((abs(t.score) for t in e.tokens), default=0.0) or 1.0
+    at = 0
+    for t in e.tokens:
+        body.append(e.text[at : t.start])
+        body.append(e.text[t.start : t.end], style=_shade(t.score / peak))
+        at = t.end
+    body.append(e.text[at:])
+    lines = [header, body]
+    for title, words in (("for", e.top(top_k)), ("against", e.top(top_k, against=True))):
+        listed = ", ".join(f"{t.token} {t.score:+.3f}" for t in words) or "-"
+        lines.append(Text.assemble((f"{title}: ", "bold"), listed))
+    if e.truncated:
+        lines.append(
+            Text(
+                f"note: cut to {e.max_length} tokens like the model cuts it; "
+                "words outside that part were not read",
+                style="yellow",
+            )
+        )
+    if e.unknown:
+        lines.append(Text(f"note: {e.unknown} words are unknown to the encoder", style="yellow"))
+    return Group(*lines, Text(""))
+
+
+@app.command()
+def explain(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to explain.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Table of texts.")] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", "-o", help="JSONL to write (tokens, spans, scores).")
+    ] = None,
+    text_col: TextColOpt = None,
+    target: Annotated[
+        str | None, typer.Option(help="Explain this label instead of the prediction.")
+    ] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="Words shown for and against.")] = 5,
+) -> None:
+    """Show which words pushed the model towards its label (or --target's), and which away.
+
+    Example: fenlei explain runs/demo "where is my parcel?" --target refund
+
+    Example: fenlei explain runs/demo --file in.csv --out why.jsonl
+    """
+    from fenlei.config import DataConfig
+    from fenlei.data import check_text
+    from fenlei.errors import DataError
+    from fenlei.explain import explain_file
+    from fenlei.predict import Predictor
+    from fenlei.runtime import configure_torch
+
+    if not texts and not file:
+        raise typer.BadParameter("give texts to explain, or --file with --out")
+    if file and not out_file:
+        raise typer.BadParameter("--file needs --out (the JSONL to write)")
+    for number, text in enumerate(texts or [], start=1):
+        if problem := check_text(text) or ("is empty" if not text.strip() else None):
+            raise DataError(
+                f"text argument {number} {text[:40]!a} {problem}; give a text to explain"
+            )
+    configure_torch()
+    predictor = Predictor.from_run(run, backend="torch")
+    if file and out_file:
+        cfg = DataConfig(text_cols=text_col) if text_col else predictor.info().data
+        n = explain_file(predictor, file, out_file, cfg, target=target)
+        err.print(f"wrote {n} explanations to {escape(str(out_file))}")
+    if texts:
+        explanations = predictor.explain(texts, target=target)
+        if out_file and not file:
+            lines = (json.dumps(e.to_json(), ensure_ascii=False) for e in explanations)
+            out_file.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+            err.print(f"wrote {len(explanations)} explanations to {escape(str(out_file))}")
+            return
+        for number, e in enumerate(explanations, start=1):
+            out.print(_explanation_view(number, e, top_k))
+
+
 
         raise MissingExtraError(exc.name or "fastapi", "serve", "fenlei serve") from exc
     settings = serve_settings(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -494,7 +494,7 @@ class Predictor:
             if self._explainer is None:
                 torch_model = self.run.model if self.backend == "onnx" else self.model
                 self._explainer = shadow_copy(torch_model)
-            return explain(
+            explanations = explain(
                 self._explainer,
                 self.encoder,
                 family,
@@ -504,3 +504,9 @@ class Predictor:
                 target=target,
                 n_steps=n_steps,
             )
+        # the probability this predictor reports (calibrated), not the raw model's
+        probs = self.predict_proba(texts)
+        return [
+            replace(e, probability=float(row[self.labels.index(e.label)]))
+            for e, row in zip(explanations, probs, strict=True)
+        ]
