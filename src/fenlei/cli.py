@@ -359,7 +359,7 @@ def serve(
     max_chars: Annotated[int, typer.Option(min=1, help="Most characters per text.")] = 10_000,
     max_batch_chars: Annotated[
         int, typer.Option(min=1, help="Most characters per model call (fairness budget).")
-    ] = 16_384,
+    ] = 8_192,
     max_body_bytes: Annotated[
         int,
         typer.Option(

@@ -231,8 +231,9 @@ def _gated() -> tuple[Any, threading.Event, threading.Event, list[list[str]]]:
 
     def fn(texts: list[str]) -> np.ndarray:
         batches.append(texts)
-        started.set()
-        release.wait(timeout=30)
+        if len(batches) == 1:
+            started.set()
+            release.wait(timeout=30)
         return _echo(texts)
 
     return fn, started, release, batches
@@ -252,7 +253,8 @@ def test_small_request_goes_into_the_next_batch_not_behind_a_large_one() -> None
         await batcher.start()
         big_task = asyncio.ensure_future(batcher.submit(big))
         await _until(started)  # the first 2,000 characters of the big request are running
-        small_task = asyncio.ensure_future(batcher.submit(["hi"]))
+        # 600 characters: more than the express lane takes (a quarter of 2,000)
+        small_task = asyncio.ensure_future(batcher.submit(["s" * 600]))
         await asyncio.sleep(0.01)
         release.set()
         out = await asyncio.gather(big_task, small_task)
@@ -261,11 +263,32 @@ def test_small_request_goes_into_the_next_batch_not_behind_a_large_one() -> None
 
     big_out, small_out = _run(main())
     assert batches[0] == big[:2]
-    assert "hi" in batches[1]  # next in line, not after the other 18 big texts
-    assert small_out[:, 0].tolist() == [2]
+    assert batches[1][0] == "s" * 600  # next in line, not after the other 18 big texts
+    assert small_out[:, 0].tolist() == [600]
     assert big_out[:, 0].tolist() == [1000] * 20
-    assert [t for b in batches for t in b if t != "hi"] == big  # taken in order, once
+    assert [t for b in batches for t in b if t[0] != "s"] == big  # taken in order, once
     assert all(sum(len(t) for t in b) <= 2000 for b in batches)
+
+
+def test_short_request_runs_at_once_while_a_long_batch_runs() -> None:
+    fn, started, release, batches = _gated()
+
+    async def main() -> np.ndarray:
+        batcher = MicroBatcher(fn, max_batch_size=64, max_batch_chars=8000, max_wait_ms=1)
+        await batcher.start()
+        long_task = asyncio.ensure_future(batcher.submit(["z" * 6000]))
+        await _until(started)  # a long batch (over a quarter of the budget) is running
+        # the express lane answers while the long batch still holds the worker
+        small = await asyncio.wait_for(batcher.submit(["hi", "there"]), timeout=20)
+        assert not long_task.done()
+        release.set()
+        await long_task
+        await batcher.stop()
+        return small
+
+    small = _run(main())
+    assert small[:, 0].tolist() == [2, 5]
+    assert batches[1] == ["hi", "there"]
 
 
 def test_large_requests_take_turns_and_a_long_text_runs_alone() -> None:

@@ -12,6 +12,10 @@ batches when it does not fit; a text is never split, and one text over the chara
 budget runs in a batch of its own. A request that has had nothing batched for
 ``_STARVE_S`` goes first, so a steady stream of small requests cannot starve a large one.
 
+Express lane: while every worker runs a long batch (over a quarter of the character budget),
+a new request small enough to fit in that quarter runs at once in a thread of its own, so a
+short request never waits for a long text to finish either.
+
 Isolation: when a batch call raises, each of its requests is run again on its own, so
 only the request that fails gets the error (logged as one line); the others get results.
 
@@ -53,6 +57,7 @@ class _Request:
     texts: list[str]
     future: asyncio.Future[np.ndarray]
     enqueued: float = field(default_factory=time.perf_counter)
+    chars: int = 0  # characters in all its texts
     taken: int = 0  # texts handed to batches so far (they are taken in order)
     served_chars: int = 0  # characters handed to batches so far
     last_served: float = 0.0
@@ -61,6 +66,7 @@ class _Request:
 
     def __post_init__(self) -> None:
         self.last_served = self.enqueued
+        self.chars = sum(len(t) for t in self.texts)
 
     @property
     def waiting(self) -> bool:
@@ -154,7 +160,8 @@ class MicroBatcher:
         observe: called in the worker thread after each batch with (texts, outputs).
         on_batch: called on the event loop with the size of each batch (for metrics).
         workers: model calls that may run at once (each in its own thread); more than one
-            helps a model whose single call leaves cores idle.
+            helps a model whose single call leaves cores idle. The express lane adds one
+            thread, used only while every worker runs a long batch.
     """
 
     def __init__(
@@ -162,7 +169,7 @@ class MicroBatcher:
         fn: BatchFn,
         *,
         max_batch_size: int = 64,
-        max_batch_chars: int = 16_384,
+        max_batch_chars: int = 8_192,
         max_wait_ms: float = 2.0,
         observe: BatchObserver | None = None,
         on_batch: Callable[[int], None] | None = None,
@@ -182,17 +189,23 @@ class MicroBatcher:
         self._arrived: asyncio.Event | None = None
         self._waiters: set[asyncio.Future[None]] = set()
         self._last_requests = 0
-        self._running = 0  # batches handed to the executor and not finished
+        self._running = 0  # batches handed to an executor and not finished
+        self._long = 0  # workers running a batch of more than express_chars
+        self.express_chars = max(1, max_batch_chars // 4)
+        self._express_wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fenlei-infer")
+        self._express = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fenlei-express")
 
     async def start(self) -> None:
         """Start the workers on the running event loop."""
         self._arrived = asyncio.Event()
+        self._express_wake = asyncio.Event()
         self._tasks = [
             asyncio.create_task(self._run(), name=f"fenlei-batcher-{i}")
             for i in range(self.workers)
         ]
+        self._tasks.append(asyncio.create_task(self._run_express(), name="fenlei-express"))
 
     async def stop(self) -> None:
         """Finish queued and running work, then stop the workers and their threads."""
@@ -203,6 +216,7 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._executor.shutdown(wait=True)
+        self._express.shutdown(wait=True)
 
     async def submit(self, texts: Sequence[str]) -> np.ndarray:
         """Queue ``texts``; return their outputs (N, C), in order, once all have run."""
@@ -214,8 +228,10 @@ class MicroBatcher:
             return np.zeros((0, 0))
         self._active.append(request)
         self.queued_texts += len(request.texts)
-        self.queued_chars += sum(len(t) for t in request.texts)
+        self.queued_chars += request.chars
         self._arrived.set()
+        assert self._express_wake is not None
+        self._express_wake.set()
         if self._waiters and (
             self.queued_texts >= self.max_batch_size or self.queued_chars >= self.max_batch_chars
         ):
@@ -297,26 +313,71 @@ class MicroBatcher:
         return out
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather()
             pieces = [p for p in batch.pieces if not p.request.future.done()]
             texts = [t for p in pieces for t in p.texts]
             if not texts:
                 continue
-            self._running += 1
+            long = int(batch.n_chars > self.express_chars)
+            self._long += long
+            if long and self._express_wake is not None:
+                self._express_wake.set()  # new small requests need not wait for this one
             try:
-                try:
-                    out = await loop.run_in_executor(self._executor, self._call, texts)
-                except Exception as exc:
-                    await self._isolate(pieces, exc)
-                    continue
-                self._record(len(texts))
-                _deliver(pieces, out)
+                await self._execute(self._executor, pieces, texts)
             finally:
-                self._running -= 1
+                self._long -= long
 
-    async def _isolate(self, pieces: list[_Piece], exc: Exception) -> None:
+    async def _run_express(self) -> None:
+        """Run new small requests at once while every worker is busy with a long batch."""
+        assert self._express_wake is not None
+        while True:
+            await self._express_wake.wait()
+            self._express_wake.clear()
+            if self._long < self.workers:
+                continue
+            batch = self._fill_express()
+            if not batch.pieces:
+                continue
+            await self._execute(self._express, batch.pieces, batch.texts)
+            self._express_wake.set()  # more may have come meanwhile
+
+    def _fill_express(self) -> _Batch:
+        """Whole new requests, oldest first, within a quarter of the character budget."""
+        batch = _Batch(self.max_batch_size, self.express_chars)
+        now = time.perf_counter()
+        for request in sorted(self._active, key=lambda r: r.enqueued):
+            fits = (
+                batch.n_chars + request.chars <= batch.max_chars
+                and batch.n_texts + len(request.texts) <= batch.max_texts
+            )
+            if fits and request.taken == 0 and request.waiting:
+                batch.take(request, now)
+                self.queued_texts -= len(request.texts)
+                self.queued_chars -= request.chars
+        self._active = [r for r in self._active if r.taken < len(r.texts)]
+        return batch
+
+    async def _execute(
+        self, executor: ThreadPoolExecutor, pieces: list[_Piece], texts: list[str]
+    ) -> None:
+        """Run one batch on ``executor`` and hand out its rows (or isolate its failure)."""
+        loop = asyncio.get_running_loop()
+        self._running += 1
+        try:
+            try:
+                out = await loop.run_in_executor(executor, self._call, texts)
+            except Exception as exc:
+                await self._isolate(executor, pieces, exc)
+                return
+            self._record(len(texts))
+            _deliver(pieces, out)
+        finally:
+            self._running -= 1
+
+    async def _isolate(
+        self, executor: ThreadPoolExecutor, pieces: list[_Piece], exc: Exception
+    ) -> None:
         """Run each request of a failed batch alone: only the one that fails gets the error."""
         loop = asyncio.get_running_loop()
         by_request: dict[int, list[_Piece]] = {}
@@ -330,7 +391,7 @@ class MicroBatcher:
             else:
                 try:
                     texts = [t for p in own for t in p.texts]
-                    out = await loop.run_in_executor(self._executor, self._call, texts)
+                    out = await loop.run_in_executor(executor, self._call, texts)
                     self._record(len(texts))
                     _deliver(own, out)
                     error = None

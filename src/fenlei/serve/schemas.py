@@ -65,10 +65,11 @@ class ServeSettings(_Frozen):
         8, ge=1, description="Most texts in one explain request (else 413)."
     )
     max_batch_chars: int = Field(
-        16_384,
+        8_192,
         ge=1,
         description="Most characters per model call (a stand-in for tokens); a request that "
-        "does not fit is split across calls, and one longer text runs alone.",
+        "does not fit is split across calls, and one longer text runs alone (below "
+        "max_chars by default, so a maximum-size text never delays others in its call).",
     )
     max_body_bytes: int | None = Field(
         None,
