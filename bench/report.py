@@ -421,6 +421,43 @@ def _seed_experiments() -> list[str]:
     return rows
 
 
+def _serve_noisy() -> list[str]:
+    """Rows of the noisy-neighbour runs (bench/serve_load.py --scenario noisy)."""
+    paths = sorted(RESULTS.glob("serve_noisy_*.json"))
+    if not paths:
+        return []
+    rows = [
+        "Fairness: `--concurrency` small clients (one text per request) alone, then beside one "
+        "client sending the largest allowed requests back to back (`bench/serve_load.py "
+        "--scenario noisy`; target: the small clients' p50 at most 2×).",
+        "",
+        "| run | small clients | alone: req/s, p50 ms | with the noisy client: req/s, p50 ms "
+        "| p50 ratio | target | noisy request | when, load |",
+        "| --- | ---: | --- | --- | ---: | --- | --- | --- |",
+    ]
+    runs = sorted((json.loads(p.read_text("utf-8")) | {"_stem": p.stem} for p in paths), key=_when)
+    for r in runs:
+        alone, loud = r["levels"][0], r["levels"][1]
+        big = r["noisy_request"]
+        rows.append(
+            f"| {r.get('label', r['_stem'])} | {alone['concurrency']} | {_rps(alone['rps'])}, "
+            f"{alone['p50_ms']:.1f} | {_rps(loud['rps'])}, {loud['p50_ms']:.1f} | "
+            f"{r['p50_ratio']:.2f}× | {'met' if r['target_met'] else 'missed'} | "
+            f"{big['texts']} × {big['chars'] // big['texts']:,} chars | "
+            f"{r.get('when', '?')}, {r['load_before'][0]:.1f} |"
+        )
+    notes = sorted({r["note"] for r in runs if r.get("note")})
+    return [*rows, "", *(f"{note}." for note in notes), ""]
+
+
+def _when(run: dict[str, Any]) -> str:
+    return str(run.get("when", ""))
+
+
+def _rps(value: float) -> str:
+    return f"{value:,.1f}" if value < 10 else f"{value:,.0f}"
+
+
 def write_report() -> Path:
     """Write docs/benchmarks.md and the plots; return the markdown path."""
     cells = load_cells()
@@ -584,6 +621,7 @@ def write_report() -> Path:
         "",
         "Serving latency and throughput are in [docs/serving.md](serving.md).",
         "",
+        *_serve_noisy(),
     ]
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text("\n".join(out), encoding="utf-8")

@@ -12,11 +12,18 @@ Servers compared in the same run, on the same model and the same texts:
 * ``pipeline`` -- (transformer runs only) a FastAPI endpoint calling a ``transformers``
   text-classification pipeline on the same pretrained encoder, once per request.
 
+``--scenario noisy`` (fenlei only) measures fairness instead: ``--concurrency`` clients send
+one text per request, first alone, then while one more client sends the largest requests
+the server allows (``--noisy-texts`` texts of ``--noisy-chars`` characters) back to back.
+The target: the small clients' p50 at most doubles.
+
 Usage::
 
     python bench/serve_load.py                          # trains runs/bench-linear if needed
     python bench/serve_load.py --run runs/minilm --servers fenlei,naive,pipeline
     python bench/serve_load.py --duration 5 --concurrency 1,32   # a quick look
+    python bench/serve_load.py --scenario noisy --concurrency 8 --duration 20 \
+        --out bench/results/serve_noisy_linear.json
 """
 
 from __future__ import annotations
@@ -127,6 +134,8 @@ def _serve_main(
             threads=threads or None,
             # FENLEI_BENCH_WORKERS overrides fenlei's own choice (0 = auto, the default)
             workers=int(os.environ.get("FENLEI_BENCH_WORKERS", "0")) or None,
+            # FENLEI_BENCH_BATCH_CHARS sets max_batch_chars (unset: the default)
+            **_batch_chars(),
         )
         app = create_app({"bench": run}, settings)
     elif kind == "naive":
@@ -134,6 +143,11 @@ def _serve_main(
     else:
         app = _pipeline_app(run)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def _batch_chars() -> dict[str, int]:
+    value = os.environ.get("FENLEI_BENCH_BATCH_CHARS")
+    return {"max_batch_chars": int(value)} if value else {}
 
 
 # ---------------------------------------------------------------- the load generator
@@ -290,6 +304,84 @@ def bench_server(
             proc.wait(timeout=60)
 
 
+def _noisy_phase(
+    port: int, small: list[bytes], big: list[bytes] | None, concurrency: int, seconds: float
+) -> tuple[Level, Level | None]:
+    """Small clients (and, when ``big`` is given, one client sending it) for ``seconds``."""
+
+    async def phase() -> tuple[list[float], int, list[float], int, float]:
+        lat: list[float] = []
+        errors: list[int] = []
+        big_lat: list[float] = []
+        big_errors: list[int] = []
+        start = time.perf_counter()
+        stop_at = start + seconds
+        clients = [_client(port, small, stop_at, lat, errors) for _ in range(concurrency)]
+        if big is not None:
+            clients.append(_client(port, big, stop_at, big_lat, big_errors))
+        await asyncio.gather(*clients)
+        elapsed = time.perf_counter() - start
+        return lat, len(errors), big_lat, len(big_errors), elapsed
+
+    lat, errors, big_lat, big_errors, elapsed = _run(phase())
+
+    def level(name: str, values: list[float], n_errors: int, c: int) -> Level:
+        return Level(
+            server=name,
+            concurrency=c,
+            seconds=round(elapsed, 2),
+            requests=len(values),
+            errors=n_errors,
+            rps=round(len(values) / elapsed, 1),
+            p50_ms=round(_percentile(values, 0.50), 2),
+            p99_ms=round(_percentile(values, 0.99), 2),
+        )
+
+    name = "fenlei, small clients" + (" + noisy neighbour" if big is not None else " alone")
+    noisy = level("fenlei, noisy neighbour", big_lat, big_errors, 1) if big is not None else None
+    return level(name, lat, errors, concurrency), noisy
+
+
+def bench_noisy(run: Path, args: argparse.Namespace, small: list[bytes]) -> dict[str, Any]:
+    """Small clients' latency alone, then beside one client sending maximum-size requests."""
+    texts = _texts()
+    rng = random.Random(1)
+    big_texts = []
+    for _ in range(args.noisy_texts):
+        rng.shuffle(texts)
+        pool = " ".join(texts)
+        while len(pool) < args.noisy_chars:
+            pool = f"{pool} {pool}"
+        big_texts.append(pool[: args.noisy_chars])
+    big = [json.dumps({"texts": big_texts}, ensure_ascii=False).encode()]
+    port = _free_port()
+    cmd = [sys.executable, __file__, "_serve", "fenlei", str(run), str(port)]
+    cmd += [str(args.max_batch_size), str(args.max_wait_ms), args.backend]
+    c = args.concurrency[0]
+    with subprocess.Popen(cmd, env={**os.environ}) as proc:
+        try:
+            _wait_ready(port, proc)
+            _noisy_phase(port, small, big, c, args.warmup)  # warm both request shapes
+            quiet, _ = _noisy_phase(port, small, None, c, args.duration)
+            loud, noisy = _noisy_phase(port, small, big, c, args.duration)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    assert noisy is not None
+    ratio = loud.p50_ms / quiet.p50_ms if quiet.p50_ms else float("inf")
+    return {
+        "levels": [quiet, loud, noisy],
+        "noisy_request": {
+            "texts": len(big_texts),
+            "chars": sum(len(t) for t in big_texts),
+            "bytes": len(big[0]),
+        },
+        "max_batch_chars": int(os.environ.get("FENLEI_BENCH_BATCH_CHARS") or 0) or "default",
+        "p50_ratio": round(ratio, 2),
+        "target_met": ratio <= 2.0,
+    }
+
+
 def _markdown(levels: list[Level]) -> str:
     lines = [
         "| server | concurrency | requests/s | p50 ms | p99 ms | errors | requests |",
@@ -333,6 +425,18 @@ def main(argv: list[str] | None = None) -> int:
         help="fenlei and naive servers: auto (ONNX Runtime if model.onnx) | torch | onnx.",
     )
     parser.add_argument("--out", type=Path, help="Also write the results as JSON here.")
+    parser.add_argument("--label", default="", help="A name for the run in the JSON.")
+    parser.add_argument(
+        "--scenario",
+        choices=("levels", "noisy"),
+        default="levels",
+        help="levels: each server at each concurrency; noisy: fenlei's small clients "
+        "alone, then beside one client sending maximum-size requests.",
+    )
+    parser.add_argument("--noisy-texts", type=int, default=256, help="Texts per noisy request.")
+    parser.add_argument(
+        "--noisy-chars", type=int, default=10_000, help="Characters per noisy text."
+    )
     args = parser.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     run = _ensure_linear_run(args.run) if args.run.name == "bench-linear" else args.run
@@ -342,10 +446,17 @@ def main(argv: list[str] | None = None) -> int:
     bodies = [json.dumps({"texts": [t]}, ensure_ascii=False).encode() for t in texts]
     load_before = os.getloadavg()
     levels: list[Level] = []
-    for kind in args.servers.split(","):
-        levels += bench_server(kind, run, args, bodies)
+    extra: dict[str, Any] = {}
+    if args.scenario == "noisy":
+        extra = bench_noisy(run, args, bodies)
+        levels = extra.pop("levels")
+    else:
+        for kind in args.servers.split(","):
+            levels += bench_server(kind, run, args, bodies)
     load_after = os.getloadavg()
     print(_markdown(levels))
+    if extra:
+        print(json.dumps(extra))
     print(
         f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
         f"(1 min); {os.cpu_count()} CPUs"
@@ -356,9 +467,14 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     "run": str(run),
+                    "scenario": args.scenario,
+                    "label": args.label or args.scenario,
+                    "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "cpus": os.cpu_count(),
                     "load_before": load_before,
                     "load_after": load_after,
                     "levels": [asdict(lv) for lv in levels],
+                    **extra,
                 },
                 indent=1,
             )
