@@ -51,7 +51,7 @@ from fenlei.records import EpochRecord, RunMetrics, Scores, SplitCounts, read_hi
 from fenlei.reference import reference_stats
 from fenlei.runtime import Dist
 from fenlei.tokenize import Encoder, load_pretrained_encoder, train_encoder
-from fenlei.train import Run, TrainData, fit
+from fenlei.train import EpochHook, Run, TrainData, fit
 
 __all__ = [
     "AFTER_TRAINING",
@@ -283,6 +283,7 @@ def _fit_model(
     resume: bool,
     progress: ProgressReporter | None,
     dist: Dist,
+    on_epoch: EpochHook | None = None,
 ) -> tuple[Run, ModelSpec]:
     """Build the model for ``encoder`` and train it; return the run and the model's spec."""
     spec = ModelSpec(
@@ -309,6 +310,7 @@ def _fit_model(
         run_dir=root,
         resume=resume,
         progress=progress,
+        on_epoch=on_epoch,
         dist=dist,
     )
     return run, spec
@@ -336,6 +338,7 @@ def train_run(
     overwrite: bool = False,
     progress: ProgressReporter | None = None,
     dist: Dist | None = None,
+    on_epoch: EpochHook | None = None,
 ) -> TrainResult:
     """Train, evaluate and save one run folder.
 
@@ -349,6 +352,9 @@ def train_run(
             are removed).
         progress: receives training progress (a progress bar).
         dist: this process's rank (default: from the environment); only rank 0 writes.
+        on_epoch: called with each epoch's (or solve's) record; raising
+            :class:`~fenlei.train.StopTraining` ends training cleanly after it, and the
+            run is scored and saved as usual (a tuner's pruning, a time budget).
 
     Returns:
         The run folder, a ready predictor, the metrics written to ``metrics.json`` and the
@@ -376,7 +382,14 @@ def train_run(
         encoder = _encoder(cfg, splits, root, resumed=start == "resume", dist=dist)
         with _own_random_state(cfg.train.seed):
             run, spec = _fit_model(
-                cfg, splits, root, encoder, resume=resume, progress=progress, dist=dist
+                cfg,
+                splits,
+                root,
+                encoder,
+                resume=resume,
+                progress=progress,
+                dist=dist,
+                on_epoch=on_epoch,
             )
         train_seconds = time.perf_counter() - started
         result = _after_training(cfg, splits, root, encoder, run, spec, train_seconds, dist)
