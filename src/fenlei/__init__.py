@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from fenlei.evaluate import evaluate
     from fenlei.pipeline import prepare_splits, train_run
     from fenlei.predict import Prediction, Predictor
+    from fenlei.tuning import tune
 
 __all__ = [
     "ArtifactError",
@@ -42,6 +43,7 @@ __all__ = [
     "load_table",
     "prepare_splits",
     "train_run",
+    "tune",
 ]
 
 _HOME = {
@@ -59,6 +61,7 @@ _HOME = {
     "TextClassifier": "fenlei.classifier",
     "prepare_splits": "fenlei.pipeline",
     "train_run": "fenlei.pipeline",
+    "tune": "fenlei.tuning",
     "evaluate": "fenlei.evaluate",
 }
 
