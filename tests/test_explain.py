@@ -290,3 +290,25 @@ def test_cli_explains_a_file_into_jsonl(predictors, capsys, tmp_path: Path) -> N
     assert len(out.read_text(encoding="utf-8").splitlines()) == 2  # the old file stays whole
     code, _, err = _cli(["explain", run, "--file", str(table)], capsys)
     assert code == 2 and "--file needs --out" in err
+
+
+def test_members_of_a_mixture_explain_its_label_with_their_weights(predictors) -> None:  # type: ignore[no-untyped-def]
+    from fenlei.explain import explain_members
+
+    a, b = predictors["linear.v2"], predictors["lstm.v1"]
+    probs = 0.3 * a.predict_proba(SAMPLES) + 0.7 * b.predict_proba(SAMPLES)
+    mixed = explain_members([a, b], [0.3, 0.7], a.labels, SAMPLES, probs)
+    for text, e, row in zip(SAMPLES, mixed, probs, strict=True):
+        assert e.label == e.predicted == a.labels[int(row.argmax())]
+        assert e.probability == pytest.approx(float(row.max()))
+        (ea,) = a.explain([text], target=e.label)
+        (eb,) = b.explain([text], target=e.label)
+        assert e.score == pytest.approx(0.3 * ea.score + 0.7 * eb.score, abs=1e-5)
+        assert sum(t.score for t in e.tokens) == pytest.approx(
+            0.3 * sum(t.score for t in ea.tokens) + 0.7 * sum(t.score for t in eb.tokens), abs=1e-4
+        )
+        assert e.method == "ensemble"
+    (targeted,) = explain_members(
+        [a, b], [0.5, 0.5], a.labels, SAMPLES[:1], probs[:1], target="refund"
+    )
+    assert targeted.label == "refund"

@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,6 +61,7 @@ __all__ = [
     "combine",
     "explain",
     "explain_file",
+    "explain_members",
     "shadow_copy",
     "target_scores",
 ]
@@ -420,6 +422,66 @@ def combine(
         truncated=any(m.truncated for m in members),
         method=first.method if all(m.method == first.method for m in members) else "ensemble",
     )
+
+
+def explain_members(
+    members: Sequence[object],
+    weights: Sequence[float] | np.ndarray,
+    labels: Sequence[str],
+    texts: Sequence[str],
+    probs: np.ndarray,
+    *,
+    target: str | None = None,
+) -> list[Explanation]:
+    """Explanations by a weighted mixture of models (an ensemble): each member explains the
+    mixture's label, and :func:`combine` sums them with the weights.
+
+    Args:
+        members: the member predictors (:class:`Explainer`); a member of weight 0 is
+            skipped.
+        weights: the members' weights.
+        labels: the mixture's labels (members may order theirs differently).
+        texts: the texts.
+        probs: the mixture's probabilities (N, C), columns in ``labels`` order; its most
+            probable label is explained unless ``target`` is given.
+        target: explain this label instead.
+
+    Raises:
+        DataError: ``target`` is not one of ``labels``, or a text has no tokens.
+        ConfigError: a member cannot explain (it has no ``explain``).
+
+    Example:
+        >>> probs = ens.predict_proba(texts)  # doctest: +SKIP
+        >>> explain_members(ens.members, ens.weights, ens.labels, texts, probs)  # doctest: +SKIP
+    """
+    index = _label_index(labels, target)
+    chosen = [int(row.argmax()) if index is None else index for row in probs]
+    used = [
+        (_explainer(m, i), float(w))
+        for i, (m, w) in enumerate(zip(members, weights, strict=True))
+        if w > 0
+    ]
+    out: list[Explanation | None] = [None] * len(texts)
+    for label in sorted(set(chosen)):  # each member explains the texts of one label at once
+        rows = [i for i, c in enumerate(chosen) if c == label]
+        per_member = [m([texts[i] for i in rows], target=labels[label]) for m, _ in used]
+        for j, i in enumerate(rows):
+            out[i] = combine(
+                [explained[j] for explained in per_member],
+                [w for _, w in used],
+                predicted=labels[int(probs[i].argmax())],
+                probability=float(probs[i][label]),
+            )
+    return [e for e in out if e is not None]
+
+
+def _explainer(member: object, index: int) -> Any:
+    explain_texts = getattr(member, "explain", None)
+    if explain_texts is None:
+        raise ConfigError(
+            f"ensemble member {index} ({type(member).__name__}) cannot explain its predictions"
+        )
+    return explain_texts
 
 
 def _spread(

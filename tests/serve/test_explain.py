@@ -183,3 +183,22 @@ def test_predictions_stay_right_while_an_lstm_is_explained(
                 assert e["method"] == "integrated-gradients"
                 total = sum(t["score"] for t in e["tokens"]) + e["special"]
                 assert total == pytest.approx(e["score"] - e["base"] + e["delta"], abs=1e-4)
+
+
+class _Refuses(_Wrapped):
+    """Has explain, but cannot (an ensemble whose member has none)."""
+
+    def explain(self, texts: list[str], *, target: str | None = None) -> list[Any]:
+        from fenlei.errors import ConfigError
+
+        raise ConfigError("ensemble member 1 (_Wrapped) cannot explain its predictions")
+
+
+def test_a_model_whose_explain_cannot_is_404(
+    start_server: StartServer, predictor: Predictor
+) -> None:
+    server = start_server({"mix": _Refuses(predictor)})
+    with server.client() as c:
+        r = c.post("/v1/models/mix/explain", json={"texts": ["a"]})
+    assert r.status_code == 404 and _error(r)["code"] == "not_explainable"
+    assert "member 1" in _error(r)["message"]

@@ -21,7 +21,7 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 
-from fenlei.errors import DataError, MissingExtraError
+from fenlei.errors import ConfigError, DataError, MissingExtraError
 from fenlei.serve.app import (
     _ERRORS,
     ApiError,
@@ -141,6 +141,8 @@ def add_explain_route(app: FastAPI) -> None:
             )
         except DataError as exc:
             raise ApiError(422, "unexplainable_text", str(exc)) from exc
+        except ConfigError as exc:  # e.g. an ensemble member that cannot explain
+            raise ApiError(404, "not_explainable", str(exc)) from exc
         except MissingExtraError as exc:  # the server's installation, not the client's fault
             raise ApiError(501, "explain_unavailable", str(exc)) from exc
         return JSONResponse(_encode(served.name, explanations))
