@@ -104,3 +104,76 @@ def family_overrides(
 def family_settings(tiny_transformer_dir: Path):  # type: ignore[no-untyped-def]
     """A function family -> (preset, overrides) for tiny models."""
     return lambda family: family_overrides(family, tiny_transformer_dir)
+
+
+# ---------------------------------------------------------------- calibrated run folders
+
+CALIBRATION_TINY = [
+    "train.threads=1",
+    "train.epochs=3",
+    "eval.plots=false",
+    "encoder.vocab_size=600",
+    "model.buckets=2000",
+]
+# a small multi-label table: phrases -> their labels
+ML_PHRASES = {
+    ("billing",): "charged twice on my card",
+    ("refund",): "send my money back",
+    ("shipping",): "where is the parcel",
+    ("billing", "refund"): "double charge refund it",
+    ("refund", "shipping"): "parcel lost give my money back",
+}
+
+
+@pytest.fixture(scope="session")
+def abstaining_run(tmp_path_factory: pytest.TempPathFactory, bundled: dict[str, Dataset]) -> Path:
+    """A tiny linear run on the bundled data, calibrated, with a reject point chosen for
+    dev accuracy 0.9 (eval.abstain_target_accuracy)."""
+    from fenlei.config import load_config
+    from fenlei.pipeline import prepare_splits, train_run
+
+    cfg = load_config("linear", [*CALIBRATION_TINY, "eval.abstain_target_accuracy=0.9"])
+    splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"], bundled["test"])
+    run = tmp_path_factory.mktemp("abstain") / "run"
+    train_run(cfg, splits, run)
+    return run
+
+
+def multi_label_table(folder: Path, n: int = 100) -> Path:
+    """``folder/ml.jsonl``: ``n`` rows of :data:`ML_PHRASES`, every 7th relabelled billing."""
+    import json
+
+    phrases = list(ML_PHRASES.items())
+    rows = []
+    for i in range(n):
+        labels, text = phrases[i % len(phrases)]
+        if i % 7 == 0:  # some noise, so the dev F1 is not perfect at every threshold
+            labels = ("billing",)
+        rows.append({"text": f"{text} #{i}", "label": list(labels)})
+    table = folder / "ml.jsonl"
+    table.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    return table
+
+
+@pytest.fixture(scope="session")
+def thresholds_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny multi-label linear run (``fenlei train --multi-label``) with per-label
+    thresholds tuned on dev; its table is ``ml.jsonl`` beside it."""
+    from fenlei.cli import main
+
+    folder = tmp_path_factory.mktemp("thresholds")
+    table = multi_label_table(folder)
+    run = folder / "run"
+    args = ["train", str(table), "--multi-label", "--out", str(run)]
+    for setting in [
+        "train.epochs=15",
+        "train.lr=0.05",
+        "train.threads=1",
+        "model.buckets=500",
+        "encoder.min_frequency=1",
+        "eval.plots=false",
+        "data.dev_fraction=0.3",
+    ]:
+        args += ["--set", setting]
+    assert main(args) == 0
+    return run

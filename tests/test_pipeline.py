@@ -211,14 +211,16 @@ TINY_LINEAR = [
 def test_dev_and_test_are_predicted_once(
     bundled, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
+    import fenlei.predict
+
     calls: list[int] = []
-    real = Predictor.predict_proba
+    real = fenlei.predict.batched_logits  # every model run of a Predictor goes through it
 
-    def counted(self: Predictor, texts, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(len(texts))
-        return real(self, texts, **kwargs)
+    def counted(model, ids, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(ids))
+        return real(model, ids, **kwargs)
 
-    monkeypatch.setattr(Predictor, "predict_proba", counted)
+    monkeypatch.setattr(fenlei.predict, "batched_logits", counted)
     cfg = load_config("linear", TINY_LINEAR)
     splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"], bundled["test"])
     train_run(cfg, splits, tmp_path / "run")
@@ -266,6 +268,7 @@ def test_metrics_json_keeps_its_keys(bundled, tmp_path: Path) -> None:  # type: 
         "data",
         "dev",
         "test",
+        "calibration",
     ]
     assert list(saved["dev"]) == [
         "n",
@@ -278,7 +281,13 @@ def test_metrics_json_keeps_its_keys(bundled, tmp_path: Path) -> None:  # type: 
     assert list(saved["data"][bundled["train"].source]) == ["rows", "labels"]
     assert set(saved["test"]["per_class"]["refund"]) == {"precision", "recall", "f1", "support"}
     assert RunMetrics.from_json(saved) == result.metrics
-    assert AFTER_TRAINING[0].__name__ == "score_splits"  # the later steps read the scores
+    # the steps that change probabilities come first; the later steps read the scores
+    steps = [step.__name__ for step in AFTER_TRAINING]
+    assert steps.index("calibrate_temperature") < steps.index("score_splits")
+    assert steps.index("tune_decision") < steps.index("score_splits")
+    assert steps.index("score_splits") < min(
+        steps.index("write_reference"), steps.index("draw_plots"), steps.index("keep_predictions")
+    )
 
 
 def test_training_leaves_the_global_random_state_alone(bundled, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -114,7 +114,66 @@ def _predictions_table(texts: list[str], predictions: list[Any], top_k: int) -> 
     for text, pred in zip(texts, predictions, strict=True):
         top = ", ".join(f"{lab} {p:.2f}" for lab, p in pred.top(top_k))
         label = " | ".join(pred.labels) if len(pred.labels) > 1 else pred.label
+        if pred.abstained:
+            label = f"abstain (best: {pred.label})"
         table.add_row(escape(text), escape(label), escape(top))
+    return table
+
+
+def _show_fitted(metrics: Any) -> None:
+    """One line each for the temperature and the tuned decision; a warning for a target
+    that dev could not meet."""
+    cal = metrics.calibration
+    if cal is not None:
+        eces = ", ".join(
+            f"{split} {cal.ece_before[split]:.3f} -> {cal.ece_after[split]:.3f}"
+            for split in cal.ece_before
+        )
+        how = f"temperature {cal.temperature:.3f}" if cal.note is None else cal.note
+        out.print(f"calibration: {escape(how)}; ECE ({cal.bins} bins) {eces}")
+    decision = metrics.decision
+    if decision is None:
+        return
+    if decision.thresholds is not None:
+        goal = (
+            "best F1" if decision.min_precision is None else f"precision {decision.min_precision}"
+        )
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in list(decision.thresholds.items())[:8])
+        more = " ..." if len(decision.thresholds) > 8 else ""
+        out.print(f"thresholds per label ({goal} on dev): {escape(shown)}{more}")
+    if decision.unmet:
+        missed = ", ".join(f"{k} (at best {v:.3f})" for k, v in decision.unmet.items())
+        err.print(
+            f"[yellow]warning:[/yellow] no threshold reaches precision "
+            f"{decision.min_precision} on dev for {escape(missed)}; they keep their best-F1 "
+            "threshold (lower --min-precision, or add dev examples of these labels)"
+        )
+    if decision.abstain_below is not None:
+        where = "; ".join(
+            f"{split} coverage {v['coverage']:.3f}, accuracy {v['accuracy']:.3f}"
+            for split, v in decision.coverage.items()
+        )
+        out.print(f"reject option: abstain below confidence {decision.abstain_below:.3f} ({where})")
+    elif decision.note is not None:
+        err.print(f"[yellow]warning:[/yellow] {escape(decision.note)}")
+
+
+def _reject_table(reject: dict[str, Any]) -> Table:
+    table = Table(title="Coverage and accuracy (the most confident texts kept)")
+    for col in ("coverage", "accuracy", "min confidence", ""):
+        table.add_column(col, justify="right")
+    chosen = reject["chosen"]
+    for point in reject["curve"]:
+        table.add_row(
+            f"{point['coverage']:.3f}", f"{point['accuracy']:.4f}", f"{point['threshold']:.3f}", ""
+        )
+    table.add_row(
+        f"{chosen['coverage']:.3f}",
+        f"{chosen['accuracy']:.4f}",
+        f"{chosen['threshold']:.3f}",
+        "chosen (the run's reject point)" if chosen["threshold"] > 0 else "chosen (no reject)",
+        style="bold",
+    )
     return table
 
 
@@ -128,6 +187,7 @@ def _show_training_result(result: Any) -> None:
     else:
         which = f"best epoch {metrics.best_epoch} of {metrics.epochs_run}"
     out.print(f"{which}, {metrics.train_seconds:.1f}s")
+    _show_fitted(metrics)
     out.print(_metrics_table(metrics.dev.to_json(), "Dev"))
     if metrics.test is not None:
         out.print(_metrics_table(metrics.test.to_json(), "Test"))
@@ -141,7 +201,6 @@ def _run_training(cfg: Any, splits: Any, out_dir: Path, *, resume: bool, overwri
     from fenlei.runtime import configure_torch
 
     configure_torch(threads=cfg.train.threads, seed=cfg.train.seed)
-
     out.print(_summary_table(splits.summaries()))
     return train_run(
         cfg,
@@ -165,6 +224,13 @@ def train(
     label_col: LabelColOpt = None,
     multi_label: Annotated[bool, typer.Option(help="Rows may carry several labels.")] = False,
     label_sep: Annotated[str | None, typer.Option(help="Label separator in CSV cells.")] = None,
+    min_precision: Annotated[
+        float | None,
+        typer.Option(
+            help="Multi-label: tune each label's threshold on dev for the highest recall at "
+            "this precision (eval.min_precision; default: the best F1)."
+        ),
+    ] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path(
         "runs/latest"
     ),
@@ -185,9 +251,10 @@ def train(
     from fenlei.models import check
     from fenlei.pipeline import prepare_splits
 
-    cfg = load_config(
-        config or preset, _overrides(set_, text_col, label_col, multi_label, label_sep)
-    )
+    overrides = _overrides(set_, text_col, label_col, multi_label, label_sep)
+    if min_precision is not None:
+        overrides.append(f"eval.min_precision={min_precision}")
+    cfg = load_config(config or preset, overrides)
     check(cfg)
     train_set = load_table(data, cfg.data)
     dev_set = load_table(dev, cfg.data) if dev else None
@@ -278,6 +345,8 @@ def evaluate(
     metrics = evaluate_metrics(predictor, load_table(data, data_cfg))
     out.print(_metrics_table(metrics, escape(str(data))))
     out.print(_per_class_table(metrics))
+    if "reject" in metrics:
+        out.print(_reject_table(metrics["reject"]))
     if json_out:
         json_out.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
     if plots and "confusion_matrix" in metrics:
@@ -331,81 +400,12 @@ def predict(
         if as_json:
             for text, p in zip(texts, predictions, strict=True):
                 row = {"text": text, "label": p.label, "score": p.score, "top": p.top(top_k)}
+                row["abstained"] = p.abstained
                 typer.echo(json.dumps(row, ensure_ascii=False))
         else:
             out.print(_predictions_table(list(texts), predictions, top_k))
 
 
-def _named_runs(runs: list[str]) -> dict[str, Path]:
-    named: dict[str, Path] = {}
-    for item in runs:
-        name, sep, path = item.partition("=")
-        folder = Path(path) if sep else Path(item)
-        key = name if sep else folder.resolve().name
-        if key in named:
-            raise typer.BadParameter(f"two runs are named {key!r}; name them: NAME=RUN")
-        named[key] = folder
-    return named
-
-
-@app.command()
-def serve(
-    runs: Annotated[list[str], typer.Argument(help="Run folders to serve (NAME=RUN to rename).")],
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
-    max_batch_size: Annotated[int, typer.Option(min=1, help="Most texts per model call.")] = 64,
-    max_wait_ms: Annotated[float, typer.Option(min=0, help="Batching wait (ms).")] = 2.0,
-    max_texts: Annotated[int, typer.Option(min=1, help="Most texts per request.")] = 256,
-    max_chars: Annotated[int, typer.Option(min=1, help="Most characters per text.")] = 10_000,
-    max_batch_chars: Annotated[
-        int, typer.Option(min=1, help="Most characters per model call (fairness budget).")
-    ] = 8_192,
-    max_body_bytes: Annotated[
-        int,
-        typer.Option(
-            min=0, help="Most request body bytes (0 = max-texts * max-chars * 6 + 64 KiB)."
-        ),
-    ] = 0,
-    max_header_bytes: Annotated[
-        int, typer.Option(min=1024, help="Most bytes of request line + headers.")
-    ] = 16_384,
-    body_timeout_s: Annotated[
-        float, typer.Option(min=0.001, help="Seconds to send a whole body (else 408).")
-    ] = 30.0,
-    token: Annotated[
-        str | None, typer.Option(envvar="FENLEI_TOKEN", help="Require this bearer token on /v1.")
-    ] = None,
-    backend: Annotated[
-        Literal["auto", "torch", "onnx"],
-        typer.Option(help="auto: ONNX Runtime when the run folder holds model.onnx (CPU)."),
-    ] = "auto",
-    device: Annotated[
-        Literal["auto", "cpu", "cuda"],
-        typer.Option(help="auto: the GPU when torch sees one."),
-    ] = "auto",
-    drift_window: Annotated[int, typer.Option(min=10, help="Texts in the drift window.")] = 1000,
-    threads: Annotated[
-        int, typer.Option(min=0, help="Inference threads (0 = library default).")
-    ] = 1,
-    workers: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            max=16,
-            help="Batches per model that may run at once (0 = auto: one per free core for "
-            "transformers, one for other models).",
-        ),
-    ] = 0,
-) -> None:
-    """Serve run folders over HTTP: predictions, /metrics, drift, a page at /.
-
-    Example: fenlei serve runs/demo intents=runs/r1 --port 8000 --max-batch-size 64
-    """
-    try:
-        from fenlei.serve.app import serve as run_server
-        from fenlei.serve.schemas import serve_settings
-    except ImportError as exc:
-        from fenlei.errors import MissingExtraError
 def _shade(strength: float) -> str:
     """A rich style for a word: green towards the label, red away, paler when weaker."""
     if abs(strength) < 0.1:
@@ -504,6 +504,79 @@ def explain(
             out.print(_explanation_view(number, e, top_k))
 
 
+def _named_runs(runs: list[str]) -> dict[str, Path]:
+    named: dict[str, Path] = {}
+    for item in runs:
+        name, sep, path = item.partition("=")
+        folder = Path(path) if sep else Path(item)
+        key = name if sep else folder.resolve().name
+        if key in named:
+            raise typer.BadParameter(f"two runs are named {key!r}; name them: NAME=RUN")
+        named[key] = folder
+    return named
+
+
+@app.command()
+def serve(
+    runs: Annotated[list[str], typer.Argument(help="Run folders to serve (NAME=RUN to rename).")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Most texts per model call.")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(min=0, help="Batching wait (ms).")] = 2.0,
+    max_texts: Annotated[int, typer.Option(min=1, help="Most texts per request.")] = 256,
+    max_chars: Annotated[int, typer.Option(min=1, help="Most characters per text.")] = 10_000,
+    max_explain_texts: Annotated[
+        int, typer.Option(min=1, help="Most texts per explain request.")
+    ] = 8,
+    max_batch_chars: Annotated[
+        int, typer.Option(min=1, help="Most characters per model call (fairness budget).")
+    ] = 8_192,
+    max_body_bytes: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Most request body bytes (0 = max-texts * max-chars * 6 + 64 KiB)."
+        ),
+    ] = 0,
+    max_header_bytes: Annotated[
+        int, typer.Option(min=1024, help="Most bytes of request line + headers.")
+    ] = 16_384,
+    body_timeout_s: Annotated[
+        float, typer.Option(min=0.001, help="Seconds to send a whole body (else 408).")
+    ] = 30.0,
+    token: Annotated[
+        str | None, typer.Option(envvar="FENLEI_TOKEN", help="Require this bearer token on /v1.")
+    ] = None,
+    backend: Annotated[
+        Literal["auto", "torch", "onnx"],
+        typer.Option(help="auto: ONNX Runtime when the run folder holds model.onnx (CPU)."),
+    ] = "auto",
+    device: Annotated[
+        Literal["auto", "cpu", "cuda"],
+        typer.Option(help="auto: the GPU when torch sees one."),
+    ] = "auto",
+    drift_window: Annotated[int, typer.Option(min=10, help="Texts in the drift window.")] = 1000,
+    threads: Annotated[
+        int, typer.Option(min=0, help="Inference threads (0 = library default).")
+    ] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=16,
+            help="Batches per model that may run at once (0 = auto: one per free core for "
+            "transformers, one for other models).",
+        ),
+    ] = 0,
+) -> None:
+    """Serve run folders over HTTP: predictions, /metrics, drift, a page at /.
+
+    Example: fenlei serve runs/demo intents=runs/r1 --port 8000 --max-batch-size 64
+    """
+    try:
+        from fenlei.serve.app import serve as run_server
+        from fenlei.serve.schemas import serve_settings
+    except ImportError as exc:
+        from fenlei.errors import MissingExtraError
 
         raise MissingExtraError(exc.name or "fastapi", "serve", "fenlei serve") from exc
     settings = serve_settings(
@@ -511,6 +584,7 @@ def explain(
         max_wait_ms=max_wait_ms,
         max_texts=max_texts,
         max_chars=max_chars,
+        max_explain_texts=max_explain_texts,
         max_batch_chars=max_batch_chars,
         max_body_bytes=max_body_bytes or None,
         max_header_bytes=max_header_bytes,
@@ -525,9 +599,6 @@ def explain(
     run_server(_named_runs(runs), settings, host=host, port=port)
 
 
-    max_explain_texts: Annotated[
-        int, typer.Option(min=1, help="Most texts per explain request.")
-    ] = 8,
 @app.command()
 def export(run: Annotated[Path, typer.Argument(help="Run folder.")]) -> None:
     """Export a run folder's model to ONNX (model.onnx); the server then uses ONNX Runtime.
@@ -715,7 +786,6 @@ def datasets_get(
     accept_unverified: Annotated[
         bool,
         typer.Option("--accept-unverified", help="Allow files with no published sha256."),
-        max_explain_texts=max_explain_texts,
     ] = False,
 ) -> None:
     """Download (resumable), verify (sha256) and convert a dataset to text,label CSV tables.

@@ -189,8 +189,42 @@ class EvalConfig(_Section):
     """Evaluation settings."""
 
     plots: bool = Field(True, description="Write PNG plots into the run folder.")
-    threshold: float = Field(0.5, gt=0, lt=1, description="Multi-label decision threshold.")
+    threshold: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Multi-label decision threshold (of every label, or of labels without a "
+        "positive dev example when eval.per_label_thresholds is on).",
+    )
     batch_size: int = Field(256, ge=1, description="Texts per inference batch.")
+    calibrate: bool | None = Field(
+        None,
+        description="After training, fit a temperature on dev (temperature scaling: the "
+        "logits are divided by the one number that minimises the dev log-loss) and apply it "
+        "to every prediction; the labels chosen do not change, the probabilities become "
+        "calibrated (docs/calibration.md). None: the model family's default, on for "
+        "linear, lstm and transformers, off for nbsvm (it made nbsvm's test ECE worse).",
+    )
+    per_label_thresholds: bool = Field(
+        True,
+        description="Multi-label: tune a threshold per label on dev (the best F1, or "
+        "eval.min_precision) instead of eval.threshold for every label.",
+    )
+    min_precision: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Multi-label: tune each label's threshold for the highest recall at "
+        "this dev precision (None: the best F1); CLI: fenlei train --min-precision.",
+    )
+    abstain_target_accuracy: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Single-label reject option: abstain below the confidence at which the "
+        "dev texts kept reach this accuracy, keeping as many as possible (None: never "
+        "abstain).",
+    )
 
 
 class RunConfig(_Section):
@@ -210,6 +244,26 @@ class RunConfig(_Section):
             self.encoder.pretrained or self.model.pretrained
         ):
             raise ValueError("encoder.kind=pretrained needs encoder.pretrained or model.pretrained")
+        return self
+
+    @model_validator(mode="after")
+    def _check_decision(self) -> RunConfig:
+        if self.eval.min_precision is not None and not self.data.multi_label:
+            raise ValueError(
+                "eval.min_precision tunes per-label thresholds of multi-label data "
+                "(data.multi_label=true); a single-label model can abstain instead: "
+                "eval.abstain_target_accuracy"
+            )
+        if self.eval.min_precision is not None and not self.eval.per_label_thresholds:
+            raise ValueError(
+                "eval.min_precision needs eval.per_label_thresholds=true (it tunes them)"
+            )
+        if self.eval.abstain_target_accuracy is not None and self.data.multi_label:
+            raise ValueError(
+                "eval.abstain_target_accuracy is the reject option of single-label models; "
+                "with data.multi_label=true a text gets no label when none reaches its "
+                "threshold (eval.min_precision raises them)"
+            )
         return self
 
 

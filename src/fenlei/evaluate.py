@@ -24,18 +24,34 @@ from sklearn.metrics import (
 )
 
 from fenlei.artifact import atomic_write
+from fenlei.calibrate import coverage_curve, reject_point
 from fenlei.data import Dataset
 from fenlei.decision import DecisionRule
 from fenlei.errors import DataError
 from fenlei.predict import ServablePredictor
 from fenlei.records import ClassScores, EpochRecord, Scores
 
-__all__ = ["evaluate", "plot_confusion", "plot_history", "score_probabilities", "write_plots"]
+__all__ = [
+    "CURVE_COVERAGES",
+    "evaluate",
+    "label_targets",
+    "plot_confusion",
+    "plot_history",
+    "reject_report",
+    "score_probabilities",
+    "write_plots",
+]
 
 logger = logging.getLogger(__name__)
 
 
-def _truth(dataset: Dataset, labels: tuple[str, ...], multi_label: bool) -> np.ndarray:
+def label_targets(dataset: Dataset, labels: Sequence[str], multi_label: bool) -> np.ndarray:
+    """The dataset's labels as targets: (N,) label indices, or (N, C) 0/1 for multi-label.
+
+    Raises:
+        DataError: a label is not one of ``labels`` (names the file and row).
+    """
+    labels = tuple(labels)
     index = {name: i for i, name in enumerate(labels)}
     for ex in dataset.examples:
         for lab in ex.labels:
@@ -83,7 +99,7 @@ def score_probabilities(
         raise ValueError(
             f"probabilities of shape {probs.shape} for {len(dataset)} texts x {len(names)} labels"
         )
-    y_true = _truth(dataset, names, rule.multi_label)
+    y_true = label_targets(dataset, names, rule.multi_label)
     y_pred = rule.predicted(probs)
     label_ids = list(range(len(names)))
     report = classification_report(
@@ -129,7 +145,10 @@ def evaluate(predictor: ServablePredictor, dataset: Dataset) -> dict[str, Any]:
 
     Returns:
         A JSON-ready dict: ``accuracy``, ``macro_f1``, ``micro_f1``, ``per_class``,
-        ``confusion_matrix`` (single-label), ``roc_auc`` (binary), ``n``.
+        ``confusion_matrix`` (single-label), ``roc_auc`` (binary), ``n``, and for a
+        single-label model ``reject`` (:func:`reject_report`: the coverage-accuracy curve and
+        the rule's reject point). The scores are those of the most probable label of every
+        text (full coverage); ``reject`` says what the texts kept at the reject point score.
 
     Raises:
         DataError: a label of the dataset is unknown to the model.
@@ -137,11 +156,47 @@ def evaluate(predictor: ServablePredictor, dataset: Dataset) -> dict[str, Any]:
     Example:
         >>> evaluate(Predictor.from_run("runs/demo"), load_table("test.csv"))  # doctest: +SKIP
     """
-    _truth(
-        dataset, predictor.labels, predictor.rule.multi_label
-    )  # unknown labels before predicting
+    rule = predictor.rule
+    y_true = label_targets(dataset, predictor.labels, rule.multi_label)  # before predicting
     probs = predictor.predict_proba(dataset.texts)
-    return score_probabilities(probs, dataset, predictor.labels, predictor.rule).to_json()
+    metrics = score_probabilities(probs, dataset, predictor.labels, rule).to_json()
+    if not rule.multi_label:
+        metrics["reject"] = reject_report(probs, y_true, rule)
+    return metrics
+
+
+# coverages at which `fenlei evaluate` shows the coverage-accuracy curve
+CURVE_COVERAGES = (1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
+
+
+def reject_report(probs: np.ndarray, y_true: np.ndarray, rule: DecisionRule) -> dict[str, Any]:
+    """The coverage-accuracy curve of a single-label model and the rule's point on it.
+
+    Args:
+        probs: (N, C) probabilities.
+        y_true: (N,) true label indices.
+        rule: the decision rule (its ``abstain_below`` is the chosen point).
+
+    Returns:
+        ``{"chosen": {"threshold", "coverage", "accuracy"}, "curve": [...]}``: the chosen
+        point (threshold 0, full coverage when the rule never abstains) and, for each of
+        :data:`CURVE_COVERAGES`, the most confident texts that make up at least that share
+        with their accuracy and the lowest confidence kept.
+
+    Example:
+        >>> reject_report(probs, y, predictor.rule)["chosen"]["coverage"]  # doctest: +SKIP
+        0.87
+    """
+    curve = coverage_curve(probs, y_true)
+    shown = []
+    for share in CURVE_COVERAGES:
+        point = next((p for p in curve if p.coverage >= share - 1e-12), None)
+        if point is not None and point not in shown:
+            shown.append(point)
+    return {
+        "chosen": reject_point(probs, y_true, rule.abstain_below).to_json(),
+        "curve": [p.to_json() for p in shown],
+    }
 
 
 def _save_figure(fig: Any, path: Path) -> None:

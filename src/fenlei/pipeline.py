@@ -7,10 +7,12 @@
    clean up, decide between a fresh start, a resume and a run that is already complete);
 2. fit the tokenizer (or reload the checkpointed one), build the model and train it
    (:func:`fenlei.train.fit`), with the run's own seeded random state;
-3. predict dev and test once;
+3. predict dev and test once (logits, and probabilities from them);
 4. run the :data:`AFTER_TRAINING` steps in order; each is a small function of one shared
-   :class:`AfterTraining` (the predictor, the splits, the probabilities, the history, the
-   folder) and adds scores or files: scores, reference statistics, plots, kept predictions;
+   :class:`AfterTraining` (the predictor, the splits, the logits and probabilities, the
+   history, the folder) and adds scores or files: the temperature and the tuned decision
+   (``calibration.json``, :mod:`fenlei.calibrate`), scores, reference statistics, plots,
+   kept predictions;
 5. save the run folder (:func:`fenlei.artifact.save_run`; the manifest comes last).
 
 Under a data-parallel launcher every rank runs it; only rank 0 (:class:`fenlei.runtime.Dist`)
@@ -29,7 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +41,33 @@ from safetensors.numpy import save_file
 
 from fenlei import run_folder
 from fenlei.artifact import CHECKPOINT_DIR, atomic_write, atomic_write_text, save_run
+from fenlei.calibrate import (
+    CALIBRATION_FILE,
+    ECE_BINS,
+    Calibration,
+    choose_reject,
+    expected_calibration_error,
+    fit_temperature,
+    reject_point,
+    tune_thresholds,
+)
 from fenlei.config import DataConfig, RunConfig
 from fenlei.data import Dataset, DataSummary, LabelSet, check_splits, split, summarize
 from fenlei.decision import DecisionRule
 from fenlei.errors import ArtifactError, DataError
-from fenlei.evaluate import score_probabilities, write_plots
+from fenlei.evaluate import label_targets, score_probabilities, write_plots
 from fenlei.models import ModelSpec, build_model, check, family_of, n_outputs
 from fenlei.predict import Predictor, ServablePredictor
 from fenlei.progress import ProgressReporter
-from fenlei.records import EpochRecord, RunMetrics, Scores, SplitCounts, read_history
+from fenlei.records import (
+    CalibrationScores,
+    DecisionScores,
+    EpochRecord,
+    RunMetrics,
+    Scores,
+    SplitCounts,
+    read_history,
+)
 from fenlei.reference import reference_stats
 from fenlei.runtime import Dist
 from fenlei.tokenize import Encoder, load_pretrained_encoder, train_encoder
@@ -61,11 +81,14 @@ __all__ = [
     "Splits",
     "Step",
     "TrainResult",
+    "calibrate_temperature",
     "draw_plots",
     "keep_predictions",
     "prepare_splits",
+    "save_calibration",
     "score_splits",
     "train_run",
+    "tune_decision",
     "write_reference",
 ]
 
@@ -152,7 +175,11 @@ class AfterTraining:
         dev_probs: (N_dev, C) probabilities of the dev texts, in dev order.
         test_probs: (N_test, C) probabilities of the test texts; None without a test split.
         dist: this process's rank; only the main rank writes.
+        dev_logits, test_logits: the model's raw outputs (N, n_outputs) the probabilities
+            came from (None: not known, and nothing is calibrated).
+        calibration: what was fitted on dev so far (the predictor applies it).
         scores: split name (``"dev"``, ``"test"``) -> its scores.
+        calibration_scores, decision_scores: what calibrating and tuning did.
         files: files the steps wrote.
     """
 
@@ -164,8 +191,36 @@ class AfterTraining:
     dev_probs: np.ndarray
     test_probs: np.ndarray | None
     dist: Dist = field(default_factory=Dist)
+    dev_logits: np.ndarray | None = None
+    test_logits: np.ndarray | None = None
+    calibration: Calibration = field(default_factory=Calibration)
     scores: dict[str, Scores] = field(default_factory=dict)
+    calibration_scores: CalibrationScores | None = None
+    decision_scores: DecisionScores | None = None
     files: list[Path] = field(default_factory=list)
+
+    def targets(self, split: str) -> np.ndarray:
+        """The labels of ``"dev"`` or ``"test"`` as targets ((N,) indices or (N, C) 0/1)."""
+        data = self.splits.dev if split == "dev" else self.splits.test
+        assert data is not None
+        return label_targets(data, self.predictor.labels, self.splits.labels.multi_label)
+
+    def labelled_probs(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Split name -> (probabilities, targets), for dev and (when there is one) test."""
+        out = {"dev": (self.dev_probs, self.targets("dev"))}
+        if self.splits.test is not None and self.test_probs is not None:
+            out["test"] = (self.test_probs, self.targets("test"))
+        return out
+
+    def apply(self, calibration: Calibration) -> None:
+        """Use ``calibration`` from now on: a predictor with it, and the dev and test
+        probabilities computed again from the logits."""
+        assert isinstance(self.predictor, Predictor) and self.dev_logits is not None
+        self.calibration = calibration
+        self.predictor = self.predictor.calibrated(calibration)
+        self.dev_probs = self.predictor.probabilities(self.dev_logits)
+        if self.test_logits is not None:
+            self.test_probs = self.predictor.probabilities(self.test_logits)
 
     def write_json(self, name: str, obj: Any, *, indent: int | None = 1) -> None:
         """Write ``run_dir/name`` atomically (on the main rank only)."""
@@ -176,6 +231,112 @@ class AfterTraining:
 
 
 Step = Callable[[AfterTraining], None]
+
+
+def _ece(ctx: AfterTraining) -> dict[str, float]:
+    multi = ctx.splits.labels.multi_label
+    return {
+        name: expected_calibration_error(probs, y, multi_label=multi)
+        for name, (probs, y) in ctx.labelled_probs().items()
+    }
+
+
+def calibrate_temperature(ctx: AfterTraining) -> None:
+    """Temperature scaling on the dev logits (``eval.calibrate``, else the family's default);
+    the calibration error before and after, on dev and test, goes into ``metrics.json``."""
+    if ctx.dev_logits is None or not isinstance(ctx.predictor, Predictor):
+        return
+    before = _ece(ctx)
+    multi = ctx.splits.labels.multi_label
+    fit = fit_temperature(ctx.dev_logits, ctx.targets("dev"), multi_label=multi)
+    note = fit.note
+    wanted = ctx.cfg.eval.calibrate
+    if wanted is None:
+        wanted = family_of(ctx.cfg.model.architecture).calibrate
+    if not wanted:
+        note = "eval.calibrate is off"
+    elif fit.temperature != 1.0:
+        ctx.apply(replace(ctx.calibration, temperature=fit.temperature))
+    temperature = ctx.calibration.temperature
+    after = _ece(ctx) if temperature != 1.0 else before
+    ctx.calibration_scores = CalibrationScores(
+        temperature=temperature,
+        bins=ECE_BINS,
+        ece_before=before,
+        ece_after=after,
+        nll_before=fit.nll_before,
+        nll_after=fit.nll_after if temperature != 1.0 else fit.nll_before,
+        note=note,
+    )
+    logger.info("temperature %.3f; ECE %s -> %s", temperature, before, after)
+
+
+def tune_decision(ctx: AfterTraining) -> None:
+    """Per-label thresholds (multi-label, ``eval.per_label_thresholds``) or the reject point
+    (single-label, ``eval.abstain_target_accuracy``), tuned on the calibrated dev
+    probabilities."""
+    if not isinstance(ctx.predictor, Predictor) or ctx.dev_logits is None:
+        return
+    if ctx.splits.labels.multi_label and ctx.cfg.eval.per_label_thresholds:
+        _tune_thresholds(ctx)
+    elif not ctx.splits.labels.multi_label and ctx.cfg.eval.abstain_target_accuracy is not None:
+        _tune_reject(ctx, ctx.cfg.eval.abstain_target_accuracy)
+
+
+def _tune_thresholds(ctx: AfterTraining) -> None:
+    target = ctx.cfg.eval.min_precision
+    fit = tune_thresholds(
+        ctx.dev_probs, ctx.targets("dev"), min_precision=target, default=ctx.cfg.eval.threshold
+    )
+    names = ctx.predictor.labels
+    unmet = {names[j]: p for j, p in zip(fit.unmet, fit.best_precision, strict=True)}
+    if unmet:
+        logger.warning(
+            "no threshold reaches precision %s on dev for %s; they keep their best-F1 threshold",
+            target,
+            ", ".join(f"{k!r} (at best {v:.3f})" for k, v in unmet.items()),
+        )
+    ctx.apply(replace(ctx.calibration, thresholds=fit.thresholds))
+    ctx.decision_scores = DecisionScores(
+        thresholds=dict(zip(names, fit.thresholds, strict=True)),
+        min_precision=target,
+        unmet=unmet,
+    )
+
+
+def _tune_reject(ctx: AfterTraining, target: float) -> None:
+    point = choose_reject(ctx.dev_probs, ctx.targets("dev"), target)
+    if point is None:
+        note = f"no confidence threshold reaches accuracy {target} on dev: never abstains"
+        logger.warning("%s", note)
+        ctx.decision_scores = DecisionScores(target_accuracy=target, note=note)
+        return
+    ctx.apply(replace(ctx.calibration, abstain_below=point.threshold))
+    ctx.decision_scores = DecisionScores(
+        abstain_below=point.threshold,
+        target_accuracy=target,
+        coverage={
+            name: {
+                k: v
+                for k, v in reject_point(probs, y, point.threshold).to_json().items()
+                if k != "threshold"
+            }
+            for name, (probs, y) in ctx.labelled_probs().items()
+        },
+    )
+
+
+def save_calibration(ctx: AfterTraining) -> None:
+    """``calibration.json``: the temperature, thresholds and reject point the predictor
+    applies (none when nothing was fitted, so the folder reads like an older one)."""
+    if ctx.calibration.is_identity:
+        return
+    details: dict[str, Any] = {}
+    if ctx.calibration_scores is not None:
+        details["calibration"] = ctx.calibration_scores.to_json()
+    if ctx.decision_scores is not None:
+        details["decision"] = ctx.decision_scores.to_json()
+    ctx.write_json(CALIBRATION_FILE, replace(ctx.calibration, details=details).to_json())
 
 
 def score_splits(ctx: AfterTraining) -> None:
@@ -231,9 +392,19 @@ def keep_predictions(ctx: AfterTraining) -> None:
     ctx.files.append(path)
 
 
-# In order: later steps read what earlier ones added (plots show the scores). A step that
-# changes probabilities (calibration) must come before write_reference.
-AFTER_TRAINING: tuple[Step, ...] = (score_splits, write_reference, draw_plots, keep_predictions)
+# In order: later steps read what earlier ones added (plots show the scores). The steps that
+# change probabilities or decisions come first, so the scores, reference.json (which the
+# drift monitor compares served, calibrated confidences with) and the kept predictions all
+# describe the model as it is served.
+AFTER_TRAINING: tuple[Step, ...] = (
+    calibrate_temperature,
+    tune_decision,
+    save_calibration,
+    score_splits,
+    write_reference,
+    draw_plots,
+    keep_predictions,
+)
 
 
 def _fit_encoder(cfg: RunConfig, texts: list[str]) -> Encoder:
@@ -412,15 +583,19 @@ def _after_training(
     predictor = Predictor(
         encoder, run.model, splits.labels.names, rule=rule, batch_size=cfg.eval.batch_size
     )
+    dev_logits = predictor.logits(splits.dev.texts)
+    test_logits = None if splits.test is None else predictor.logits(splits.test.texts)
     ctx = AfterTraining(
         cfg,
         splits,
         root,
         predictor,
         run.history,
-        dev_probs=predictor.predict_proba(splits.dev.texts),
-        test_probs=None if splits.test is None else predictor.predict_proba(splits.test.texts),
+        dev_probs=predictor.probabilities(dev_logits),
+        test_probs=None if test_logits is None else predictor.probabilities(test_logits),
         dist=dist,
+        dev_logits=dev_logits,
+        test_logits=test_logits,
     )
     for step in AFTER_TRAINING:
         step(ctx)
@@ -432,7 +607,10 @@ def _after_training(
         data={s.source: SplitCounts(s.rows, s.label_counts) for s in splits.summaries()},
         dev=ctx.scores["dev"],
         test=ctx.scores.get("test"),
+        calibration=ctx.calibration_scores,
+        decision=ctx.decision_scores,
     )
     if dist.is_main:
         save_run(root, cfg, splits.labels.names, encoder, run.model, spec, metrics.to_json())
-    return TrainResult(root, predictor, metrics, run.history)
+    assert isinstance(ctx.predictor, Predictor)  # the steps only ever calibrate it
+    return TrainResult(root, ctx.predictor, metrics, run.history)

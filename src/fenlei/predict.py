@@ -3,7 +3,9 @@
 Built from a run folder with :meth:`Predictor.from_run` (manifest verified) or from objects.
 Texts are encoded, grouped by length and run in batches on PyTorch, or on ONNX Runtime
 when the run folder holds ``model.onnx`` (``backend="auto"``; see :mod:`fenlei.onnx`), with
-the same outputs. Labels are chosen by the run's :class:`~fenlei.decision.DecisionRule`.
+the same outputs. The run's :class:`~fenlei.calibrate.Calibration` (``calibration.json``)
+divides the logits by its temperature before the softmax/sigmoid, and labels are chosen by
+the run's :class:`~fenlei.decision.DecisionRule` (its per-label thresholds or reject point).
 
 :class:`ServablePredictor` is the public surface the service, evaluation and the reference
 statistics use; any object with it (an ensemble, a calibrated predictor) can be served.
@@ -25,6 +27,7 @@ from torch import nn
 
 from fenlei._version import __version__
 from fenlei.artifact import LoadedRun, load_run
+from fenlei.calibrate import Calibration, read_calibration
 from fenlei.config import DataConfig
 from fenlei.decision import DecisionRule, decide
 from fenlei.errors import ArtifactError, ConfigError, DataError, MissingExtraError
@@ -142,12 +145,17 @@ def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, float | int]:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One text's result: best label(s), its score and every label's probability."""
+    """One text's result: best label(s), its score and every label's probability.
+
+    ``label`` is the most probable label; ``labels`` those the decision rule chose (none
+    when it abstained: ``abstained`` is then True).
+    """
 
     label: str
     score: float
     probs: dict[str, float]
     labels: tuple[str, ...] = ()
+    abstained: bool = False
 
     def top(self, k: int) -> list[tuple[str, float]]:
         """The ``k`` most probable labels with their probabilities."""
@@ -290,6 +298,7 @@ class Predictor:
         multi_label: bool = False,
         threshold: float | tuple[float, ...] = 0.5,
         rule: DecisionRule | None = None,
+        calibration: Calibration | None = None,
         batch_size: int = 256,
         run: LoadedRun | None = None,
         device: torch.device | str = "cpu",
@@ -301,7 +310,9 @@ class Predictor:
             labels: label names, one per probability column.
             multi_label, threshold: the decision rule, when ``rule`` is not given.
             rule: how probabilities become labels (overrides ``multi_label`` and
-                ``threshold``).
+                ``threshold``; default: the one ``calibration`` makes of them).
+            calibration: the temperature that divides the logits (and the tuned
+                thresholds or reject point, when ``rule`` is not given).
             batch_size: texts per model call unless a call says otherwise.
             run: the run folder it was loaded from, if any (for :meth:`info`).
             device: where the torch model runs.
@@ -312,14 +323,17 @@ class Predictor:
             raise ConfigError("the ONNX backend runs on the CPU; pass device='cpu'")
         self.model = model.eval() if isinstance(model, OnnxModule) else model.to(self.device).eval()
         self.labels = tuple(labels)
-        self.rule = DecisionRule(multi_label, threshold) if rule is None else rule
+        self.calibration = Calibration() if calibration is None else calibration
+        if rule is None:
+            rule = self.calibration.rule(multi_label=multi_label, threshold=threshold)
+        self.rule = rule
         self.batch_size = batch_size
         self.run = run
         self.backend: str = getattr(model, "backend", "torch")
-
-    @property
         self._explainer: nn.Module | None = None  # a shadow of the torch model, made once
         self._explain_lock = threading.Lock()
+
+    @property
     def multi_label(self) -> bool:
         """Whether each label is decided on its own (from :attr:`rule`)."""
         return self.rule.multi_label
@@ -359,11 +373,13 @@ class Predictor:
         """
         where = resolve_device(device)
         run = load_run(run_dir)
+        calibration = read_calibration(run.run_dir, len(run.labels))  # verified by load_run
         return cls(
             run.encoder,
             _backend_model(run, backend, where, threads=threads),
             run.labels,
-            rule=DecisionRule(multi_label=run.multi_label, threshold=run.config.eval.threshold),
+            rule=calibration.rule(multi_label=run.multi_label, threshold=run.config.eval.threshold),
+            calibration=calibration,
             batch_size=run.config.eval.batch_size,
             run=run,
             device=where,
@@ -384,6 +400,24 @@ class Predictor:
             device=str(self.device),
             batch_size=self.batch_size,
             **about,
+        )
+
+    def calibrated(self, calibration: Calibration) -> Predictor:
+        """The same model with ``calibration``: its temperature, and a rule with its
+        thresholds and reject point (this rule's threshold where it has none).
+
+        Example:
+            >>> sharper = predictor.calibrated(Calibration(temperature=0.8))  # doctest: +SKIP
+        """
+        return Predictor(
+            self.encoder,
+            self.model,
+            self.labels,
+            rule=calibration.rule(multi_label=self.multi_label, threshold=self.rule.threshold),
+            calibration=calibration,
+            batch_size=self.batch_size,
+            run=self.run,
+            device=self.device,
         )
 
     def _check(self, texts: Sequence[str]) -> list[str]:
@@ -407,10 +441,19 @@ class Predictor:
         return out.numpy()
 
     def _probs(self, ids: list[list[int]], batch_size: int | None) -> np.ndarray:
-        logits = self._logits(ids, batch_size)
+        return self.probabilities(self._logits(ids, batch_size))
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Probabilities (N, n_labels) from this model's logits (:meth:`logits`): divided by
+        the calibration's temperature, then softmax, sigmoid per label, or ``[1-p, p]``.
+
+        Example:
+            >>> p = predictor.probabilities(predictor.logits(["hi"]))  # doctest: +SKIP
+        """
         if logits.shape[0] == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return to_probs(torch.from_numpy(logits), multi_label=self.multi_label).numpy()
+        scaled = torch.from_numpy(np.ascontiguousarray(self.calibration.scale(logits)))
+        return to_probs(scaled, multi_label=self.multi_label).numpy()
 
     def _stats(self, texts: list[str], ids: list[list[int]]) -> TextStats:
         unk = self.encoder.unk_id
@@ -451,8 +494,8 @@ class Predictor:
 
     def predict(self, texts: Sequence[str], *, batch_size: int | None = None) -> list[Prediction]:
         """The decision of :attr:`rule` for every text: the best label, its score, the chosen
-        labels (for multi-label those whose probability reaches the threshold) and every
-        label's probability."""
+        labels (for multi-label those whose probability reaches the threshold; none where a
+        single-label rule abstains) and every label's probability."""
         probs = self.predict_proba(texts, batch_size=batch_size)
         return [
             Prediction(
@@ -460,6 +503,7 @@ class Predictor:
                 score=d.score,
                 probs={lab: float(p) for lab, p in zip(self.labels, row, strict=True)},
                 labels=d.labels,
+                abstained=d.abstained,
             )
             for d, row in zip(decide(probs, self.labels, self.rule), probs, strict=True)
         ]

@@ -7,8 +7,9 @@ way, whichever family wrote it. Enter through :meth:`EpochRecord.to_json` /
 :meth:`EpochRecord.from_json` and :func:`read_history`.
 
 :class:`RunMetrics` is a run folder's ``metrics.json`` (with :class:`Scores` per labelled
-split, :class:`ClassScores` per label and :class:`SplitCounts` per data split), written by
-the pipeline; its ``to_json`` keeps the keys older readers know.
+split, :class:`ClassScores` per label, :class:`SplitCounts` per data split, and what was
+fitted on dev after training: :class:`CalibrationScores` and :class:`DecisionScores`),
+written by the pipeline; its ``to_json`` keeps the keys older readers know.
 
 Example:
     >>> EpochRecord.from_json({"epoch": 1, "c": 0.3, "train_loss": 0.5, "dev": {},
@@ -20,12 +21,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CalibrationScores",
     "ClassScores",
+    "DecisionScores",
     "EpochRecord",
     "RunMetrics",
     "Scores",
@@ -221,6 +224,119 @@ class SplitCounts:
 
 
 @dataclass(frozen=True)
+class CalibrationScores:
+    """Temperature scaling on dev and what it did (``metrics.json``'s ``calibration``).
+
+    Attributes:
+        temperature: the fitted temperature (1.0: not calibrated).
+        bins: confidence bins of the expected calibration error.
+        ece_before, ece_after: split name -> expected calibration error at T=1 and at
+            ``temperature``.
+        nll_before, nll_after: mean dev negative log-likelihood at T=1 and at ``temperature``.
+        note: why no temperature was fitted (None when one was).
+    """
+
+    temperature: float
+    bins: int
+    ece_before: dict[str, float]
+    ece_after: dict[str, float]
+    nll_before: float
+    nll_after: float
+    note: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-ready form."""
+        out: dict[str, Any] = {
+            "temperature": self.temperature,
+            "bins": self.bins,
+            "ece_before": dict(self.ece_before),
+            "ece_after": dict(self.ece_after),
+            "nll_before": self.nll_before,
+            "nll_after": self.nll_after,
+        }
+        if self.note is not None:
+            out["note"] = self.note
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CalibrationScores:
+        """Read what :meth:`to_json` wrote."""
+        note = data.get("note")
+        return cls(
+            temperature=float(data["temperature"]),
+            bins=int(data["bins"]),
+            ece_before={str(k): float(v) for k, v in dict(data["ece_before"]).items()},
+            ece_after={str(k): float(v) for k, v in dict(data["ece_after"]).items()},
+            nll_before=float(data["nll_before"]),
+            nll_after=float(data["nll_after"]),
+            note=None if note is None else str(note),
+        )
+
+
+@dataclass(frozen=True)
+class DecisionScores:
+    """How the decision rule was tuned on dev (``metrics.json``'s ``decision``).
+
+    Attributes:
+        thresholds: multi-label: label -> its tuned threshold.
+        min_precision: the target precision the thresholds were tuned for (None: best F1).
+        unmet: label -> the best dev precision it reaches, for labels that miss
+            ``min_precision`` (they keep their best-F1 threshold).
+        abstain_below: single-label: the reject point (None: never abstains).
+        target_accuracy: the accuracy the reject point was chosen for.
+        coverage: split name -> ``{"coverage": ..., "accuracy": ...}`` at the reject point.
+        note: why a requested tuning could not be met.
+    """
+
+    thresholds: dict[str, float] | None = None
+    min_precision: float | None = None
+    unmet: dict[str, float] = field(default_factory=dict)
+    abstain_below: float | None = None
+    target_accuracy: float | None = None
+    coverage: dict[str, dict[str, float]] = field(default_factory=dict)
+    note: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-ready form (fields that are unset left out)."""
+        out: dict[str, Any] = {}
+        if self.thresholds is not None:
+            out["thresholds"] = dict(self.thresholds)
+        for key in ("min_precision", "abstain_below", "target_accuracy", "note"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.unmet:
+            out["unmet"] = dict(self.unmet)
+        if self.coverage:
+            out["coverage"] = {k: dict(v) for k, v in self.coverage.items()}
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DecisionScores:
+        """Read what :meth:`to_json` wrote."""
+
+        def number(key: str) -> float | None:
+            value = data.get(key)
+            return None if value is None else float(value)
+
+        thresholds = data.get("thresholds")
+        note = data.get("note")
+        return cls(
+            thresholds=None
+            if thresholds is None
+            else {str(k): float(v) for k, v in dict(thresholds).items()},
+            min_precision=number("min_precision"),
+            unmet={str(k): float(v) for k, v in dict(data.get("unmet", {})).items()},
+            abstain_below=number("abstain_below"),
+            target_accuracy=number("target_accuracy"),
+            coverage={
+                str(k): {str(a): float(b) for a, b in dict(v).items()}
+                for k, v in dict(data.get("coverage", {})).items()
+            },
+            note=None if note is None else str(note),
+        )
+
+
+@dataclass(frozen=True)
 class RunMetrics:
     """A run's ``metrics.json``: how training went and how the model scores.
 
@@ -232,6 +348,8 @@ class RunMetrics:
         data: split source -> its row counts.
         dev: scores on the dev split.
         test: scores on the test split, when there is one.
+        calibration: temperature scaling and the calibration error before and after.
+        decision: per-label thresholds or the reject point, as tuned on dev.
     """
 
     best_epoch: int
@@ -241,6 +359,8 @@ class RunMetrics:
     data: dict[str, SplitCounts]
     dev: Scores
     test: Scores | None = None
+    calibration: CalibrationScores | None = None
+    decision: DecisionScores | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON-ready form: ``metrics.json``, keys as they have always been."""
@@ -254,6 +374,10 @@ class RunMetrics:
         }
         if self.test is not None:
             out["test"] = self.test.to_json()
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.to_json()
+        if self.decision is not None:
+            out["decision"] = self.decision.to_json()
         return out
 
     @classmethod
@@ -264,6 +388,8 @@ class RunMetrics:
             KeyError, TypeError, ValueError: ``data`` is not a run's metrics.
         """
         test = data.get("test")
+        calibration = data.get("calibration")
+        decision = data.get("decision")
         return cls(
             best_epoch=int(data["best_epoch"]),
             epochs_run=int(data["epochs_run"]),
@@ -272,4 +398,6 @@ class RunMetrics:
             data={str(k): SplitCounts.from_json(v) for k, v in dict(data.get("data", {})).items()},
             dev=Scores.from_json(data["dev"]),
             test=None if test is None else Scores.from_json(test),
+            calibration=None if calibration is None else CalibrationScores.from_json(calibration),
+            decision=None if decision is None else DecisionScores.from_json(decision),
         )

@@ -229,3 +229,19 @@ def test_spec_extras_round_trip(family: str, fitted, tmp_path) -> None:  # type:
     assert json.loads(json.dumps(family_of(family).spec_extras(rebuilt))) == saved
     shapes = {k: v.shape for k, v in run.model.state_dict().items()}
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_calibration_keeps_the_argmax(family: str, fitted) -> None:  # type: ignore[no-untyped-def]
+    from fenlei.calibrate import Calibration
+    from fenlei.predict import Predictor
+
+    predictor = Predictor.from_run(fitted[family].run_dir_, backend="torch")
+    base = predictor.predict_proba(TEXTS)
+    for temperature in (0.25, 1.7, 6.0):
+        scaled = predictor.calibrated(Calibration(temperature=temperature)).predict_proba(TEXTS)
+        np.testing.assert_array_equal(scaled.argmax(axis=1), base.argmax(axis=1))
+        np.testing.assert_allclose(scaled.sum(axis=1), 1.0, atol=1e-5)
+        # a temperature below 1 sharpens the distribution, above 1 flattens it
+        gain = scaled.max(axis=1) - base.max(axis=1)
+        assert (gain >= -1e-6).all() if temperature < 1 else (gain <= 1e-6).all()

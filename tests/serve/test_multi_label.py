@@ -53,6 +53,7 @@ def multi_label_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "encoder.min_frequency=1",
         "eval.plots=false",
         "eval.threshold=0.4",
+        "eval.per_label_thresholds=false",  # one threshold for all (tests/serve/test_decisions.py)
     ]
     args = ["train", str(table), "--multi-label", "--out", str(run)]
     for setting in settings:

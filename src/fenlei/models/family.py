@@ -53,6 +53,8 @@ class Family:
         pretrained: wraps a pretrained encoder (needs ``model.pretrained`` and the encoder's
             own tokenizer, ``encoder.kind=pretrained``).
         serve_chunk: texts per model call when served on a CPU (None: the eval batch size).
+        calibrate: temperature scaling on dev is on by default (``eval.calibrate`` unset);
+            off for a family whose probabilities it measurably does not improve.
         bf16_cpu: context manager to train under bf16 autocast on CPUs with AMX tiles (a
             measured gain); None: fp32 on CPU.
         gradient_checkpointing: switches gradient checkpointing on; None: not supported.
@@ -75,6 +77,7 @@ class Family:
     sparse_table: bool = False
     pretrained: bool = False
     serve_chunk: int | None = None
+    calibrate: bool = True
     bf16_cpu: Callable[[nn.Module], AbstractContextManager[Any]] | None = None
     gradient_checkpointing: Callable[[nn.Module], None] | None = None
     token_embedding: Callable[[nn.Module], nn.Module | None] | None = None

@@ -320,6 +320,7 @@ def _encode(
                 "label": decided.label,
                 "score": decided.score,
                 "labels": list(decided.labels),
+                "abstained": decided.abstained,
                 "top": [{"label": labels[j], "probability": row[j]} for j in idx],
             }
         )
@@ -488,12 +489,12 @@ def _routes(app: FastAPI) -> None:
         response_model=DriftReport,
         responses={401: _ERRORS[401], 404: _ERRORS[404]},
     )(drift)
-
-
-def create_app(
     from fenlei.serve.explaining import add_explain_route  # it builds on this module
 
     add_explain_route(app)
+
+
+def create_app(
     models: Mapping[str, ModelSource] | Sequence[ModelSource] | ModelSource,
     settings: ServeSettings | None = None,
 ) -> FastAPI:

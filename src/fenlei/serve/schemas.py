@@ -222,6 +222,12 @@ class TextPrediction(_Frozen):
         description="The labels the model's decision rule chose: the best label, or for a "
         "multi-label model every label whose probability reaches the threshold (maybe none)."
     )
+    abstained: bool = Field(
+        False,
+        description="The model abstains: its top probability is below the run's reject point "
+        "(eval.abstain_target_accuracy), so labels is empty; label is still the most "
+        "probable one.",
+    )
     top: list[LabelScore]
 
 
