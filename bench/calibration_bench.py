@@ -1,17 +1,18 @@
 """Calibration and the reject option, measured: ``python -m bench.calibration_bench``.
 
-``ece DATASET PRESET``: train PRESET on the benchmark split of DATASET (``train`` to fit,
-``valid`` as dev: the temperature is fitted there; ``test`` is the benchmark's evaluation
-split, SST-2's official dev set) and write the expected calibration error (15 bins) before
-and after temperature scaling to ``bench/results/calibration_<dataset>_<preset>.json``.
+``ece DATASET PRESET [--limit N] [overrides]``: train PRESET on the benchmark split of
+DATASET (``train`` to fit, at most N rows of it; ``valid`` as dev: the temperature is fitted
+there; ``test`` is the benchmark's evaluation split, SST-2's official dev set) and write the
+expected calibration error (15 bins) before and after temperature scaling to
+``bench/results/calibration_<dataset>_<preset>.json``.
 
-``reject [PRESET]``: the bundled support intents with ``other`` held out of training and dev;
-the reject point is chosen on dev (``eval.abstain_target_accuracy``, several targets), and on
-the test split the ``other`` texts are out of scope: how many the model abstains on
-(out-of-scope recall) and how accurate it is on the in-scope texts it keeps. Writes
-``bench/results/reject_intents_<preset>.json``.
+``reject [PRESET] [overrides]``: the bundled support intents with ``other`` held out of
+training and dev; the reject point is chosen on dev (as ``eval.abstain_target_accuracy``
+does, for several targets), and on the test split the ``other`` texts are out of scope: how
+many the model abstains on (out-of-scope recall) and how accurate it is on the in-scope texts
+it keeps. Writes ``bench/results/reject_intents_<preset>.json``.
 
-Run niced in the background; the numbers go into docs/benchmarks.md through bench/report.py.
+Run niced in the background; bench/report.py puts the numbers into docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ def _write(name: str, record: dict[str, Any]) -> Path:
     return path
 
 
-def ece(dataset: str, preset: str, overrides: list[str]) -> Path:
-    """Train ``preset`` on the benchmark split and record the calibration it fits."""
+def ece(dataset: str, preset: str, overrides: list[str], *, limit: int | None = None) -> Path:
+    """Train ``preset`` on the benchmark split (its first ``limit`` training rows, as the
+    harness's transformer cells do) and record the calibration it fits."""
     from fenlei.config import load_config
-    from fenlei.data import load_table
+    from fenlei.data import Dataset, load_table
     from fenlei.pipeline import prepare_splits, train_run
     from fenlei.runtime import configure_torch
 
@@ -46,6 +48,9 @@ def ece(dataset: str, preset: str, overrides: list[str]) -> Path:
     cfg = load_config(preset, ["eval.plots=false", *overrides])
     configure_torch(threads=cfg.train.threads, seed=cfg.train.seed)
     files = {part: load_table(split["files"][part]["path"], cfg.data) for part in split["files"]}
+    if limit is not None:
+        train = files["train"]
+        files["train"] = Dataset(train.examples[:limit], train.source, train.multi_label)
     splits = prepare_splits(cfg.data, files["train"], files["valid"], files["test"])
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,6 +61,7 @@ def ece(dataset: str, preset: str, overrides: list[str]) -> Path:
         "dataset": dataset,
         "preset": preset,
         "overrides": overrides,
+        "train_limit": limit,
         "dev": "valid (10 % of train): the temperature is fitted here",
         "test": DATASETS[dataset].test_name,
         "calibration": metrics.calibration.to_json(),
@@ -64,7 +70,7 @@ def ece(dataset: str, preset: str, overrides: list[str]) -> Path:
         "machine": machine(),
         "when": time.strftime("%Y-%m-%d %H:%M"),
     }
-    return _write(f"calibration_{dataset}_{preset}.json", record)
+    return _write(f"calibration_{dataset}_{preset}.json", record)  # one file per pair
 
 
 def _without(data: Any, label: str) -> Any:
@@ -126,7 +132,7 @@ def reject(preset: str, overrides: list[str]) -> Path:
         "data": "bundled support intents; 'other' held out of train and dev, out of scope in test",
         "preset": preset,
         "overrides": overrides,
-        "test_in_scope": int(len(y_in)),
+        "test_in_scope": len(y_in),
         "test_out_of_scope": int(sum(outside)),
         "in_scope_accuracy_no_reject": no_reject_accuracy,
         "temperature": None if calibration is None else calibration.temperature,
@@ -138,9 +144,13 @@ def reject(preset: str, overrides: list[str]) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    """``ece DATASET PRESET [overrides...]`` or ``reject [PRESET] [overrides...]``."""
+    """``ece DATASET PRESET [--limit N] [overrides...]`` or ``reject [PRESET] [overrides...]``."""
     if argv[:1] == ["ece"] and len(argv) >= 3:
-        print(ece(argv[1], argv[2], argv[3:]))
+        rest = argv[3:]
+        limit = None
+        if rest[:1] == ["--limit"]:
+            limit, rest = int(rest[1]), rest[2:]
+        print(ece(argv[1], argv[2], rest, limit=limit))
         return 0
     if argv[:1] == ["reject"]:
         preset = argv[1] if len(argv) > 1 else "linear"

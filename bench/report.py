@@ -450,6 +450,71 @@ def _serve_noisy() -> list[str]:
     return [*rows, "", *(f"{note}." for note in notes), ""]
 
 
+# issue 15's calibration target: ECE (15 bins) on the test split after temperature scaling
+ECE_TARGET = 0.02
+ECE_TARGET_PRESETS = ("lstm", "minilm")
+
+
+def _calibration() -> list[str]:
+    """Tables of bench/calibration_bench.py: ECE before/after, and the reject option."""
+    paths = sorted(RESULTS.glob("calibration_*.json"))
+    reject = sorted(RESULTS.glob("reject_intents_*.json"))
+    if not paths and not reject:
+        return []
+    out = [
+        "## Calibration and the reject option",
+        "",
+        "Temperature scaling fitted on the valid split (10 % of train) at the end of "
+        "training; expected calibration error (15 bins) on valid and on the test split before "
+        "and after (`python -m bench.calibration_bench ece DATASET PRESET`; docs/calibration.md). "
+        f"Target: test ECE ≤ {ECE_TARGET} for {' and '.join(ECE_TARGET_PRESETS)}.",
+        "",
+        "| dataset | preset | temperature | valid ECE before → after | test ECE before → after "
+        "| test accuracy | target | when |",
+        "| --- | --- | ---: | --- | --- | ---: | --- | --- |",
+    ]
+    for path in paths:
+        r = json.loads(path.read_text("utf-8"))
+        cal = r["calibration"]
+        after = cal["ece_after"]["test"]
+        target = (
+            ("met" if after <= ECE_TARGET else "missed")
+            if r["preset"] in ECE_TARGET_PRESETS
+            else "–"
+        )
+        limit = f" (first {r['train_limit']:,} train rows)" if r.get("train_limit") else ""
+        out.append(
+            f"| {r['dataset']} | {r['preset']}{limit} | {cal['temperature']:.3f} | "
+            f"{cal['ece_before']['dev']:.4f} → {cal['ece_after']['dev']:.4f} | "
+            f"{cal['ece_before']['test']:.4f} → {after:.4f} | {r['test_accuracy']:.4f} | "
+            f"{target} | {r['when']} |"
+        )
+    for path in reject:
+        r = json.loads(path.read_text("utf-8"))
+        out += [
+            "",
+            f"Reject option ({r['preset']}, `{' '.join(r['overrides'])}`): {r['data']} "
+            f"({r['test_in_scope']} in-scope and {r['test_out_of_scope']} out-of-scope test "
+            f"texts; in-scope accuracy without rejection {r['in_scope_accuracy_no_reject']:.4f}). "
+            "The reject point is chosen on dev for each target accuracy "
+            "(`eval.abstain_target_accuracy`; `python -m bench.calibration_bench reject`).",
+            "",
+            "| target dev accuracy | abstain below | dev coverage | out-of-scope recall "
+            "| in-scope coverage | in-scope accuracy of the kept |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for pt in r["points"]:
+            if not pt.get("abstain_below") and pt.get("reachable") is False:
+                out.append(f"| {pt['target_accuracy']} | unreachable | | | | |")
+                continue
+            out.append(
+                f"| {pt['target_accuracy']} | {pt['abstain_below']:.3f} | "
+                f"{pt['dev_coverage']:.3f} | {pt['out_of_scope_recall']:.3f} | "
+                f"{pt['in_scope_coverage']:.3f} | {pt['in_scope_accuracy_kept']:.4f} |"
+            )
+    return [*out, ""]
+
+
 def _when(run: dict[str, Any]) -> str:
     return str(run.get("when", ""))
 
@@ -617,6 +682,7 @@ def write_report() -> Path:
                 "",
             ]
     out += [
+        *_calibration(),
         "## Serving",
         "",
         "Serving latency and throughput are in [docs/serving.md](serving.md).",

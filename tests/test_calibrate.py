@@ -354,3 +354,20 @@ def test_an_unreachable_min_precision_warns_and_keeps_best_f1(
     assert "warning:" in captured.err and "'a'" not in captured.err and "a (at best" in captured.err
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["decision"]["min_precision"] == 0.99 and "a" in metrics["decision"]["unmet"]
+
+
+def test_predict_file_leaves_the_label_of_an_abstained_text_empty(
+    abstaining_run: Path, bundled, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import csv
+
+    test = bundled["test"]
+    out = tmp_path / "scored.csv"
+    assert main(["predict", str(abstaining_run), "--file", test.source, "--out", str(out)]) == 0
+    with out.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    predictions = Predictor.from_run(abstaining_run, backend="torch").predict(test.texts)
+    assert [r["predicted_label"] for r in rows] == [
+        "" if p.abstained else p.label for p in predictions
+    ]
+    assert any(r["predicted_label"] == "" for r in rows)

@@ -45,7 +45,9 @@ def predict_file(
 ) -> int:
     """Stream a table through the predictor into a CSV: input columns + label, score, p_<label>.
 
-    The output appears only when complete (atomic rename). Returns the number of rows.
+    ``predicted_label`` is empty where the model abstains (its reject option) or, for a
+    multi-label model, chooses no label. The output appears only when complete (atomic
+    rename). Returns the number of rows.
 
     Raises:
         DataError: the input is unreadable or a text is empty (names file and row).
@@ -86,7 +88,10 @@ def _write_chunk(
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
     for (row, _), pred in zip(chunk, predictions, strict=True):
-        label = "|".join(pred.labels) if predictor.multi_label else pred.label
+        # the chosen labels; empty where none is chosen (multi-label) or the model abstains
+        label = (
+            "|".join(pred.labels) if predictor.rule.multi_label or pred.abstained else pred.label
+        )
         probs = {f"p_{k}": f"{v:.6f}" for k, v in pred.probs.items()}
         writer.writerow({**row, "predicted_label": label, "score": f"{pred.score:.6f}", **probs})
     return writer
