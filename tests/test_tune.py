@@ -136,6 +136,27 @@ def test_trials_run_in_other_processes_sharing_the_storage(tmp_path: Path) -> No
     assert (tmp_path / "best" / "model.safetensors").is_file()
 
 
+class _Interrupt(optuna.pruners.BasePruner):
+    """Ctrl-C during the first epoch of the first trial."""
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        raise KeyboardInterrupt
+
+
+def test_an_interrupted_trial_runs_again_from_its_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "best"
+    with pytest.raises(KeyboardInterrupt):
+        _tune(out, search=["train.epochs=[2]"], pruner=_Interrupt())
+    (failed,) = _study(out).trials
+    assert failed.state == optuna.trial.TrialState.FAIL
+    assert (Path(failed.user_attrs["run_dir"]) / "checkpoint").is_dir()
+    result = _tune(out, search=["train.epochs=[2]"], trials=1)
+    retry = next(t for t in _study(out).trials if t.state == optuna.trial.TrialState.COMPLETE)
+    assert retry.user_attrs["retry_of"] == failed.number
+    assert retry.params == failed.params
+    assert result.best.run_dir == failed.user_attrs["run_dir"]  # continued in its folder
+
+
 # ---------------------------------------------------------------- latency budget
 
 

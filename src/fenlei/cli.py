@@ -664,7 +664,7 @@ def tune(
     ] = None,
     trials: Annotated[int, typer.Option(help="Trials in the study (a resumed one counts).")] = 20,
     time_limit: Annotated[
-        float | None, typer.Option("--time", help="Start no trial after this many seconds.")
+        float | None, typer.Option("--time", help="Seconds to spend (no trial that ends later).")
     ] = None,
     latency_budget: Annotated[
         float | None,
@@ -684,6 +684,9 @@ def tune(
     metric: Annotated[
         Literal["accuracy", "macro_f1"], typer.Option(help="Dev metric to maximise.")
     ] = "accuracy",
+    seed: Annotated[
+        int, typer.Option(help="Sampler seed; give each process sharing a study its own.")
+    ] = 13,
     text_col: TextColOpt = None,
     label_col: LabelColOpt = None,
     multi_label: Annotated[bool, typer.Option(help="Rows may carry several labels.")] = False,
@@ -725,6 +728,7 @@ def tune(
             storage=storage,
             study=study,
             metric=metric,
+            seed=seed,
             on_trial=show,
         )
     except KeyboardInterrupt:

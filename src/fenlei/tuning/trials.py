@@ -33,7 +33,7 @@ from fenlei.predict import Predictor
 from fenlei.records import EpochRecord
 from fenlei.runtime import configure_torch
 from fenlei.train import StopTraining
-from fenlei.tuning.space import FamilyPlan, SearchPlan
+from fenlei.tuning.space import SearchPlan
 from fenlei.tuning.study import open_storage, require_optuna, tidy_folders
 
 if TYPE_CHECKING:
@@ -185,10 +185,10 @@ class _Objective:
             / f"trial-{retry_of if retry_of is not None else trial.number:04d}"
         )
         trial.set_user_attr("run_dir", str(folder))
-        return self._train(trial, family, cfg, folder)
+        return self._train(trial, cfg, folder)
 
     def _train(
-        self, trial: optuna.Trial, family: FamilyPlan, cfg: RunConfig, folder: Path
+        self, trial: optuna.Trial, cfg: RunConfig, folder: Path
     ) -> float | tuple[float, float]:
         optuna = require_optuna()
         configure_torch(threads=cfg.train.threads)  # each trial is an entry point
@@ -252,7 +252,8 @@ def run_trials(
         n_trials: trials this process runs at most (None: until ``total`` or ``timeout``).
         total: stop when the study holds this many complete or pruned trials (counted over
             every process sharing the storage).
-        timeout: seconds after which no new trial starts.
+        timeout: seconds for this call: no trial starts after it, nor one that would end
+            after it at the pace of the trials before it.
         pruner: default Optuna's ``MedianPruner`` (5 trials first, not before epoch 2).
         callbacks: called in this process after each trial with the study and the trial.
         worker: this worker's number (0, 1, ...): seeds its sampler apart from the others'.
@@ -265,7 +266,7 @@ def run_trials(
     storage = open_storage(job.storage)
     study = op.load_study(study_name=job.study, storage=storage)
     study.sampler = op.samplers.TPESampler(seed=_sampler_seed(job, study, worker))
-    study.pruner = pruner or op.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    study.pruner = pruner or op.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
     splits = job.splits()
     objective = _Objective(job, splits, list(splits.dev.texts))
     root = Path(job.trials_dir)
@@ -276,10 +277,27 @@ def run_trials(
     def tidy(study: optuna.Study, trial: FrozenTrial) -> None:
         tidy_folders(study, root, latency=job.latency)
 
+    deadline = [_Deadline(timeout)] if timeout else []
     study.optimize(
         objective,
         n_trials=n_trials,
         timeout=timeout,
         catch=(ConfigError,),
-        callbacks=[*stop, tidy, *callbacks],
+        callbacks=[*stop, *deadline, tidy, *callbacks],
     )
+
+
+@dataclass
+class _Deadline:
+    """Stop before a trial that, at the pace of this process's trials so far, would end
+    after ``seconds`` (Optuna's own timeout only keeps a trial from starting after it)."""
+
+    seconds: float
+    started: float = field(default_factory=time.monotonic)
+    trials: int = 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.trials += 1
+        elapsed = time.monotonic() - self.started
+        if elapsed + elapsed / self.trials > self.seconds:
+            study.stop()

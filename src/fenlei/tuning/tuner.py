@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from filelock import FileLock
+
 from fenlei import run_folder
 from fenlei.artifact import MANIFEST, atomic_write_text
 from fenlei.config import apply_overrides
@@ -174,7 +176,8 @@ def tune(
         search: ``[preset:]section.key=[choices]`` replacing or adding search-space keys.
         trials: the study's total of complete and pruned trials (a resumed study counts the
             ones it has).
-        timeout: seconds after which no new trial starts.
+        timeout: seconds to spend: no trial starts after it, nor one that would end after
+            it at the pace of the trials before it.
         latency_budget_ms: measure each trial's batch-1 p50 latency; the study then has two
             objectives and the winner is the most accurate trial within the budget.
         storage: an Optuna RDB storage URL (default ``sqlite:///<out>.optuna.db``).
@@ -206,33 +209,21 @@ def tune(
     out = Path(out)
     paths = side_paths(out)
     _check_out(out, paths["toml"])
-    files = [Path(p) for p in (data, dev, test) if p is not None]
-    latency = latency_budget_ms is not None
-    objective = [metric, "latency_ms"] if latency else [metric]
-    ident = fingerprint(files, {"plan": plan.to_json(), "objective": objective})
     out.parent.mkdir(parents=True, exist_ok=True)
-    url = storage or f"sqlite:///{paths['db'].resolve()}"
-    name = study or _study_name(Path(data), [f.preset for f in plan.families])
-    the_study, new = open_study(
-        open_storage(url), name, ident, ["maximize", "minimize"] if latency else ["maximize"]
-    )
-    if new:
-        for params in plan.default_params():
-            the_study.enqueue_trial(params, skip_if_exists=True)
-    retry_interrupted(the_study)
     job = TuneJob(
-        data=str(data),
-        dev=None if dev is None else str(dev),
-        test=None if test is None else str(test),
+        data=str(Path(data).resolve()),
+        dev=_absolute(dev),
+        test=_absolute(test),
         plan=plan,
-        storage=url,
-        study=name,
+        storage=storage or f"sqlite:///{paths['db'].resolve()}",
+        study=study or _study_name(Path(data), [f.preset for f in plan.families]),
         trials_dir=str(paths["trials"].resolve()),
         metric=metric,
-        latency=latency,
+        latency=latency_budget_ms is not None,
         seed=seed,
         latency_samples=latency_samples,
     )
+    the_study = _prepare_study(job, [Path(p) for p in (data, dev, test) if p is not None])
     remaining = trials - count_finished(the_study)
     if remaining > 0:
         (launcher or run_trials)(
@@ -244,6 +235,29 @@ def tune(
             callbacks=[_progress(on_trial, latency_budget_ms)] if on_trial else [],
         )
     return _finish(job, the_study, out, paths, latency_budget_ms)
+
+
+def _absolute(path: str | Path | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
+
+
+def _prepare_study(job: TuneJob, files: Sequence[Path]) -> optuna.Study:
+    """Open (or create) the job's study; queue the presets' own settings in a new one and
+    interrupted trials once more.
+
+    Raises:
+        ConfigError: the storage cannot be reached, or the study is for other data or search.
+        DataError: a data file cannot be read.
+    """
+    objective = [job.metric, "latency_ms"] if job.latency else [job.metric]
+    ident = fingerprint(files, {"plan": job.plan.to_json(), "objective": objective})
+    directions = ["maximize", "minimize"] if job.latency else ["maximize"]
+    study, new = open_study(open_storage(job.storage), job.study, ident, directions)
+    if new:
+        for params in job.plan.default_params():
+            study.enqueue_trial(params, skip_if_exists=True)
+    retry_interrupted(study)
+    return study
 
 
 def _progress(
@@ -311,13 +325,15 @@ def _count_states(trials: Sequence[TrialSummary]) -> dict[str, int]:
 
 
 def _publish(source: Path, out: Path) -> None:
-    """Copy the winner's run folder to ``out`` (replacing an earlier tune's winner)."""
+    """Copy the winner's run folder to ``out`` (replacing an earlier tune's winner); two
+    processes of one study that finish together take turns."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         shutil.copytree(source, staging / "run", ignore=shutil.ignore_patterns(".*", "checkpoint"))
-        if out.exists():  # an earlier tune's winner (checked by _check_out)
-            out.rename(staging / "old")
-        (staging / "run").rename(out)
+        with FileLock(str(source.parent / ".publish.lock")):
+            if out.exists():  # an earlier tune's winner (checked by _check_out)
+                out.rename(staging / "old")
+            (staging / "run").rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
