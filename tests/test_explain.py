@@ -189,11 +189,21 @@ def test_the_served_model_is_never_hooked(predictors) -> None:  # type: ignore[n
     np.testing.assert_array_equal(predictor.predict_proba(SAMPLES), before)
 
 
-def test_a_predictor_without_a_run_folder_says_so(predictors) -> None:  # type: ignore[no-untyped-def]
+def test_a_predictor_without_its_family_says_so(predictors) -> None:  # type: ignore[no-untyped-def]
     p = predictors["linear.v2"]
     bare = Predictor(p.encoder, p.model, p.labels)
-    with pytest.raises(ConfigError, match="run folder"):
+    with pytest.raises(ConfigError, match="explain needs the model's family"):
         bare.explain(["refund"])
+    named = Predictor(p.encoder, p.model, p.labels, architecture="linear.v2")
+    assert named.explain(["refund"])[0].tokens[0].token == "refund"
+
+
+def test_the_predictor_training_returns_explains(tmp_path: Path) -> None:
+    preset, overrides = family_overrides("nbsvm.v1")
+    clf = TextClassifier(preset, overrides=overrides, run_dir=tmp_path / "run")
+    clf.fit(TEXTS, LABELS, X_dev=TEXTS, y_dev=LABELS)
+    (e,) = clf.predictor_.explain(["我要退款"])
+    assert [t.token for t in e.tokens] == list("我要退款")
 
 
 def test_the_low_level_function_takes_any_model_of_a_family(predictors) -> None:  # type: ignore[no-untyped-def]

@@ -581,7 +581,12 @@ def _after_training(
     """Predict dev and test once, run :data:`AFTER_TRAINING`, save the run folder."""
     rule = DecisionRule(multi_label=splits.labels.multi_label, threshold=cfg.eval.threshold)
     predictor = Predictor(
-        encoder, run.model, splits.labels.names, rule=rule, batch_size=cfg.eval.batch_size
+        encoder,
+        run.model,
+        splits.labels.names,
+        rule=rule,
+        batch_size=cfg.eval.batch_size,
+        architecture=cfg.model.architecture,
     )
     dev_logits = predictor.logits(splits.dev.texts)
     test_logits = None if splits.test is None else predictor.logits(splits.test.texts)

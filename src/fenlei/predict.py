@@ -304,6 +304,7 @@ class Predictor:
         device: torch.device | str = "cpu",
     ) -> None:
         """
+        architecture: str | None = None,
         Args:
             encoder: turns texts into token ids.
             model: ``forward(ids, mask) -> logits``; an :class:`OnnxModule` runs on the CPU.
@@ -318,6 +319,8 @@ class Predictor:
             device: where the torch model runs.
         """
         self.encoder = encoder
+            architecture: the model's registered family (``"lstm.v1"``), which
+                :meth:`explain` needs; default: the run's.
         self.device = torch.device(device)
         if isinstance(model, OnnxModule) and self.device.type != "cpu":
             raise ConfigError("the ONNX backend runs on the CPU; pass device='cpu'")
@@ -331,6 +334,7 @@ class Predictor:
         self.run = run
         self.backend: str = getattr(model, "backend", "torch")
         self._explainer: nn.Module | None = None  # a shadow of the torch model, made once
+        self.architecture = architecture or (run.config.model.architecture if run else None)
         self._explain_lock = threading.Lock()
 
     @property
@@ -392,7 +396,8 @@ class Predictor:
             >>> Predictor.from_run("runs/demo").info().version  # doctest: +SKIP
             '0.1.0+3f2a9c81d0e4'
         """
-        about = _about_run(self.run) if self.run else {"architecture": type(self.model).__name__}
+        named = self.architecture or type(self.model).__name__
+        about = _about_run(self.run) if self.run else {"architecture": named}
         return PredictorInfo(
             labels=self.labels,
             multi_label=self.multi_label,
@@ -420,6 +425,7 @@ class Predictor:
             device=self.device,
         )
 
+            architecture=self.architecture,
     def _check(self, texts: Sequence[str]) -> list[str]:
         if isinstance(texts, str):
             raise DataError("pass a list of texts, not a single string")
@@ -520,23 +526,25 @@ class Predictor:
 
         Raises:
             DataError: a text has no tokens, or ``target`` is not one of :attr:`labels`.
-            ConfigError: the predictor was not loaded from a run folder (the family is
-                read from its config).
+            ConfigError: the model's family is unknown (built without ``architecture``
+                or a run folder).
             MissingExtraError: integrated gradients need ``pip install 'fenlei[explain]'``.
 
         Example:
             >>> best = predictor.explain(["where is my parcel?"])[0].top(3)  # doctest: +SKIP
         """
         texts = self._check(texts)
-        if self.run is None:
+        if self.architecture is None:
             raise ConfigError(
-                "explain needs a predictor loaded from a run folder (Predictor.from_run): "
-                "the model family comes from its config"
+                "explain needs the model's family: load the predictor with "
+                "Predictor.from_run, or pass architecture= (e.g. 'lstm.v1')"
             )
-        family = family_of(self.run.config.model.architecture)
+        family = family_of(self.architecture)
         with self._explain_lock:
             if self._explainer is None:
-                torch_model = self.run.model if self.backend == "onnx" else self.model
+                torch_model = self.run.model if self.run and self.backend == "onnx" else self.model
+                if isinstance(torch_model, OnnxModule):
+                    raise ConfigError("explain needs the PyTorch model, not only model.onnx")
                 self._explainer = shadow_copy(torch_model)
             explanations = explain(
                 self._explainer,
