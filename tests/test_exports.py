@@ -16,3 +16,11 @@ def test_all_is_sorted_and_importable() -> None:
 def test_public_names_match_all() -> None:
     public = {n for n in fenlei._HOME} | {"__version__"}
     assert public == set(fenlei.__all__)
+
+
+def test_ensemble_api_is_exported() -> None:
+    from fenlei.combine import build_ensemble
+    from fenlei.loader import open_predictor
+
+    assert fenlei.build_ensemble is build_ensemble
+    assert fenlei.open_predictor is open_predictor

@@ -6,7 +6,8 @@ The public API, imported lazily so ``import fenlei`` stays fast::
     clf = TextClassifier("linear").fit(texts, labels)
 
 or step by step: ``load_table`` -> ``prepare_splits`` -> ``train_run`` -> ``Predictor`` ->
-``evaluate``.
+``evaluate``. ``build_ensemble`` combines run folders into one; ``open_predictor`` opens a
+run folder of any kind.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from fenlei._version import __version__
 
 if TYPE_CHECKING:
     from fenlei.classifier import TextClassifier
+    from fenlei.combine import build_ensemble
     from fenlei.config import RunConfig, load_config
     from fenlei.data import Dataset, bundled_dataset_path, load_table
     from fenlei.errors import ArtifactError, ConfigError, DataError, FenleiError
     from fenlei.evaluate import evaluate
+    from fenlei.loader import open_predictor
     from fenlei.pipeline import prepare_splits, train_run
     from fenlei.predict import Prediction, Predictor
     from fenlei.tuning import tune
@@ -37,10 +40,12 @@ __all__ = [
     "RunConfig",
     "TextClassifier",
     "__version__",
+    "build_ensemble",
     "bundled_dataset_path",
     "evaluate",
     "load_config",
     "load_table",
+    "open_predictor",
     "prepare_splits",
     "train_run",
     "tune",
@@ -63,6 +68,8 @@ _HOME = {
     "train_run": "fenlei.pipeline",
     "tune": "fenlei.tuning",
     "evaluate": "fenlei.evaluate",
+    "build_ensemble": "fenlei.combine",
+    "open_predictor": "fenlei.loader",
 }
 
 

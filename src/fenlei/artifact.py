@@ -142,12 +142,21 @@ def _payload_files(run_dir: Path) -> dict[str, Path]:
     """Relative posix path -> path of every file the manifest covers (hidden names and
     ``checkpoint/`` aside), walked without following links.
 
+    A subfolder with its own ``manifest.json`` is a nested run folder (an ensemble's member):
+    only that manifest is listed here; it covers the folder's other files, which
+    :func:`load_run` on the member verifies.
+
     Raises:
         ArtifactError: a symbolic link or a special file (a FIFO would hang the hashing).
     """
     found: dict[str, Path] = {}
     for folder, dirs, names in os.walk(run_dir):
         here = Path(folder)
+        if here != run_dir and MANIFEST in names:
+            dirs[:] = []
+            _refuse_odd(here / MANIFEST)
+            found[(here / MANIFEST).relative_to(run_dir).as_posix()] = here / MANIFEST
+            continue
         dirs[:] = [d for d in dirs if not d.startswith(".") and d != CHECKPOINT_DIR]
         for name in dirs:
             _refuse_odd(here / name)  # os.walk lists a linked folder here and does not enter it
@@ -163,7 +172,8 @@ def _payload_files(run_dir: Path) -> dict[str, Path]:
 def write_manifest(run_dir: Path, *, kind: str = RUN_KIND) -> dict[str, Any]:
     """(Re)write ``manifest.json`` over every file of the run folder; return it.
 
-    ``kind`` says what the folder holds: ``"single"``, one model (the only kind so far).
+    ``kind`` says what the folder holds: ``"single"``, one model, or ``"ensemble"`` (see
+    :mod:`fenlei.ensemble`).
 
     Raises:
         ArtifactError: the folder holds a symbolic link or a special file (named).
@@ -346,6 +356,11 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     """
     root = Path(run_dir)
     manifest = verify_manifest(root)
+    if manifest.get("kind", RUN_KIND) != RUN_KIND:
+        raise ArtifactError(
+            f"{root} holds an {manifest['kind']}, not one model; open it with "
+            "fenlei.open_predictor (as the CLI and the service do)"
+        )
     for name in RUN_FILES:
         if name not in manifest["files"]:
             raise invalid(root / MANIFEST, f"{name} is not listed")

@@ -23,10 +23,12 @@ from sklearn.utils import Tags
 from fenlei.artifact import atomic_write
 from fenlei.config import DataConfig, RunConfig, load_config
 from fenlei.data import Dataset, iter_texts
+from fenlei.ensemble import EnsemblePredictor
 from fenlei.errors import ArtifactError, ConfigError, NotFittedError
 from fenlei.evaluate import evaluate
+from fenlei.loader import open_predictor
 from fenlei.pipeline import prepare_splits, train_run
-from fenlei.predict import Prediction, Predictor
+from fenlei.predict import Prediction, Predictor, ServablePredictor
 from fenlei.progress import RichProgress
 from fenlei.records import RunMetrics
 from fenlei.run_folder import LOCK_FILE
@@ -36,7 +38,7 @@ __all__ = ["TextClassifier", "config_overrides", "predict_file"]
 
 
 def predict_file(
-    predictor: Predictor,
+    predictor: ServablePredictor,
     in_path: str | Path,
     out_path: str | Path,
     cfg: DataConfig | None = None,
@@ -79,7 +81,7 @@ def _write_chunk(
     fh: Any,
     writer: csv.DictWriter[str] | None,
     chunk: list[tuple[dict[str, Any], str]],
-    predictor: Predictor,
+    predictor: ServablePredictor,
     prob_cols: list[str],
 ) -> csv.DictWriter[str]:
     predictions = predictor.predict([text for _, text in chunk])
@@ -236,14 +238,14 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         for name in ("predictor_", "run_dir_", "classes_", "metrics_", "history_"):
             self.__dict__.pop(name, None)
 
-    def _set_fitted(self, predictor: Predictor, run_dir: Path, metrics: RunMetrics) -> None:
+    def _set_fitted(self, predictor: ServablePredictor, run_dir: Path, metrics: RunMetrics) -> None:
         self.predictor_ = predictor
         self.run_dir_ = run_dir
         self.classes_ = np.array(predictor.labels)
         self.metrics_ = metrics
 
-    def _predictor(self) -> Predictor:
-        predictor: Predictor | None = getattr(self, "predictor_", None)
+    def _predictor(self) -> ServablePredictor:
+        predictor: ServablePredictor | None = getattr(self, "predictor_", None)
         if predictor is None:
             raise NotFittedError(
                 "this TextClassifier is not fitted yet; call fit(X, y) or TextClassifier.load(path)"
@@ -254,7 +256,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         """The best label per text (a tuple of labels per text for multi-label)."""
         predictor = self._predictor()
         preds = predictor.predict(_plain(X))
-        if predictor.multi_label:
+        if predictor.rule.multi_label:
             return [p.labels for p in preds]
         return [p.label for p in preds]
 
@@ -281,7 +283,9 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             raise ConfigError("TextClassifier.score does not take sample_weight")
         predictor = self._predictor()
         data = Dataset.from_lists(_plain(X), _plain(y), source="score(X, y)")
-        metrics = evaluate(predictor, Dataset(data.examples, data.source, predictor.multi_label))
+        metrics = evaluate(
+            predictor, Dataset(data.examples, data.source, predictor.rule.multi_label)
+        )
         return float(metrics["accuracy"])
 
     def save(self, path: str | Path) -> Path:
@@ -306,21 +310,28 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
 
     @classmethod
     def load(cls, path: str | Path) -> TextClassifier:
-        """Load a saved classifier (any fenlei run folder); the manifest is verified.
+        """Load a saved classifier (any fenlei run folder, an ensemble too); the manifest is
+        verified.
 
         The classifier gets the preset and overrides it was trained with (the differences
         between the saved config and its preset), so ``clone(loaded).fit(...)`` trains the
-        same way.
+        same way. A loaded ensemble predicts but has no preset to refit (its preset is
+        ``"ensemble"``): ``fenlei ensemble`` builds another.
 
         Raises:
             ArtifactError: the folder is missing, incomplete or altered.
         """
         configure_torch()
-        predictor = Predictor.from_run(path)
-        assert predictor.run is not None
-        cfg = predictor.run.config
-        clf = cls(cfg.preset, overrides=config_overrides(cfg), run_dir=path)
-        clf._set_fitted(predictor, Path(path), _metrics(predictor.run.metrics, path))
+        predictor = open_predictor(path)
+        if isinstance(predictor, EnsemblePredictor):
+            clf = cls(predictor.info().preset, run_dir=path)
+            metrics = predictor.metrics
+        else:
+            assert isinstance(predictor, Predictor) and predictor.run is not None
+            cfg = predictor.run.config
+            clf = cls(cfg.preset, overrides=config_overrides(cfg), run_dir=path)
+            metrics = predictor.run.metrics
+        clf._set_fitted(predictor, Path(path), _metrics(metrics, path))
         return clf
 
 

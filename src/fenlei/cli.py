@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import typer
 from rich.console import Console
@@ -332,11 +332,11 @@ def evaluate(
     from fenlei.data import load_table
     from fenlei.evaluate import evaluate as evaluate_metrics
     from fenlei.evaluate import plot_confusion
-    from fenlei.predict import Predictor
+    from fenlei.loader import open_predictor
     from fenlei.runtime import configure_torch
 
     configure_torch()
-    predictor = Predictor.from_run(run)
+    predictor = open_predictor(run)
     data_cfg = predictor.info().data or DataConfig()  # the columns the run was trained on
     if text_col or label_col:
         data_cfg = load_config(None, _overrides(None, text_col, label_col)).data.model_copy(
@@ -376,7 +376,7 @@ def predict(
     from fenlei.config import DataConfig
     from fenlei.data import check_text
     from fenlei.errors import DataError
-    from fenlei.predict import Predictor
+    from fenlei.loader import open_predictor
     from fenlei.runtime import configure_torch
 
     if not texts and not file:
@@ -390,7 +390,7 @@ def predict(
                 "(check the terminal's encoding or the locale, e.g. LANG=C.UTF-8)"
             )
     configure_torch()
-    predictor = Predictor.from_run(run)
+    predictor = open_predictor(run)
     if file and out_file:
         cfg = DataConfig(text_cols=text_col) if text_col else DataConfig()
         n = predict_file(predictor, file, out_file, cfg)
@@ -474,8 +474,8 @@ def explain(
     from fenlei.config import DataConfig
     from fenlei.data import check_text
     from fenlei.errors import DataError
-    from fenlei.explain import explain_file
-    from fenlei.predict import Predictor
+    from fenlei.explain import Explainer, explain_file
+    from fenlei.loader import open_predictor
     from fenlei.runtime import configure_torch
 
     if not texts and not file:
@@ -488,13 +488,14 @@ def explain(
                 f"text argument {number} {text[:40]!a} {problem}; give a text to explain"
             )
     configure_torch()
-    predictor = Predictor.from_run(run, backend="torch")
+    predictor = open_predictor(run, backend="torch")
+    explainer = cast("Explainer", predictor)  # one model and an ensemble both explain
     if file and out_file:
         cfg = DataConfig(text_cols=text_col) if text_col else predictor.info().data
-        n = explain_file(predictor, file, out_file, cfg, target=target)
+        n = explain_file(explainer, file, out_file, cfg, target=target)
         err.print(f"wrote {n} explanations to {escape(str(out_file))}")
     if texts:
-        explanations = predictor.explain(texts, target=target)
+        explanations = explainer.explain(texts, target=target)
         if out_file and not file:
             lines = (json.dumps(e.to_json(), ensure_ascii=False) for e in explanations)
             out_file.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
@@ -602,13 +603,66 @@ def serve(
 @app.command()
 def export(run: Annotated[Path, typer.Argument(help="Run folder.")]) -> None:
     """Export a run folder's model to ONNX (model.onnx); the server then uses ONNX Runtime.
+    An ensemble exports each member.
 
     Example: fenlei export runs/demo
     """
-    from fenlei.onnx import export_onnx
+    from fenlei.loader import export_run
 
-    path = export_onnx(run)
-    out.print(f"wrote [bold]{escape(str(path))}[/bold] (manifest updated)")
+    for path in export_run(run):
+        out.print(f"wrote [bold]{escape(str(path))}[/bold] (manifest updated)")
+
+
+def _ensemble_table(result: Any) -> Table:
+    table = Table(title=f"Ensemble ({result.weighting} weights)")
+    for col in ("model", "weight", "dev acc", "dev macro-F1"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    if result.test is not None:
+        table.add_column("test acc", justify="right")
+        table.add_column("test macro-F1", justify="right")
+    rows = [(escape(m.name), f"{m.weight:.3f}", m.dev, m.test) for m in result.members]
+    for i, (name, weight, dev, test) in enumerate(
+        [*rows, ("ensemble", "", result.dev, result.test)]
+    ):
+        cells = [name, weight, f"{dev.accuracy:.4f}", f"{dev.macro_f1:.4f}"]
+        if test is not None:
+            cells += [f"{test.accuracy:.4f}", f"{test.macro_f1:.4f}"]
+        table.add_row(*cells, style="bold" if i == len(rows) else None)
+    return table
+
+
+@app.command()
+def ensemble(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more run folders (same labels).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Ensemble folder to write (new).")],
+    weights: Annotated[
+        Literal["equal", "tuned"],
+        typer.Option(help="equal, or tuned: least log-loss of the mean on --data (dev only)."),
+    ] = "equal",
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Dev table: scores, weights and the drift reference."),
+    ] = None,
+    test: Annotated[
+        Path | None, typer.Option("--test", help="Test table, scored for the report only.")
+    ] = None,
+) -> None:
+    """Combine run folders into one ensemble run folder that averages their probabilities.
+
+    The ensemble predicts, evaluates, serves and exports like one model; its members are
+    copied in, each with its own manifest, tokenizer and backend.
+
+    Example: fenlei ensemble runs/nbsvm runs/linear --out runs/ens --data dev.csv
+
+    Example: fenlei ensemble runs/a runs/b runs/c -o runs/abc --weights tuned --data dev.csv
+    """
+    from fenlei.combine import build_ensemble
+    from fenlei.runtime import configure_torch
+
+    configure_torch()
+    result = build_ensemble(runs, out_dir, weights=weights, data=data, test=test)
+    out.print(_ensemble_table(result))
+    out.print(f"run folder: [bold]{escape(str(result.run_dir))}[/bold]")
 
 
 def _trial_line(trial: Any, best: Any, metric: str, budget: float | None) -> str:

@@ -201,9 +201,10 @@ class PredictorInfo:
         serve_chunk: texts per model call the family prefers when served on a CPU (None:
             ``batch_size``).
         batch_size: texts per model call by default (the run's ``eval.batch_size``).
-        kind: what the run folder holds: ``"single"`` (one model).
+        kind: what the run folder holds: ``"single"`` (one model) or ``"ensemble"``.
         run_dir: the run folder (None when built from objects).
         data: how the run's tables are read (columns, label separator); None without a run.
+        members: an ensemble's member names and their weights (empty for one model).
     """
 
     labels: tuple[str, ...]
@@ -219,6 +220,7 @@ class PredictorInfo:
     kind: str = "single"
     run_dir: Path | None = None
     data: DataConfig | None = None
+    members: dict[str, float] = field(default_factory=dict)
 
 
 class ServablePredictor(Protocol):

@@ -143,7 +143,8 @@ class Manifest(_Strict):
 
     format_version: int
     fenlei_version: str
-    kind: Literal["single"] = "single"  # what the folder holds; older folders say nothing
+    # what the folder holds: one model, or an ensemble of run folders; older folders say nothing
+    kind: Literal["single", "ensemble"] = "single"
     files: dict[str, FileEntry]
 
     @field_validator("files")

@@ -30,7 +30,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fenlei._version import __version__
 from fenlei.decision import DecisionRule, decide
 from fenlei.errors import ConfigError
-from fenlei.predict import Predictor, PredictorInfo, ServablePredictor
+from fenlei.loader import open_predictor
+from fenlei.predict import PredictorInfo, ServablePredictor
 from fenlei.runtime import configure_torch
 from fenlei.serve.batching import MicroBatcher
 from fenlei.serve.drift import DriftMonitor
@@ -115,11 +116,11 @@ def _name_sources(
 
 
 def _load(source: ModelSource, settings: ServeSettings) -> ServablePredictor:
-    """A run folder loaded for serving (ONNX Runtime with the server's threads), or the
-    predictor given, as it is."""
+    """A run folder of any kind loaded for serving (ONNX Runtime with the server's threads;
+    an ensemble's members all behind this one name), or the predictor given, as it is."""
     if not isinstance(source, str | Path):
         return source
-    return Predictor.from_run(
+    return open_predictor(
         source, backend=settings.backend, device=settings.device, threads=settings.threads
     )
 
@@ -141,6 +142,7 @@ def _model_info(name: str, info: PredictorInfo) -> ModelInfo:
         backend=info.backend,
         kind=info.kind,
         metrics=dict(info.metrics),
+        members=dict(info.members),
     )
 
 

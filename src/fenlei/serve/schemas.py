@@ -248,9 +248,13 @@ class ModelInfo(_Frozen):
     preset: str
     architecture: str
     backend: str
-    kind: str = Field(description="What the run folder holds: single (one model).")
+    kind: str = Field(description="What the run folder holds: single (one model) or ensemble.")
     metrics: dict[str, float | int | None] = Field(
         description="Headline dev/test metrics from training (accuracy, macro F1, ...)."
+    )
+    members: dict[str, float] = Field(
+        default_factory=dict,
+        description="An ensemble's members and their weights (empty for one model).",
     )
 
 
