@@ -396,6 +396,9 @@ def test_bad_requests_are_one_error_line_and_leave_nothing(
     out.mkdir()
     line = _user_error(capsys, ["ensemble", linear, nbsvm, "--out", str(out), "--data", dev])
     assert "already exists" in line and not any(out.iterdir())
+    inside = runs["linear"] / "ens"
+    line = _user_error(capsys, ["ensemble", linear, nbsvm, "--out", str(inside), "--data", dev])
+    assert "inside the member" in line and not inside.exists()
 
 
 def test_label_mismatch_names_both_runs(

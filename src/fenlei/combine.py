@@ -406,6 +406,12 @@ def _check_request(
     if len(sources) > MAX_MEMBERS:
         raise ConfigError(f"an ensemble holds at most {MAX_MEMBERS} members, got {len(sources)}")
     _check_out(target)
+    for source in sources:
+        if target.resolve().is_relative_to(source.resolve()):
+            raise ConfigError(
+                f"--out {target} is inside the member {source}, which would then hold a file "
+                "its manifest does not list; write the ensemble elsewhere"
+            )
     if data is None:
         raise ConfigError(
             "an ensemble is scored, weighted and given its drift reference on dev data: "
