@@ -211,6 +211,20 @@ def test_the_pareto_front_and_the_winner_within_a_budget() -> None:
     assert winner([_t(0, 0.8), _t(1, 0.8)], None).number == 0  # a tie: the earlier
 
 
+def test_a_setting_given_with_set_is_not_searched() -> None:
+    from fenlei.tuning.space import plan_search
+
+    (family,) = plan_search(["nbsvm"], ["model.nb_c=[0.1,1]"]).families
+    assert "model.nb_c" not in family.space and "model.ngram" in family.space
+    with pytest.raises(ConfigError, match=r"both set .* and searched"):
+        plan_search(["nbsvm"], ["model.ngram=2"], ["model.ngram=[1,2]"])
+    scoped = plan_search(["linear", "nbsvm"], ["nbsvm:model.ngram=2"])
+    assert "model.ngram" in scoped.family("linear").space
+    assert "model.ngram" not in scoped.family("nbsvm").space
+    with pytest.raises(ConfigError, match=r"data\.\* settings of nbsvm differ"):
+        plan_search(["linear", "nbsvm"], ["nbsvm:data.dev_fraction=0.2"])
+
+
 def test_toml_leaves_out_nulls_and_says_so() -> None:
     tree, nulls = _toml_tree("linear", ["train.patience=none", "train.lr=0.01"])
     assert tree == {"preset": "linear", "train": {"lr": 0.01}}

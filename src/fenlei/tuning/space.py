@@ -232,11 +232,18 @@ def _plan_family(
         space: dict[str, tuple[Any, ...]] = dict(family_of(architecture).search_space)
     except ConfigError as exc:
         raise ConfigError(f"family {preset}: {exc}") from exc
+    fixed = {item.partition("=")[0].strip() for item in base}
+    for key in fixed:  # a setting the user gives is not searched
+        space.pop(key, None)
     for item in _scoped(search, preset, presets, "--search"):
         key, choices = _parse_search(item)
+        if key in fixed:
+            raise ConfigError(
+                f"{key} is both set (--set) and searched (--search) for {preset}; keep one"
+            )
         space[key] = choices
     if not space:
-        raise ConfigError(f"family {preset} declares no search space; give --search KEY=[...]")
+        raise ConfigError(f"nothing left to search for {preset}; give --search KEY=[...]")
     return _validate(preset, base, space)
 
 
@@ -247,7 +254,8 @@ def plan_search(
 
     Args:
         presets: the families to search, by preset name (``["linear", "lstm"]``).
-        overrides: ``[preset:]section.key=value`` settings every trial (of that family) gets.
+        overrides: ``[preset:]section.key=value`` settings every trial (of that family) gets;
+            a key of the search space given here is fixed, not searched.
         search: ``[preset:]section.key=[choices]``: replace or add a key of the families'
             search spaces.
 
@@ -272,4 +280,6 @@ def plan_search(
         )
     if len(set(presets)) != len(presets):
         raise ConfigError(f"--families names a family twice: {', '.join(presets)}")
-    return SearchPlan(tuple(_plan_family(p, presets, overrides, search) for p in presets))
+    plan = SearchPlan(tuple(_plan_family(p, presets, overrides, search) for p in presets))
+    plan.data_config()  # one set of splits for every family
+    return plan

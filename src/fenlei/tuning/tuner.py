@@ -172,7 +172,8 @@ def tune(
         dev, test: separate dev and test tables.
         preset: tune one family, starting from this preset.
         families: or choose among several (preset names, a list or ``"linear,nbsvm"``).
-        overrides: ``[preset:]section.key=value`` settings every trial gets.
+        overrides: ``[preset:]section.key=value`` settings every trial gets (a searched
+            key given here is fixed instead).
         search: ``[preset:]section.key=[choices]`` replacing or adding search-space keys.
         trials: the study's total of complete and pruned trials (a resumed study counts the
             ones it has).
