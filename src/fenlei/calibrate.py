@@ -327,7 +327,9 @@ def coverage_curve(probs: np.ndarray, targets: np.ndarray) -> list[CurvePoint]:
     # the last text of each run of equal confidence: a threshold keeps all of them or none
     ends = np.flatnonzero(np.append(conf[1:] != conf[:-1], True))
     n = len(conf)
-    return [CurvePoint(float(conf[i]), (i + 1) / n, float(kept_right[i] / (i + 1))) for i in ends]
+    return [
+        CurvePoint(float(conf[i]), float((i + 1) / n), float(kept_right[i] / (i + 1))) for i in ends
+    ]
 
 
 def reject_point(probs: np.ndarray, targets: np.ndarray, threshold: float | None) -> CurvePoint:
