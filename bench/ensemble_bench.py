@@ -1,0 +1,166 @@
+"""Ensemble run folders on the harness's splits: members against their ensembles.
+
+For each dataset the harness's split is used (``bench.harness.prepare_dataset``: train, a
+10 % ``valid`` for model selection, and the test set: ChnSentiCorp's ``dev.csv.gz``,
+waimai_10k's 20 % split). Members are trained on ``train`` with ``valid`` as dev, as the
+harness's fenlei cells are; ``fenlei.build_ensemble`` then scores them and the ensembles on
+``valid`` (weights tuned there, never on test) and on test. Run folders live under
+``/tmp/fenlei-bench/ensemble`` (resumable: a finished member is reused); results go to
+``bench/results/ensemble_<dataset>.json``::
+
+    nohup nice .venv/bin/python -m bench.ensemble_bench --datasets chnsenticorp,waimai_10k &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.harness import DATASETS, RESULTS, prepare_dataset
+from fenlei.combine import build_ensemble
+from fenlei.config import load_config
+from fenlei.data import load_table
+from fenlei.loader import open_predictor
+from fenlei.pipeline import prepare_splits, train_run
+from fenlei.runtime import configure_torch
+
+WORK = Path(os.environ.get("FENLEI_BENCH_WORK", "/tmp/fenlei-bench")) / "ensemble"
+COMBOS = "nbsvm+linear,nbsvm+linear+lstm,nbsvm+lstm"
+# member name -> preset and overrides: the presets as the harness trains them, and variants
+# that tokenize or featurize differently (for diversity)
+MEMBERS: dict[str, tuple[str, list[str]]] = {
+    "nbsvm": ("nbsvm", []),
+    "linear": ("linear", []),
+    "lstm": ("lstm", []),
+    "nbsvm-unigram": ("nbsvm", ["encoder.kind=unigram", "encoder.vocab_size=30000"]),
+    "nbsvm-wordpiece": ("nbsvm", ["encoder.kind=wordpiece", "encoder.vocab_size=30000"]),
+    "linear-char": ("linear", ["model.char_ngram_min=2", "model.char_ngram_max=4"]),
+}
+
+
+def _member(dataset: str, name: str, files: dict[str, Any], threads: int) -> Path:
+    run_dir = WORK / dataset / name
+    if (run_dir / "manifest.json").is_file():
+        return run_dir
+    preset, extra = MEMBERS[name]
+    cfg = load_config(preset, [f"train.threads={threads}", "eval.plots=false", *extra])
+    configure_torch(threads=threads, seed=cfg.train.seed)
+    splits = prepare_splits(
+        cfg.data,
+        load_table(files["train"]["path"], cfg.data),
+        load_table(files["valid"]["path"], cfg.data),
+        load_table(files["test"]["path"], cfg.data),
+    )
+    train_run(cfg, splits, run_dir, overwrite=True)
+    return run_dir
+
+
+def _latency_ms(run_dir: Path, texts: list[str]) -> float:
+    """Median batch-1 latency of the folder's predictor (torch backend) over ``texts``."""
+    predictor = open_predictor(run_dir, backend="torch", device="cpu")
+    predictor.predict_proba(texts[:5])  # warm-up
+    times = []
+    for text in texts:
+        start = time.perf_counter()
+        predictor.predict_proba([text])
+        times.append((time.perf_counter() - start) * 1000)
+    return round(statistics.median(times), 3)
+
+
+def _size_mb(folder: Path) -> float:
+    return round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6, 2)
+
+
+def _scores(s: Any) -> dict[str, float]:
+    return {"accuracy": round(s.accuracy, 4), "macro_f1": round(s.macro_f1, 4)}
+
+
+def bench_dataset(
+    dataset: str, combos: list[tuple[str, ...]], threads: int, latency_texts: int
+) -> dict[str, Any]:
+    """Train the members (if needed), build every combination with equal and tuned weights."""
+    files = prepare_dataset(DATASETS[dataset])["files"]
+    names = sorted({p for combo in combos for p in combo})
+    members = {p: _member(dataset, p, files, threads) for p in names}
+    configure_torch(threads=threads)
+    test_texts = load_table(files["test"]["path"]).texts[:latency_texts]
+    record: dict[str, Any] = {
+        "dataset": dataset,
+        "split": {k: {"rows": v["rows"]} for k, v in files.items()},
+        "dev": "valid (10 % of train, model selection and weights)",
+        "test": DATASETS[dataset].test_name,
+        "threads": threads,
+        "members": {},
+        "ensembles": [],
+    }
+    for preset, run_dir in members.items():
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        record["members"][preset] = {
+            "dev": _scores_json(metrics["dev"]),
+            "test": _scores_json(metrics["test"]),
+            "batch1_p50_ms": _latency_ms(run_dir, test_texts),
+            "size_mb": _size_mb(run_dir),
+            "settings": {"preset": MEMBERS[preset][0], "overrides": MEMBERS[preset][1]},
+        }
+    for combo in combos:
+        for weights in ("equal", "tuned"):
+            out = WORK / dataset / f"ens-{'+'.join(combo)}-{weights}"
+            shutil.rmtree(out, ignore_errors=True)
+            result = build_ensemble(
+                [members[p] for p in combo],
+                out,
+                weights=weights,
+                data=files["valid"]["path"],
+                test=files["test"]["path"],
+            )
+            record["ensembles"].append(
+                {
+                    "members": list(combo),
+                    "weights": weights,
+                    "weight_values": {m.name: round(m.weight, 4) for m in result.members},
+                    "dev": _scores(result.dev),
+                    "test": _scores(result.test),
+                    "build_seconds": round(result.seconds, 1),
+                    "batch1_p50_ms": _latency_ms(out, test_texts),
+                    "size_mb": _size_mb(out),
+                    "command": (
+                        f"fenlei ensemble {' '.join(str(members[p]) for p in combo)} --out {out} "
+                        f"--weights {weights} --data {files['valid']['path']} "
+                        f"--test {files['test']['path']}"
+                    ),
+                }
+            )
+            print(json.dumps(record["ensembles"][-1]), flush=True)
+    record["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return record
+
+
+def _scores_json(section: dict[str, Any]) -> dict[str, float]:
+    return {"accuracy": round(section["accuracy"], 4), "macro_f1": round(section["macro_f1"], 4)}
+
+
+def main() -> None:
+    """Run every dataset named and write ``bench/results/ensemble_<dataset>.json``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="chnsenticorp,waimai_10k")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--latency-texts", type=int, default=200)
+    parser.add_argument("--combos", default=COMBOS, help="member+member,... (see MEMBERS)")
+    parser.add_argument("--tag", default="", help="suffix of the results file")
+    args = parser.parse_args()
+    combos = [tuple(c.split("+")) for c in args.combos.split(",")]
+    for dataset in args.datasets.split(","):
+        record = bench_dataset(dataset, combos, args.threads, args.latency_texts)
+        path = RESULTS / f"ensemble_{dataset}{args.tag}.json"
+        path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"wrote {path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
