@@ -641,7 +641,7 @@ def ensemble(
     ] = "equal",
     data: Annotated[
         Path | None,
-        typer.Option("--data", help="Dev table: scores, weights and the drift reference."),
+        typer.Option("--data", help="Dev table (needed): scores, weights and the drift reference."),
     ] = None,
     test: Annotated[
         Path | None, typer.Option("--test", help="Test table, scored for the report only.")
