@@ -304,9 +304,9 @@ class Predictor:
         batch_size: int = 256,
         run: LoadedRun | None = None,
         device: torch.device | str = "cpu",
+        architecture: str | None = None,
     ) -> None:
         """
-        architecture: str | None = None,
         Args:
             encoder: turns texts into token ids.
             model: ``forward(ids, mask) -> logits``; an :class:`OnnxModule` runs on the CPU.
@@ -319,10 +319,10 @@ class Predictor:
             batch_size: texts per model call unless a call says otherwise.
             run: the run folder it was loaded from, if any (for :meth:`info`).
             device: where the torch model runs.
-        """
-        self.encoder = encoder
             architecture: the model's registered family (``"lstm.v1"``), which
                 :meth:`explain` needs; default: the run's.
+        """
+        self.encoder = encoder
         self.device = torch.device(device)
         if isinstance(model, OnnxModule) and self.device.type != "cpu":
             raise ConfigError("the ONNX backend runs on the CPU; pass device='cpu'")
@@ -334,9 +334,9 @@ class Predictor:
         self.rule = rule
         self.batch_size = batch_size
         self.run = run
+        self.architecture = architecture or (run.config.model.architecture if run else None)
         self.backend: str = getattr(model, "backend", "torch")
         self._explainer: nn.Module | None = None  # a shadow of the torch model, made once
-        self.architecture = architecture or (run.config.model.architecture if run else None)
         self._explain_lock = threading.Lock()
 
     @property
@@ -425,9 +425,9 @@ class Predictor:
             batch_size=self.batch_size,
             run=self.run,
             device=self.device,
+            architecture=self.architecture,
         )
 
-            architecture=self.architecture,
     def _check(self, texts: Sequence[str]) -> list[str]:
         if isinstance(texts, str):
             raise DataError("pass a list of texts, not a single string")
