@@ -371,3 +371,26 @@ def test_predict_file_leaves_the_label_of_an_abstained_text_empty(
         "" if p.abstained else p.label for p in predictions
     ]
     assert any(r["predicted_label"] == "" for r in rows)
+
+
+def test_a_one_logit_binary_head_is_scaled_before_its_sigmoid(bundled) -> None:  # type: ignore[no-untyped-def]
+    import torch
+    from torch import nn
+
+    from fenlei.config import EncoderConfig
+    from fenlei.tokenize import train_encoder
+
+    class OneLogit(nn.Module):  # (B, T) ids -> (B, 1): a fixed score per text
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return ((ids * mask).sum(dim=1, keepdim=True) % 7 - 3).float()
+
+    encoder = train_encoder(bundled["train"].texts, EncoderConfig(vocab_size=600))
+    texts = bundled["test"].texts[:12]
+    plain = Predictor(encoder, OneLogit(), ["neg", "pos"])
+    scaled = plain.calibrated(Calibration(temperature=2.0))
+    z = plain.logits(texts)
+    assert z.shape == (12, 1)
+    expected = expit(z[:, 0] / 2.0)
+    np.testing.assert_allclose(scaled.predict_proba(texts)[:, 1], expected, atol=1e-6)
+    np.testing.assert_allclose(scaled.predict_proba(texts).sum(axis=1), 1.0, atol=1e-6)
+    assert [p.label for p in scaled.predict(texts)] == [p.label for p in plain.predict(texts)]
