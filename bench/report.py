@@ -515,6 +515,70 @@ def _calibration() -> list[str]:
     return [*out, ""]
 
 
+def _secs(timing: dict[str, Any]) -> str:
+    cpu = timing.get("median_cpu_s")
+    return f"{timing['median_s']:.3f} s" + (f" ({cpu:.2f})" if cpu is not None else "")
+
+
+def _explanations() -> list[str]:
+    """Tables of bench/explain_bench.py: faithfulness and latency of token attributions."""
+    faith_path = RESULTS / "explain_faithfulness.json"
+    latency_paths = sorted(RESULTS.glob("explain_latency*.json"))
+    if not faith_path.is_file() and not latency_paths:
+        return []
+    out = ["## Explanations", ""]
+    if faith_path.is_file():
+        faith = json.loads(faith_path.read_text("utf-8"))
+        out += [
+            "Comprehensiveness (ERASER, DeYoung et al. 2020): the mean drop of the predicted "
+            "label's probability when the top 20 % of a text's words by attribution are deleted, "
+            "against deleting a random 20 % (`python -m bench.explain_bench faithfulness`; "
+            "docs/explain.md). Target: at least 2x the random drop.",
+            "",
+            "| dataset | preset | method | texts | accuracy | drop, top 20 % | drop, random 20 % "
+            "| ratio | target | ms per text |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        ]
+        for key, cell in faith["results"].items():
+            dataset, preset = key.split("/")
+            method = "exact" if preset in ("linear", "nbsvm") else "integrated gradients"
+            ratio = cell["ratio"]
+            verdict = "met" if ratio is not None and ratio >= 2 else "missed"
+            out.append(
+                f"| {dataset} | {preset} | {method} | {cell['texts']} | {cell['accuracy']:.4f} | "
+                f"{cell['comprehensiveness_top20']:.4f} | {cell['comprehensiveness_random20']:.4f} "
+                f"| {ratio}x | {verdict} | {cell['explain_ms_per_text']:.1f} |"
+            )
+        out.append("")
+    if latency_paths:
+        out += [
+            "Seconds to explain one text of 64 tokens with a MiniLM-sized transformer "
+            "(`python -m bench.explain_bench latency`): fenlei's explain (its steps, column "
+            "`steps`, in one batch) against Captum's `LayerIntegratedGradients` called with its "
+            "defaults (50 steps). Target: ≤ 1 s on 2 CPU cores, judged only on an otherwise idle "
+            "machine (1-minute load ≤ 2): on a busy one the two torch threads wait for each "
+            "other; CPU s (both threads) is then the steadier figure.",
+            "",
+            "| machine | threads | device | weights | steps | fenlei explain (CPU s) "
+            "| Captum, 50 steps (CPU s) | target | load |",
+            "| --- | ---: | --- | --- | ---: | ---: | ---: | --- | ---: |",
+        ]
+        for path in latency_paths:
+            run = json.loads(path.read_text("utf-8"))
+            m, r = run["machine"], run["results"]
+            ours, plain = r["fenlei_explain"], r["captum_plain_50_steps"]
+            judged = r["device"] == "cpu" and m["load_average_1m"] <= 2
+            verdict = ("met" if ours["median_s"] <= 1.0 else "missed") if judged else "–"
+            out.append(
+                f"| {m.get('cpu', '')} | {r['threads']} | "
+                f"{r['device']} | {r['weights']} | {r['fenlei_steps']} | {_secs(ours)} | "
+                f"{_secs(plain)} | {verdict} | "
+                f"{m['load_average_1m']} |"
+            )
+        out.append("")
+    return out
+
+
 def _when(run: dict[str, Any]) -> str:
     return str(run.get("when", ""))
 
@@ -683,6 +747,7 @@ def write_report() -> Path:
             ]
     out += [
         *_calibration(),
+        *_explanations(),
         "## Serving",
         "",
         "Serving latency and throughput are in [docs/serving.md](serving.md).",

@@ -85,6 +85,9 @@ def test_integrated_gradients_are_complete_within_the_delta(kind: str, predictor
         # base agree with the ones it measured, and the steps make it small
         assert _sum(e) == pytest.approx(e.score - e.base + e.delta, abs=1e-4)
         assert abs(e.delta) <= 0.02 * max(1.0, abs(e.score - e.base))
+    # from 2 steps, the steps double until the delta is within 1 % of the score's change
+    for e in predictor.explain(SAMPLES, n_steps=2):
+        assert abs(e.delta) <= max(0.01 * abs(e.score - e.base), 1e-3)
 
 
 def test_special_tokens_of_a_pretrained_tokenizer_are_not_words(predictors) -> None:  # type: ignore[no-untyped-def]

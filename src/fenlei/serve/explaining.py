@@ -2,10 +2,11 @@
 
 Same token, limits (``max_chars``; texts per request: the tighter ``max_explain_texts``),
 metrics and error shapes as predict. An explanation costs a model pass per
-integrated-gradients step (32 for an LSTM or a transformer), so explanations run in worker
-threads of their own (at most :data:`EXPLAIN_THREADS` at once, :data:`EXPLAIN_QUEUE`
-waiting, beyond that 429), never through the micro-batcher: predictions queued behind them
-are not held up. :func:`add_explain_route` registers the route on an app.
+integrated-gradients step (32 or more for an LSTM or a transformer), so explanations run in
+worker threads of their own (at most :data:`EXPLAIN_THREADS` at once,
+:data:`EXPLAIN_QUEUE` waiting, beyond that 429), never through the micro-batcher:
+predictions queued behind them are not held up. :func:`add_explain_route` registers the
+route on an app.
 
 Example:
     >>> add_explain_route(app)  # doctest: +SKIP
