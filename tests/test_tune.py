@@ -73,13 +73,14 @@ def main_quietly(args: list[str]) -> int:
     from fenlei import cli
 
     buffer = io.StringIO()
-    console = cli.out
-    cli.out = cli.Console(file=buffer, width=200)
+    console = cli.out  # the commands' console, shared by every cli module
+    file, width = console.file, console.width
+    console.file, console.width = buffer, 200
     try:
         with redirect_stdout(buffer):
             code = cli.main(args)
     finally:
-        cli.out = console
+        console.file, console.width = file, width
     _LAST_OUTPUT[0] = buffer.getvalue()
     return code
 

@@ -1,0 +1,9 @@
+"""``python -m fenlei.cli``."""
+
+from __future__ import annotations
+
+import sys
+
+from fenlei.cli import main
+
+sys.exit(main())

@@ -1,0 +1,143 @@
+"""Rich tables and summaries shared by the training and evaluation commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from fenlei.cli._app import (
+    err,
+    out,
+)
+
+__all__: list[str] = []
+
+
+def _summary_table(summaries: list[Any]) -> Table:
+    table = Table(title="Data", show_lines=False)
+    for col in ("split", "rows", "labels", "chars (min / median / p95 / max)"):
+        table.add_column(col)
+    for s in summaries:
+        counts = ", ".join(f"{k} {v}" for k, v in s.label_counts.items())
+        lengths = f"{s.chars_min} / {s.chars_median:.0f} / {s.chars_p95:.0f} / {s.chars_max}"
+        table.add_row(escape(s.source), str(s.rows), escape(counts), lengths)
+    return table
+
+
+def _metrics_table(metrics: dict[str, Any], title: str) -> Table:
+    from fenlei.predict import HEADLINE_METRICS
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in HEADLINE_METRICS:
+        if key in metrics:
+            value = metrics[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    return table
+
+
+def _per_class_table(metrics: dict[str, Any]) -> Table:
+    table = Table(title="Per class")
+    for col in ("label", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    for name, m in metrics["per_class"].items():
+        table.add_row(
+            escape(name),
+            f"{m['precision']:.3f}",
+            f"{m['recall']:.3f}",
+            f"{m['f1']:.3f}",
+            str(m["support"]),
+        )
+    return table
+
+
+def _predictions_table(texts: list[str], predictions: list[Any], top_k: int) -> Table:
+    table = Table(title="Predictions")
+    table.add_column("text", overflow="fold", max_width=60)
+    table.add_column("label")
+    table.add_column(f"top {top_k}")
+    for text, pred in zip(texts, predictions, strict=True):
+        top = ", ".join(f"{lab} {p:.2f}" for lab, p in pred.top(top_k))
+        label = " | ".join(pred.labels) if len(pred.labels) > 1 else pred.label
+        if pred.abstained:
+            label = f"abstain (best: {pred.label})"
+        table.add_row(escape(text), escape(label), escape(top))
+    return table
+
+
+def _show_fitted(metrics: Any) -> None:
+    """One line each for the temperature and the tuned decision; a warning for a target
+    that dev could not meet."""
+    cal = metrics.calibration
+    if cal is not None:
+        eces = ", ".join(
+            f"{split} {cal.ece_before[split]:.3f} -> {cal.ece_after[split]:.3f}"
+            for split in cal.ece_before
+        )
+        how = f"temperature {cal.temperature:.3f}" if cal.note is None else cal.note
+        out.print(f"calibration: {escape(how)}; ECE ({cal.bins} bins) {eces}")
+    decision = metrics.decision
+    if decision is None:
+        return
+    if decision.thresholds is not None:
+        goal = (
+            "best F1" if decision.min_precision is None else f"precision {decision.min_precision}"
+        )
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in list(decision.thresholds.items())[:8])
+        more = " ..." if len(decision.thresholds) > 8 else ""
+        out.print(f"thresholds per label ({goal} on dev): {escape(shown)}{more}")
+    if decision.unmet:
+        missed = ", ".join(f"{k} (at best {v:.3f})" for k, v in decision.unmet.items())
+        err.print(
+            f"[yellow]warning:[/yellow] no threshold reaches precision "
+            f"{decision.min_precision} on dev for {escape(missed)}; they keep their best-F1 "
+            "threshold (lower --min-precision, or add dev examples of these labels)"
+        )
+    if decision.abstain_below is not None:
+        where = "; ".join(
+            f"{split} coverage {v['coverage']:.3f}, accuracy {v['accuracy']:.3f}"
+            for split, v in decision.coverage.items()
+        )
+        out.print(f"reject option: abstain below confidence {decision.abstain_below:.3f} ({where})")
+    elif decision.note is not None:
+        err.print(f"[yellow]warning:[/yellow] {escape(decision.note)}")
+
+
+def _reject_table(reject: dict[str, Any]) -> Table:
+    table = Table(title="Coverage and accuracy (the most confident texts kept)")
+    for col in ("coverage", "accuracy", "min confidence", ""):
+        table.add_column(col, justify="right")
+    chosen = reject["chosen"]
+    for point in reject["curve"]:
+        table.add_row(
+            f"{point['coverage']:.3f}", f"{point['accuracy']:.4f}", f"{point['threshold']:.3f}", ""
+        )
+    table.add_row(
+        f"{chosen['coverage']:.3f}",
+        f"{chosen['accuracy']:.4f}",
+        f"{chosen['threshold']:.3f}",
+        "chosen (the run's reject point)" if chosen["threshold"] > 0 else "chosen (no reject)",
+        style="bold",
+    )
+    return table
+
+
+def _show_training_result(result: Any) -> None:
+    metrics = result.metrics
+    history = result.history
+    best = next((r for r in history if r.epoch == metrics.best_epoch), None)
+    if best is not None and best.param:  # a solved family: one record per setting tried
+        tried = "; ".join(r.param_text() for r in history)
+        which = f"best {best.param_text()} (tried {tried})"
+    else:
+        which = f"best epoch {metrics.best_epoch} of {metrics.epochs_run}"
+    out.print(f"{which}, {metrics.train_seconds:.1f}s")
+    _show_fitted(metrics)
+    out.print(_metrics_table(metrics.dev.to_json(), "Dev"))
+    if metrics.test is not None:
+        out.print(_metrics_table(metrics.test.to_json(), "Test"))
+        out.print(_per_class_table(metrics.test.to_json()))
+    out.print(f"run folder: [bold]{escape(str(result.run_dir))}[/bold]")

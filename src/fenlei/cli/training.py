@@ -1,0 +1,144 @@
+"""`fenlei train` and `fenlei demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fenlei.cli._app import (
+    ConfigOpt,
+    LabelColOpt,
+    PresetOpt,
+    SetOpt,
+    TextColOpt,
+    _overrides,
+    app,
+    out,
+)
+from fenlei.cli._views import (
+    _predictions_table,
+    _show_training_result,
+    _summary_table,
+)
+
+__all__ = ["DEMO_LINEAR_SETTINGS", "DEMO_TEXTS", "demo", "train"]
+
+
+def _run_training(cfg: Any, splits: Any, out_dir: Path, *, resume: bool, overwrite: bool) -> Any:
+    from fenlei.pipeline import train_run
+    from fenlei.progress import RichProgress
+    from fenlei.runtime import configure_torch
+
+    configure_torch(threads=cfg.train.threads, seed=cfg.train.seed)
+    out.print(_summary_table(splits.summaries()))
+    return train_run(
+        cfg,
+        splits,
+        out_dir,
+        resume=resume,
+        overwrite=overwrite,
+        progress=RichProgress(cfg.train.monitor),
+    )
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Training table: .csv .tsv .jsonl .parquet (.gz).")],
+    dev: Annotated[Path | None, typer.Option(help="Dev table (else split from DATA).")] = None,
+    test: Annotated[Path | None, typer.Option(help="Test table (else split from DATA).")] = None,
+    preset: PresetOpt = "linear",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    text_col: TextColOpt = None,
+    label_col: LabelColOpt = None,
+    multi_label: Annotated[bool, typer.Option(help="Rows may carry several labels.")] = False,
+    label_sep: Annotated[str | None, typer.Option(help="Label separator in CSV cells.")] = None,
+    min_precision: Annotated[
+        float | None,
+        typer.Option(
+            help="Multi-label: tune each label's threshold on dev for the highest recall at "
+            "this precision (eval.min_precision; default: the best F1)."
+        ),
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path(
+        "runs/latest"
+    ),
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue from the run folder's checkpoint (a complete run stays)."),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a finished run in --out (only fenlei's own files).")
+    ] = False,
+) -> None:
+    """Train a classifier on a labelled table and write a run folder.
+
+    Example: fenlei train reviews.csv --dev dev.csv --preset lstm --set train.epochs=5 -o runs/r1
+    """
+    from fenlei.config import load_config
+    from fenlei.data import load_table
+    from fenlei.models import check
+    from fenlei.pipeline import prepare_splits
+
+    overrides = _overrides(set_, text_col, label_col, multi_label, label_sep)
+    if min_precision is not None:
+        overrides.append(f"eval.min_precision={min_precision}")
+    cfg = load_config(config or preset, overrides)
+    check(cfg)
+    train_set = load_table(data, cfg.data)
+    dev_set = load_table(dev, cfg.data) if dev else None
+    test_set = load_table(test, cfg.data) if test else None
+    splits = prepare_splits(cfg.data, train_set, dev_set, test_set)
+    result = _run_training(cfg, splits, out_dir, resume=resume, overwrite=overwrite)
+    _show_training_result(result)
+
+
+DEMO_TEXTS = [
+    "hi, my parcel still hasn't arrived, can you check where it is?",
+    "I want my money back for the broken blender",
+    "我忘记密码了，登录不了怎么办",
+    "你们周末几点开门？",
+    "can I talk to a real person please",
+    "这个耳机支持蓝牙5.3吗",
+]
+
+
+# What a small, noisy dataset like the bundled intents needs from the linear preset.
+DEMO_LINEAR_SETTINGS = ("model.char_ngram_min=3", "train.batch_size=32")
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path(
+        "runs/demo"
+    ),
+    preset: PresetOpt = "linear",
+    set_: SetOpt = None,
+) -> None:
+    """Train on the bundled English + Chinese support-intent dataset and show results.
+
+    With the linear preset the demo turns on character n-grams and batches of 32, which
+    suit a small set of short, typo-laden messages (test accuracy 0.76 instead of 0.72);
+    --set overrides them.
+
+    Example: fenlei demo --preset lstm --out runs/demo-lstm
+    """
+    from fenlei.config import load_config
+    from fenlei.data import bundled_dataset_path, load_table
+    from fenlei.models import check
+    from fenlei.pipeline import prepare_splits
+
+    small_data = list(DEMO_LINEAR_SETTINGS) if preset == "linear" else []
+    cfg = load_config(preset, [*small_data, *(set_ or [])])
+    check(cfg)
+    splits = prepare_splits(
+        cfg.data,
+        load_table(bundled_dataset_path("train"), cfg.data),
+        load_table(bundled_dataset_path("dev"), cfg.data),
+        load_table(bundled_dataset_path("test"), cfg.data),
+    )
+    result = _run_training(cfg, splits, out_dir, resume=False, overwrite=True)
+    _show_training_result(result)
+    out.print(_predictions_table(DEMO_TEXTS, result.predictor.predict(DEMO_TEXTS), 3))
