@@ -40,6 +40,7 @@ from fenlei.train.checkpoint import (
 )
 from fenlei.train.data import TrainData
 from fenlei.train.objective import Loss, Targets
+from fenlei.train.shapes import few_shapes
 from fenlei.train.state import EpochHook, LoopState, Run, call_epoch_hook, dev_metrics, improved
 
 __all__ = ["fit_by_gradient", "use_mixed_precision"]
@@ -176,7 +177,7 @@ def _step(
     model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, target: Targets, ctx: _Context
 ) -> float:
     """One optimisation step; returns its loss."""
-    for opt in ctx.optimizers:
+    for opt in ctx.optimizers:  # (already none after a step; a model may arrive with some)
         opt.zero_grad(set_to_none=True)
     with ctx.autocast():
         loss = ctx.loss(model(ids.to(ctx.device), mask.to(ctx.device)), target.to(ctx.device))
@@ -188,6 +189,8 @@ def _step(
         warnings.filterwarnings("ignore", message="Sparse invariant checks")
         for opt in ctx.optimizers:
             opt.step()
+    for opt in ctx.optimizers:  # free the gradients now, not at the next step: dev scoring,
+        opt.zero_grad(set_to_none=True)  # checkpoints and the trained model never hold them
     for sched in ctx.schedulers:
         sched.step()
     return float(loss.detach())
@@ -327,7 +330,12 @@ def fit_by_gradient(
     writer = CheckpointWriter() if run_dir is not None and dist.is_main else None
     epochs = _Epochs(model, data, dev, rule, ctx, state, run_dir, writer, on_epoch)
     try:
-        with _precision_setup(model, family, ctx):
+        rounding = ctx.use_amp and device.type == "cpu" and cfg.round_lengths  # oneDNN's shapes
+        limit = max([*data.lengths, *dev.lengths], default=1)
+        with (
+            _precision_setup(model, family, ctx),
+            few_shapes(model, pad_id=data.pad_id, limit=limit, active=rounding),
+        ):
             stopped_by, memory = epochs.run()
     except BaseException:
         if writer is not None:

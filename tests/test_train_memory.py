@@ -1,0 +1,116 @@
+"""Training memory: gradients freed after each step; batch lengths rounded for oneDNN while
+training under bf16 on CPU (fenlei.train.shapes)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import fenlei.train.loop as loop_module
+from fenlei.config import load_config
+from fenlei.pipeline import prepare_splits, train_run
+from fenlei.train.shapes import few_shapes, rounded_length
+
+
+def test_rounded_length_steps() -> None:
+    assert [rounded_length(n) for n in range(1, 9)] == list(range(1, 9))
+    assert [rounded_length(n) for n in (9, 10, 11, 16, 17, 33, 100, 112, 113, 128, 129)] == [
+        10, 10, 12, 16, 20, 40, 112, 112, 128, 128, 160,
+    ]  # fmt: skip
+    rounded = [rounded_length(n) for n in range(1, 513)]
+    assert all(n <= r <= max(n, 1.25 * n) for n, r in zip(range(1, 513), rounded, strict=True))
+    # 1-8, then four per doubling: 8 + 4 * 6 lengths up to 512 instead of 512
+    assert len(set(rounded)) == 32
+
+
+class _Echo(torch.nn.Module):
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return ids, mask
+
+
+def test_few_shapes_pads_ids_and_mask_up_to_the_limit() -> None:
+    model = _Echo()
+    ids, mask = torch.ones((2, 100), dtype=torch.long), torch.ones((2, 100), dtype=torch.long)
+    with few_shapes(model, pad_id=7, limit=120, active=True):
+        out_ids, out_mask = model(ids, mask)
+        longer = torch.ones((2, 115), dtype=torch.long)
+        assert model(longer, longer)[0].shape == (2, 120)  # 128, capped at the limit
+        assert model(ids[:, :5], mask[:, :5])[0].shape == (2, 5)
+    assert out_ids.shape == out_mask.shape == (2, 112)
+    assert (out_ids[:, 100:] == 7).all() and (out_mask[:, 100:] == 0).all()
+    assert torch.equal(out_ids[:, :100], ids) and torch.equal(out_mask[:, :100], mask)
+    assert model(ids, mask)[0].shape == (2, 100)  # the hook is gone
+    with few_shapes(model, pad_id=7, limit=120, active=False):
+        assert model(ids, mask)[0].shape == (2, 100)
+
+
+def test_rounded_batches_give_the_same_logits(tiny_transformer_dir: Path) -> None:
+    from fenlei.models.transformer import TransformerClassifier
+
+    torch.manual_seed(0)
+    model = TransformerClassifier.from_pretrained(
+        str(tiny_transformer_dir), n_outputs=3, dropout=0.0
+    ).eval()
+    ids = torch.randint(5, 300, (4, 37))
+    mask = torch.ones_like(ids)
+    mask[1, 20:] = 0  # a shorter text, already padded
+    ids[1, 20:] = 0
+    with torch.no_grad():
+        exact = model(ids, mask)
+        with few_shapes(model, pad_id=0, limit=64, active=True):
+            rounded = model(ids, mask)  # runs as (4, 40)
+    torch.testing.assert_close(rounded, exact, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("amx", "round_lengths", "rounded"),
+    [(True, True, True), (True, False, False), (False, True, False)],
+)
+def test_loop_rounds_lengths_only_under_cpu_bf16(  # type: ignore[no-untyped-def]
+    monkeypatch, bundled, tiny_transformer_dir: Path, tmp_path: Path, amx, round_lengths, rounded
+) -> None:
+    from fenlei.models.transformer import TransformerClassifier
+    from tests.conftest import family_overrides
+
+    monkeypatch.setattr(loop_module, "_cpu_has_amx", lambda: amx)
+    preset, overrides = family_overrides("transformer.v1", tiny_transformer_dir)
+    flag = f"train.round_lengths={str(round_lengths).lower()}"
+    cfg = load_config(preset, [*overrides, "train.epochs=1", flag])
+    rows = bundled["train"].examples  # a share of the bundled data keeps bf16 emulation quick
+    train, dev = (replace(bundled["train"], examples=rows[i::6]) for i in (0, 1))
+    splits = prepare_splits(cfg.data, train, dev)
+    seen: list[int] = []
+    forward = TransformerClassifier.forward
+
+    def spy(self: TransformerClassifier, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        seen.append(int(ids.shape[1]))  # training and dev batches, as the model gets them
+        return forward(self, ids, mask)
+
+    monkeypatch.setattr(TransformerClassifier, "forward", spy)
+    train_run(cfg, splits, tmp_path / "r")
+    kept = [t for t in seen if t == rounded_length(t) or t == max(seen)]  # max: the cap
+    assert (kept == seen) is rounded  # the bundled texts have lengths of every kind
+
+
+def test_gradients_are_freed_after_each_step(  # type: ignore[no-untyped-def]
+    monkeypatch, bundled, family_settings, tmp_path: Path
+) -> None:
+    from fenlei.models.lstm import LSTMClassifier
+
+    held: list[int] = []  # parameters holding a gradient when dev is scored
+    forward = LSTMClassifier.forward
+
+    def spy(self: LSTMClassifier, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            held.append(sum(p.grad is not None for p in self.parameters()))
+        return forward(self, ids, mask)
+
+    monkeypatch.setattr(LSTMClassifier, "forward", spy)
+    preset, overrides = family_settings("lstm.v1")
+    cfg = load_config(preset, [*overrides, "train.epochs=2", "train.patience=none"])
+    result = train_run(cfg, prepare_splits(cfg.data, bundled["train"], bundled["dev"]), tmp_path)
+    assert held and not any(held)
+    assert all(p.grad is None for p in result.predictor.model.parameters())
