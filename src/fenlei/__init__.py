@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from fenlei._version import __version__
 
 if TYPE_CHECKING:
+    from fenlei.audit import find_label_issues
     from fenlei.classifier import TextClassifier
     from fenlei.combine import build_ensemble
     from fenlei.config import RunConfig, load_config
@@ -43,6 +44,7 @@ __all__ = [
     "build_ensemble",
     "bundled_dataset_path",
     "evaluate",
+    "find_label_issues",
     "load_config",
     "load_table",
     "open_predictor",
@@ -70,6 +72,7 @@ _HOME = {
     "evaluate": "fenlei.evaluate",
     "build_ensemble": "fenlei.combine",
     "open_predictor": "fenlei.loader",
+    "find_label_issues": "fenlei.audit",
 }
 
 

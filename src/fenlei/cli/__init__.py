@@ -9,7 +9,7 @@ from __future__ import annotations
 
 # isort: off
 # Each module registers its commands on the app; this order is `fenlei --help`'s.
-from fenlei.cli import training, using, serving, combining, tuning, datasets  # noqa: F401
+from fenlei.cli import training, using, serving, combining, tuning, datasets, auditing  # noqa: F401
 
 # isort: on
 from fenlei.cli._app import app, err, main, out
