@@ -76,6 +76,33 @@ class EncoderConfig(_Section):
     pretrained: str | None = Field(
         None, description="Folder or hub id of a pretrained tokenizer (kind=pretrained)."
     )
+    long_text: Literal["cut", "chunks"] = Field(
+        "cut",
+        description="A text longer than max_length tokens is cut (encoder.truncation), or read "
+        "whole as overlapping windows of max_length tokens whose logits are pooled (chunks; "
+        "lstm and transformer families; docs/long-text.md).",
+    )
+    stride: int = Field(
+        32, ge=0, description="chunks: tokens each window shares with the one before it."
+    )
+    pool: Literal["mean", "max"] = Field(
+        "mean", description="chunks: how the windows' logits become the text's logits."
+    )
+    max_windows: int = Field(
+        16,
+        ge=1,
+        description="chunks: most windows read per text; a longer text keeps its first "
+        "max_windows - 1 windows and its last one.",
+    )
+
+    @model_validator(mode="after")
+    def _check_stride(self) -> EncoderConfig:
+        if self.long_text == "chunks" and self.stride >= self.max_length // 2:
+            raise ValueError(
+                f"encoder.stride={self.stride} must be less than half of "
+                f"encoder.max_length={self.max_length} (windows would mostly repeat each other)"
+            )
+        return self
 
 
 class ModelConfig(_Section):

@@ -34,7 +34,7 @@ from fenlei.errors import ArtifactError, ConfigError, DataError, MissingExtraErr
 from fenlei.explain import IG_STEPS, Explanation, explain, shadow_copy
 from fenlei.models import batched_logits, family_of, to_probs
 from fenlei.runtime import resolve_device
-from fenlei.tokenize import Encoder
+from fenlei.tokenize import Encoder, Windows
 
 __all__ = [
     "BACKENDS",
@@ -448,8 +448,13 @@ class Predictor:
         )
         return out.numpy()
 
-    def _probs(self, ids: list[list[int]], batch_size: int | None) -> np.ndarray:
-        return self.probabilities(self._logits(ids, batch_size))
+    def _text_logits(self, windows: Windows, batch_size: int | None) -> np.ndarray:
+        # every window of every text in one batched pass (a served micro-batch too), then
+        # pooled per text outside the model, so the ONNX backend needs nothing new
+        return windows.per_text(self._logits(windows.ids, batch_size))
+
+    def _probs(self, windows: Windows, batch_size: int | None) -> np.ndarray:
+        return self.probabilities(self._text_logits(windows, batch_size))
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Probabilities (N, n_labels) from this model's logits (:meth:`logits`): divided by
@@ -463,17 +468,22 @@ class Predictor:
         scaled = torch.from_numpy(np.ascontiguousarray(self.calibration.scale(logits)))
         return to_probs(scaled, multi_label=self.multi_label).numpy()
 
-    def _stats(self, texts: list[str], ids: list[list[int]]) -> TextStats:
+    def _stats(self, texts: list[str], windows: Windows) -> TextStats:
         unk = self.encoder.unk_id
         length = np.array([len(t) for t in texts], dtype=np.float64)
         if unk is None:
             return TextStats(length, np.zeros(len(texts)))
-        rates = [seq.count(unk) / len(seq) if seq else 0.0 for seq in ids]
-        return TextStats(length, np.array(rates, dtype=np.float64))
+        n = len(texts)
+        unknown = [seq.count(unk) for seq in windows.ids]
+        tokens = np.bincount(windows.owners, [len(seq) for seq in windows.ids], minlength=n)
+        found = np.bincount(windows.owners, unknown, minlength=n)
+        rates = np.divide(found, tokens, out=np.zeros(n), where=tokens > 0)
+        return TextStats(length, rates.astype(np.float64))
 
     def logits(self, texts: Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
-        """Raw model outputs (N, n_outputs)."""
-        return self._logits(self.encoder.encode_ids(self._check(texts)), batch_size)
+        """Raw model outputs (N, n_outputs); a text read as several windows
+        (``encoder.long_text=chunks``) gets its windows' pooled logits."""
+        return self._text_logits(self.encoder.encode_windows(self._check(texts)), batch_size)
 
     def predict_proba(self, texts: Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
         """Probabilities (N, n_labels), columns in ``self.labels`` order.
@@ -482,7 +492,7 @@ class Predictor:
         ``batch_size`` texts go through the model per call (None: ``self.batch_size``); the
         results do not depend on it.
         """
-        return self._probs(self.encoder.encode_ids(self._check(texts)), batch_size)
+        return self._probs(self.encoder.encode_windows(self._check(texts)), batch_size)
 
     def score(self, texts: Sequence[str], *, batch_size: int | None = None) -> Scored:
         """Probabilities and input statistics of ``texts``, tokenizing them once.
@@ -492,13 +502,13 @@ class Predictor:
             >>> scored.probs.shape, scored.stats.unknown_rate  # doctest: +SKIP
         """
         texts = self._check(texts)
-        ids = self.encoder.encode_ids(texts)
-        return Scored(self._probs(ids, batch_size), self._stats(texts, ids))
+        windows = self.encoder.encode_windows(texts)
+        return Scored(self._probs(windows, batch_size), self._stats(texts, windows))
 
     def text_stats(self, texts: Sequence[str]) -> TextStats:
         """Length and unknown-token rate of every text (tokenizes; runs no model)."""
         texts = self._check(texts)
-        return self._stats(texts, self.encoder.encode_ids(texts))
+        return self._stats(texts, self.encoder.encode_windows(texts))
 
     def predict(self, texts: Sequence[str], *, batch_size: int | None = None) -> list[Prediction]:
         """The decision of :attr:`rule` for every text: the best label, its score, the chosen

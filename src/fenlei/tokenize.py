@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import chain
 from pathlib import Path
 
@@ -30,6 +31,7 @@ __all__ = [
     "UNK",
     "Encoder",
     "TokenOffsets",
+    "Windows",
     "keep_head_and_tail",
     "load_pretrained_encoder",
     "pad_ids",
@@ -87,6 +89,61 @@ class TokenOffsets:
     cut: bool
 
 
+@dataclass(frozen=True)
+class Windows:
+    """Texts read as windows of token ids (see :meth:`Encoder.encode_windows`), and how the
+    windows' logits become each text's logits.
+
+    With ``encoder.long_text=cut`` every text is one window and pooling returns the logits
+    unchanged. Training reads each window as an example with its text's targets; inference
+    (predict, evaluate, serve, the dev metric, either backend) runs every window through the
+    model and pools, so a text is read the same way everywhere.
+
+    Attributes:
+        ids: every window's ids, the windows of text 0 first, then those of text 1, ...
+        counts: windows per text (each at least 1).
+        pool: ``"mean"`` or ``"max"`` of the window logits, per output.
+    """
+
+    ids: list[list[int]]
+    counts: list[int]
+    pool: str = "mean"
+
+    @property
+    def single(self) -> bool:
+        """Whether every text is one window (nothing to pool)."""
+        return len(self.ids) == len(self.counts)
+
+    @cached_property
+    def owners(self) -> np.ndarray:
+        """(W,) the text each window belongs to."""
+        return np.repeat(np.arange(len(self.counts)), self.counts)
+
+    def per_text(self, values: np.ndarray) -> np.ndarray:
+        """Pool per-window rows (W, C) into per-text rows (N, C) by :attr:`pool`.
+
+        Example:
+            >>> Windows([[1], [2], [3]], [2, 1]).per_text(np.array([[1.0], [3.0], [5.0]]))
+            array([[2.],
+                   [5.]])
+        """
+        if self.single:
+            return values
+        starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
+        if self.pool == "max":
+            pooled: np.ndarray = np.maximum.reduceat(values, starts, axis=0)
+            return pooled
+        sums: np.ndarray = np.add.reduceat(values, starts, axis=0)
+        mean: np.ndarray = sums / np.asarray(self.counts, dtype=values.dtype)[:, None]
+        return mean.astype(values.dtype)
+
+    def pool_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-text logits (N, C) from per-window logits (W, C) on the CPU."""
+        if self.single:
+            return logits
+        return torch.from_numpy(self.per_text(logits.detach().cpu().numpy()))
+
+
 class Encoder:
     """Turns texts into padded id tensors with a fixed maximum length.
 
@@ -104,12 +161,28 @@ class Encoder:
         self.pad_id = 0 if pad_id is None else pad_id
         self.unk_id = tokenizer.token_to_id(UNK)
         tokenizer.no_padding()
-        if cfg.truncation == "head+tail":
+        if cfg.long_text == "chunks":
+            self._enable_windows(tokenizer, cfg)
+        elif cfg.truncation == "head+tail":
             tokenizer.no_truncation()  # cut in encode_ids, keeping both ends
         else:
             tokenizer.enable_truncation(
                 cfg.max_length, direction="left" if cfg.truncation == "tail" else "right"
             )
+
+    @staticmethod
+    def _enable_windows(tokenizer: Tokenizer, cfg: EncoderConfig) -> None:
+        """The tokenizer's own overflow: windows of ``max_length`` ids (special tokens
+        included in each), each sharing ``stride`` tokens with the one before."""
+        processor = tokenizer.post_processor
+        special = 0 if processor is None else processor.num_special_tokens_to_add(False)
+        if cfg.stride >= cfg.max_length - special:
+            # the tokenizer would panic (a BaseException) instead of raising
+            raise ConfigError(
+                f"encoder.stride={cfg.stride} must be less than encoder.max_length="
+                f"{cfg.max_length} minus the tokenizer's {special} special tokens"
+            )
+        tokenizer.enable_truncation(cfg.max_length, stride=cfg.stride, direction="right")
 
     @property
     def vocab_size(self) -> int:
@@ -123,7 +196,8 @@ class Encoder:
         return 0 if processor is None else -(-processor.num_special_tokens_to_add(False) // 2)
 
     def encode_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text, truncated, unpadded.
+        """Token ids of each text, truncated, unpadded (with ``long_text=chunks``: the
+        first window; :meth:`encode_windows` gives them all).
 
         Raises:
             DataError: a text is not a string or cannot be tokenized; names its index.
@@ -135,6 +209,40 @@ class Encoder:
         if self.cfg.truncation != "head+tail":
             return [enc.ids for enc in encodings]
         return [keep_head_and_tail(enc.ids, self.cfg.max_length) for enc in encodings]
+
+    def encode_windows(self, texts: Sequence[str]) -> Windows:
+        """Every text as its windows of ids (``encoder.long_text``).
+
+        ``cut``: one window per text, :meth:`encode_ids`. ``chunks``: a text of more than
+        ``max_length`` tokens becomes overlapping windows of ``max_length`` ids, each with
+        the tokenizer's special tokens ([CLS] ... [SEP]) and ``stride`` tokens shared with
+        the window before; the last may be shorter. Beyond ``max_windows``, the first
+        ``max_windows - 1`` windows and the last one are kept (the opening and the end).
+
+        Raises:
+            DataError: a text is not a string or cannot be tokenized; names its index.
+
+        Example:
+            >>> enc.encode_windows(["a long review ..."]).counts  # doctest: +SKIP
+            [3]
+        """
+        if self.cfg.long_text == "cut":
+            ids = self.encode_ids(texts)
+            return Windows(ids, [1] * len(ids), self.cfg.pool)
+        try:
+            encodings = self.tokenizer.encode_batch(list(texts))
+        except Exception as exc:  # tokenizers raises TypeError, or bare Exceptions
+            raise self._encoding_error(texts, exc) from exc
+        windows: list[list[int]] = []
+        counts: list[int] = []
+        cap = self.cfg.max_windows
+        for enc in encodings:
+            mine = [enc.ids, *(more.ids for more in enc.overflowing)]
+            if len(mine) > cap:
+                mine = [*mine[: cap - 1], mine[-1]]
+            windows.extend(mine)
+            counts.append(len(mine))
+        return Windows(windows, counts, self.cfg.pool)
 
     def encode_with_offsets(self, texts: Sequence[str]) -> list[TokenOffsets]:
         """Token ids of each text with their character spans and word numbers.

@@ -53,6 +53,9 @@ class Family:
         pretrained: wraps a pretrained encoder (needs ``model.pretrained`` and the encoder's
             own tokenizer, ``encoder.kind=pretrained``).
         serve_chunk: texts per model call when served on a CPU (None: the eval batch size).
+        windows: reads a long text as pooled windows (``encoder.long_text=chunks``); False
+            for bag models, whose logits average over the tokens anyway: a longer
+            ``encoder.max_length`` reads the whole text at less cost.
         calibrate: temperature scaling on dev is on by default (``eval.calibrate`` unset);
             off for a family whose probabilities it measurably does not improve.
         bf16_cpu: context manager to train under bf16 autocast on CPUs with AMX tiles (a
@@ -77,6 +80,7 @@ class Family:
     sparse_table: bool = False
     pretrained: bool = False
     serve_chunk: int | None = None
+    windows: bool = True
     calibrate: bool = True
     bf16_cpu: Callable[[nn.Module], AbstractContextManager[Any]] | None = None
     gradient_checkpointing: Callable[[nn.Module], None] | None = None
