@@ -494,6 +494,9 @@ def _routes(app: FastAPI) -> None:
     from fenlei.serve.explaining import add_explain_route  # it builds on this module
 
     add_explain_route(app)
+    from fenlei.serve.v2 import add_v2_routes  # the Open Inference Protocol (/v2)
+
+    add_v2_routes(app)
 
 
 def create_app(

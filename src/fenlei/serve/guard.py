@@ -3,8 +3,9 @@
 :class:`Guard` is pure-ASGI middleware. It runs before FastAPI reads anything, so:
 
 * a request line and headers over ``max_header_bytes`` are answered 431;
-* on ``/v1/*`` a request without the right token is answered 401 before its body is read
-  (and before the path is matched, so model names are not disclosed);
+* on ``/v1/*`` and ``/v2/models/*`` a request without the right token is answered 401
+  before its body is read (and before the path is matched, so model names are not
+  disclosed);
 * a body over the limit is answered 413 from its ``Content-Length`` alone, or as soon as a
   streamed (chunked) body passes it, without buffering the rest;
 * a client that has not sent its whole body ``body_timeout_s`` after its headers is
@@ -38,7 +39,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_PROTECTED = "/v1"
+_PROTECTED = ("/v1", "/v2/models")  # the health and metadata routes stay open
+_V2 = "/v2"  # the Open Inference Protocol's errors are {"error": "<message>"}
 _UNAUTHORIZED = (
     "missing or wrong bearer token: send `Authorization: Bearer <token>` "
     "(the server's --token / FENLEI_TOKEN)"
@@ -67,20 +69,27 @@ def bearer_ok(headers: Iterable[tuple[bytes, bytes]], token: str) -> bool:
     return False
 
 
-def error_json(body: dict[str, Any]) -> bytes:
-    """The service's error shape, ``{"error": {...}}``, as JSON bytes.
+def error_json(body: dict[str, Any], *, v2: bool = False) -> bytes:
+    """The service's error shape, ``{"error": {...}}``, as JSON bytes (``v2``: the Open
+    Inference Protocol's ``{"error": "<message>"}``).
 
     ASCII-escaped: an error may quote client input (a key, a path), and input may hold
     lone surrogates that no UTF-8 encoder accepts.
     """
-    return json.dumps({"error": body}, ensure_ascii=True, separators=(",", ":")).encode()
+    error = body["message"] if v2 else body
+    return json.dumps({"error": error}, ensure_ascii=True, separators=(",", ":")).encode()
 
 
 async def send_error(
-    send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    send: Send,
+    status: int,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+    *,
+    v2: bool = False,
 ) -> None:
     """Answer ``status`` with :func:`error_json` on a raw ASGI ``send``."""
-    content = error_json(body)
+    content = error_json(body, v2=v2)
     raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(content))]
     raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -102,6 +111,10 @@ def _head_bytes(scope: Scope) -> int:
     """Bytes of the request line and headers, as the client sent them (about)."""
     line = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 16
     return line + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
 
 
 def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
@@ -135,20 +148,23 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = str(scope.get("path", ""))
+        v2 = _under(path, _V2)
         head = _head_bytes(scope)
         if head > self.max_header_bytes:
-            await send_error(send, 431, self._head_too_large(head), {"Connection": "close"})
+            close = {"Connection": "close"}
+            await send_error(send, 431, self._head_too_large(head), close, v2=v2)
             return
-        path = str(scope.get("path", ""))
-        protected = path == _PROTECTED or path.startswith(_PROTECTED + "/")
+        protected = any(_under(path, prefix) for prefix in _PROTECTED)
         if self.token is not None and protected and not bearer_ok(scope["headers"], self.token):
             body = {"code": "unauthorized", "message": _UNAUTHORIZED}
-            await send_error(send, 401, body, {"WWW-Authenticate": "Bearer", "Connection": "close"})
+            headers = {"WWW-Authenticate": "Bearer", "Connection": "close"}
+            await send_error(send, 401, body, headers, v2=v2)
             return
         try:
             content = await self._read_body(scope, receive)
         except _Refused as refused:
-            await send_error(send, refused.status, refused.body, {"Connection": "close"})
+            await send_error(send, refused.status, refused.body, {"Connection": "close"}, v2=v2)
             return
         except _Disconnected:
             return
