@@ -25,11 +25,13 @@ from fenlei.train.data import TrainData, training_batches
 from fenlei.train.loop import use_mixed_precision
 from fenlei.train.objective import (
     Loss,
+    SoftLabels,
     Targets,
     class_weights,
     loss_for,
     soft_targets,
     targets_from_labels,
+    teacher_targets,
 )
 from fenlei.train.state import EpochHook, ErrorHook, LoopState, Run, StopTraining
 from fenlei.train.trainer import fit
@@ -42,6 +44,7 @@ __all__ = [
     "LoopState",
     "Loss",
     "Run",
+    "SoftLabels",
     "StopTraining",
     "Targets",
     "TrainData",
@@ -51,6 +54,7 @@ __all__ = [
     "should_checkpoint",
     "soft_targets",
     "targets_from_labels",
+    "teacher_targets",
     "training_batches",
     "use_mixed_precision",
 ]

@@ -5,7 +5,8 @@ teacher's, for distillation) or both. :class:`Loss` follows what the targets car
 softmax cross-entropy, one sigmoid logit or one per label (binary cross-entropy) for hard
 labels; a temperature-scaled KL divergence (or cross-entropy) against soft probabilities,
 mixed with the hard-label loss by ``alpha`` when both are given. Enter through
-:func:`targets_from_labels`, :func:`soft_targets` and :func:`loss_for`.
+:func:`targets_from_labels`, :func:`soft_targets`, :func:`teacher_targets` (a teacher's
+:class:`SoftLabels` of labelled and extra texts) and :func:`loss_for`.
 
 Example:
     >>> t = soft_targets(torch.tensor([[0.9, 0.1]]), width=2)
@@ -28,11 +29,13 @@ from fenlei.errors import ConfigError, DataError
 
 __all__ = [
     "Loss",
+    "SoftLabels",
     "Targets",
     "class_weights",
     "loss_for",
     "soft_targets",
     "targets_from_labels",
+    "teacher_targets",
 ]
 
 Divergence = Literal["kl", "ce"]
@@ -50,15 +53,22 @@ class Targets:
             soft targets are known.
         soft: (N, C) float probabilities to match (C = classes, 2 for a single logit; rows
             sum to 1 unless multi-label); None for plain labelled training.
+        known: (N,) bool, the rows whose hard label is known (a distillation transfer set
+            mixes labelled texts with unlabelled ones and augmented copies, which learn from
+            ``soft`` only); None: every row's.
     """
 
     width: int
     multi_label: bool = False
     hard: torch.Tensor | None = None
     soft: torch.Tensor | None = None
+    known: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         assert self.hard is not None or self.soft is not None, "targets need hard or soft rows"
+        assert self.known is None or (self.hard is not None and self.soft is not None), (
+            "rows without a hard label need soft targets"
+        )
 
     def __len__(self) -> int:
         rows = self.hard if self.hard is not None else self.soft
@@ -77,6 +87,24 @@ class Targets:
             self,
             hard=None if self.hard is None else self.hard[pick],
             soft=None if self.soft is None else self.soft[pick],
+            known=None if self.known is None else self.known[pick],
+        )
+
+    def labelled(self) -> Targets | None:
+        """The rows whose hard label is known (all of them when ``known`` is None); None
+        when there are none or no hard labels at all."""
+        if self.hard is None:
+            return None
+        if self.known is None:
+            return self
+        if not bool(self.known.any()):
+            return None
+        keep = self.known
+        return replace(
+            self,
+            hard=self.hard[keep],
+            soft=None if self.soft is None else self.soft[keep],
+            known=None,
         )
 
     def to(self, device: torch.device) -> Targets:
@@ -85,22 +113,79 @@ class Targets:
             self,
             hard=None if self.hard is None else self.hard.to(device),
             soft=None if self.soft is None else self.soft.to(device),
+            known=None if self.known is None else self.known.to(device),
         )
 
-    def with_soft(self, probs: torch.Tensor | np.ndarray) -> Targets:
+    def with_soft(
+        self, probs: torch.Tensor | np.ndarray, *, known: Sequence[bool] | None = None
+    ) -> Targets:
         """These hard labels plus soft probabilities (N, C) to match (distillation).
+
+        Args:
+            probs: the probabilities, one row per text.
+            known: which rows' hard labels are real (None: all); the others learn from
+                ``probs`` only.
 
         Raises:
             DataError: ``probs`` has the wrong shape or is not a probability table.
         """
         soft = _checked_probs(probs, len(self), self.n_classes, multi_label=self.multi_label)
-        return replace(self, soft=soft)
+        mask = None if known is None else torch.as_tensor(list(known), dtype=torch.bool)
+        if mask is not None and len(mask) != len(self):
+            raise DataError(f"known must have {len(self)} rows, not {len(mask)}")
+        return replace(self, soft=soft, known=mask)
 
     def label_indices(self) -> np.ndarray:
         """Hard labels in scikit-learn's shape: (N,) class indices, or (N, C) 0/1."""
         assert self.hard is not None, "scoring needs hard labels"
         values = self.hard.detach().cpu()
         return values.long().numpy() if self.multi_label else values.view(-1).long().numpy()
+
+
+@dataclass(frozen=True)
+class SoftLabels:
+    """A teacher's probabilities to distil: of the training texts, then of ``extra`` texts.
+
+    Attributes:
+        probs: (N_train + len(extra), C) probabilities, already at the distillation
+            temperature; columns in the training label set's order.
+        extra: texts beyond the training split (augmented copies, unlabelled texts); they
+            have no hard label and learn from ``probs`` only.
+        temperature: the student's logits are divided by it in the soft loss (Hinton et al.).
+        alpha: weight of the soft loss; ``1 - alpha`` goes to the true labels of the
+            training texts.
+        divergence: ``"kl"`` or ``"ce"`` (see :class:`Loss`).
+    """
+
+    probs: np.ndarray
+    extra: Sequence[str] = ()
+    temperature: float = 1.0
+    alpha: float = 0.5
+    divergence: Divergence = "kl"
+
+    def loss(self, targets: Targets, *, class_weight: Literal["none", "balanced"]) -> Loss:
+        """The loss these soft labels are learnt with (:func:`loss_for`)."""
+        return loss_for(
+            targets,
+            class_weight=class_weight,
+            temperature=self.temperature,
+            alpha=self.alpha,
+            divergence=self.divergence,
+        )
+
+
+def teacher_targets(dataset: Dataset, labels: LabelSet, n_out: int, soft: SoftLabels) -> Targets:
+    """Targets of ``dataset``'s texts (hard and soft) followed by ``soft.extra`` (soft only),
+    in the order of ``[*dataset.texts, *soft.extra]``.
+
+    Raises:
+        DataError: ``soft.probs`` is not one probability row per text.
+    """
+    hard = targets_from_labels(dataset, labels, n_out)
+    assert hard.hard is not None
+    filler = torch.zeros((len(soft.extra), *hard.hard.shape[1:]), dtype=hard.hard.dtype)
+    every = replace(hard, hard=torch.cat([hard.hard, filler]))
+    return every.with_soft(soft.probs, known=[True] * len(dataset) + [False] * len(soft.extra))
 
 
 def targets_from_labels(dataset: Dataset, labels: LabelSet, n_out: int) -> Targets:
@@ -158,8 +243,9 @@ def class_weights(targets: Targets) -> torch.Tensor:
     Per class ``n_samples / (n_classes * count)``; multi-label: negatives / positives per
     label (BCE's ``pos_weight``).
     """
-    y = targets.hard
-    assert y is not None, "class weights come from hard labels"
+    labelled = targets.labelled()
+    assert labelled is not None and labelled.hard is not None, "class weights need hard labels"
+    y = labelled.hard
     if targets.multi_label:
         pos = y.sum(dim=0).clamp(min=1)
         return (len(y) - pos).clamp(min=1) / pos
@@ -177,7 +263,8 @@ class Loss:
     ``divergence`` ``"kl"`` (KL divergence, zero when the model matches) or ``"ce"``
     (cross-entropy), both on logits divided by ``temperature`` and scaled by its square so
     gradients keep their size (Hinton et al., 2015). Both given: ``alpha`` of the soft loss
-    plus ``1 - alpha`` of the hard one. Class weights apply to the hard part only.
+    plus ``1 - alpha`` of the hard one, the hard part over the rows whose label is known
+    (``Targets.known``). Class weights apply to the hard part only.
     """
 
     weights: torch.Tensor | None = None
@@ -191,9 +278,13 @@ class Loss:
         if targets.soft is None:
             return self.hard_loss(logits, targets)
         soft = self.soft_loss(logits, targets)
-        if targets.hard is None or self.alpha >= 1.0:
+        labelled = targets.labelled()
+        if labelled is None or self.alpha >= 1.0:
             return soft
-        return self.alpha * soft + (1.0 - self.alpha) * self.hard_loss(logits, targets)
+        if targets.known is not None:
+            assert labelled.known is None and targets.known.shape[0] == logits.shape[0]
+            logits = logits[targets.known]
+        return self.alpha * soft + (1.0 - self.alpha) * self.hard_loss(logits, labelled)
 
     def hard_loss(self, logits: torch.Tensor, targets: Targets) -> torch.Tensor:
         """The loss against hard labels."""
@@ -255,7 +346,7 @@ def loss_for(
         )
     weights = None
     if class_weight == "balanced":
-        if targets.hard is None:
+        if targets.labelled() is None:
             raise ConfigError(
                 "train.class_weight=balanced needs hard labels; soft targets alone are not "
                 "weighted (set train.class_weight=none)"
