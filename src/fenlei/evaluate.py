@@ -10,9 +10,9 @@ Labels are decided by the predictor's :class:`~fenlei.decision.DecisionRule`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.metrics import (
@@ -28,11 +28,17 @@ from fenlei.calibrate import coverage_curve, reject_point
 from fenlei.data import Dataset
 from fenlei.decision import DecisionRule
 from fenlei.errors import DataError
+from fenlei.plotting import save_png
 from fenlei.predict import ServablePredictor
 from fenlei.records import ClassScores, EpochRecord, Scores
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = [
     "CURVE_COVERAGES",
+    "draw_confusion",
+    "draw_history",
     "evaluate",
     "label_targets",
     "plot_confusion",
@@ -199,40 +205,33 @@ def reject_report(probs: np.ndarray, y_true: np.ndarray, rule: DecisionRule) -> 
     }
 
 
-def _save_figure(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+def _save_figure(draw: Callable[[Figure], object], path: Path, size: tuple[float, float]) -> None:
+    atomic_write(path, lambda tmp: save_png(draw, tmp, size=size))
 
 
-def plot_confusion(matrix: list[list[int]], labels: tuple[str, ...], path: Path) -> None:
-    """Draw a confusion matrix (rows: true, columns: predicted) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def draw_confusion(fig: Figure, matrix: list[list[int]], labels: Sequence[str], split: str) -> None:
+    """Draw a confusion matrix (rows: true, columns: predicted) of ``split`` on ``fig``."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    size = max(5.0, 0.55 * len(labels) + 2)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(size, size))
+    ax = fig.add_subplot()
     ConfusionMatrixDisplay(np.array(matrix), display_labels=list(labels)).plot(
         ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45
     )
-    ax.set_title("Confusion matrix (test)")
-    _save_figure(fig, path)
+    ax.set_title(f"Confusion matrix ({split})")
 
 
-def plot_history(history: list[EpochRecord], path: Path) -> None:
-    """Draw training loss, dev loss and dev accuracy per epoch as a PNG."""
-    import matplotlib
+def plot_confusion(
+    matrix: list[list[int]], labels: tuple[str, ...], path: Path, *, split: str = "test"
+) -> None:
+    """Draw a confusion matrix (rows: true, columns: predicted) of ``split`` as a PNG."""
+    size = max(5.0, 0.55 * len(labels) + 2)
+    _save_figure(lambda fig: draw_confusion(fig, matrix, labels, split), path, (size, size))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def draw_history(fig: Figure, history: Sequence[EpochRecord]) -> None:
+    """Draw training loss, dev loss and dev accuracy per epoch on ``fig``."""
     epochs = [r.epoch for r in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left, right = fig.subplots(1, 2)
     left.plot(epochs, [r.train_loss for r in history], marker="o", label="train loss")
     left.plot(epochs, [r.dev["loss"] for r in history], marker="o", label="dev loss")
     left.set_xlabel("epoch")
@@ -242,7 +241,11 @@ def plot_history(history: list[EpochRecord], path: Path) -> None:
     right.set_xlabel("epoch")
     right.legend()
     fig.suptitle("Training curves")
-    _save_figure(fig, path)
+
+
+def plot_history(history: list[EpochRecord], path: Path) -> None:
+    """Draw training loss, dev loss and dev accuracy per epoch as a PNG."""
+    _save_figure(lambda fig: draw_history(fig, history), path, (10, 4))
 
 
 def write_plots(
@@ -250,8 +253,11 @@ def write_plots(
     labels: tuple[str, ...],
     history: list[EpochRecord],
     test_metrics: dict[str, Any] | None,
+    *,
+    split: str = "test",
 ) -> list[Path]:
-    """Write ``plots/training_curves.png`` and, when known, ``plots/confusion_matrix.png``."""
+    """Write ``plots/training_curves.png`` and, when known, ``plots/confusion_matrix.png``
+    (of ``split``, the split ``test_metrics`` are of)."""
     written = []
     if history:
         path = run_dir / "plots" / "training_curves.png"
@@ -259,6 +265,6 @@ def write_plots(
         written.append(path)
     if test_metrics and "confusion_matrix" in test_metrics:
         path = run_dir / "plots" / "confusion_matrix.png"
-        plot_confusion(test_metrics["confusion_matrix"], labels, path)
+        plot_confusion(test_metrics["confusion_matrix"], labels, path, split=split)
         written.append(path)
     return written

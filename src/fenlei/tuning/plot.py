@@ -1,16 +1,22 @@
 """The Pareto plot of a latency-budgeted study: dev score against batch-1 latency.
 
-Drawn with matplotlib's object-oriented API (a :class:`~matplotlib.figure.Figure` of its
-own, no pyplot state), so it is safe in a server or a notebook.
+Drawn with matplotlib's object-oriented API through :mod:`fenlei.plotting` (a
+:class:`~matplotlib.figure.Figure` of its own, no pyplot state, fonts that draw Chinese), so
+it is safe in a server or a notebook.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fenlei.artifact import atomic_write
+from fenlei.plotting import save_png
 from fenlei.tuning.study import TrialSummary, winner
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["write_pareto_plot"]
 
@@ -34,10 +40,23 @@ def write_pareto_plot(
     Example:
         >>> write_pareto_plot(Path("x.png"), trials, front, 2.0, "accuracy")  # doctest: +SKIP
     """
-    from matplotlib.figure import Figure
+    atomic_write(
+        path,
+        lambda tmp: save_png(
+            lambda fig: _draw(fig, trials, front, budget_ms, metric), tmp, size=(6.4, 4.2)
+        ),
+    )
+    return path
 
+
+def _draw(
+    fig: Figure,
+    trials: Sequence[TrialSummary],
+    front: Sequence[TrialSummary],
+    budget_ms: float,
+    metric: str,
+) -> None:
     timed = [t for t in trials if t.value is not None and t.latency_ms is not None]
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
     ax.scatter(*_xy(timed), c="0.65", s=18, label="trials")
     ordered = sorted(front, key=lambda t: t.latency_ms or 0.0)
@@ -75,5 +94,3 @@ def write_pareto_plot(
     ax.set_title("fenlei tune: accuracy against latency")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    return path
