@@ -222,6 +222,11 @@ class EvalConfig(_Section):
     """Evaluation settings."""
 
     plots: bool = Field(True, description="Write PNG plots into the run folder.")
+    report: bool = Field(
+        True,
+        description="Write report.html (the run's HTML report and model card, docs/report.md) "
+        "into the run folder after training; CLI: fenlei train --no-report.",
+    )
     threshold: float = Field(
         0.5,
         gt=0,

@@ -69,6 +69,7 @@ OWN_FILES = frozenset(
         "reference.json",
         "splits.json",
         "predictions.safetensors",
+        "report.html",
         MANIFEST,
         "plots/training_curves.png",
         "plots/confusion_matrix.png",
