@@ -18,8 +18,6 @@ import json
 import os
 import shutil
 import stat
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from torch import nn
 from fenlei._version import __version__
 from fenlei.config import RunConfig
 from fenlei.errors import ArtifactError
+from fenlei.files import atomic_write, atomic_write_text
 from fenlei.models import ModelSpec, build_model, family_of
 from fenlei.run_schema import (
     FIX,
@@ -81,37 +80,6 @@ RUN_FILES = (
     "metrics.json",
 )
 MAX_JSON_BYTES = 64 << 20  # fenlei's own JSON files are kilobytes; tokenizer.json is not read here
-
-
-def atomic_write(path: Path, write: Callable[[Path], None], *, durable: bool = True) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it.
-
-    The rename alone makes the write atomic for readers and against a killed process;
-    ``durable`` adds the fsync that also survives a power cut. Per-epoch checkpoints skip
-    it: on a busy disk it cost up to half a second per 120 MB checkpoint, and a checkpoint
-    lost to a power cut only means resuming one epoch earlier.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        if durable:
-            with tmp.open("rb") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str, *, durable: bool = True) -> None:
-    """Atomically write UTF-8 text (see :func:`atomic_write`)."""
-
-    def write(tmp: Path) -> None:
-        tmp.write_text(text, encoding="utf-8")
-
-    atomic_write(path, write, durable=durable)
 
 
 def _write_json(path: Path, obj: Any, *, durable: bool = True) -> None:
