@@ -585,6 +585,82 @@ def _explanations() -> list[str]:
     return out
 
 
+def _long_text() -> list[str]:
+    """Rows of bench/long_text_bench.py: minilm reading IMDB reviews cut or as windows."""
+    path = RESULTS / "long_text_imdb.json"
+    if not path.is_file():
+        return []
+    run = json.loads(path.read_text("utf-8"))
+    out = [
+        "## Long documents",
+        "",
+        f"{run['what']} (`python -m bench.long_text_bench`; docs/long-text.md). Issue 15's "
+        "target: minilm on IMDB test reading whole reviews in 128-token windows ≥ 0.92 (anchors: "
+        "0.9011 cut head+tail at 128 tokens, 0.9136 at 256, both trained on the full training "
+        "split). Accuracy on all sampled texts, and on those longer than 128 tokens (the only "
+        "ones the reading changes).",
+        "",
+        "| model | reading | windows per text | accuracy (mean / max pooling) "
+        "| on long texts | texts/s | load |",
+        "| --- | --- | ---: | --- | --- | ---: | ---: |",
+    ]
+    load = run["machine"].get("loadavg", ["?"])[0]
+    for model, cell in run["cells"].items():
+        for reading, r in cell.get("readings", {}).items():
+            acc = " / ".join(f"{v:.4f}" for v in r["accuracy"].values())
+            long = " / ".join(f"{v:.4f}" for v in r["accuracy_on_long_texts"].values())
+            out.append(
+                f"| {model} | {reading} | {r['windows_per_text']} | {acc} | {long} "
+                f"(of {cell['long_texts']}) | {r['texts_per_s']} | {load} |"
+            )
+    out += ["", f"Not measured yet: {run['remains']}.", ""]
+    return out
+
+
+def _scale_out() -> list[str]:
+    """Rows of bench/scale_bench.py: batch prediction on Ray against one process, and
+    data-parallel training against a local run."""
+    predict_paths = sorted(RESULTS.glob("scale_predict_*.json"))
+    train_path = RESULTS / "scale_train_chnsenticorp_lstm.json"
+    if not predict_paths and not train_path.is_file():
+        return []
+    out = ["## Scale-out on Ray", ""]
+    if predict_paths:
+        out += [
+            "Batch prediction with the linear model (`python -m bench.scale_bench predict`; "
+            "docs/scale-out.md): single-process `fenlei predict --file` pinned to one core "
+            "against `--ray --workers 2` (Ray's start-up included). Goal: ≥ 1.6x the "
+            "throughput, driver peak RSS ≤ 1 GB, output rows = input rows. The 1-minute load "
+            "average before/after each row says how shared the 2-core machine was.",
+            "",
+            "| when | rows | mode | s | rows/s | driver peak RSS MB | output rows | load |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for path in predict_paths:
+            run = json.loads(path.read_text("utf-8"))
+            for mode, key in (("1 process, 1 core", "single_one_core"), ("Ray, 2 actors", "ray")):
+                c = run[key]
+                out.append(
+                    f"| {run['when']} | {run['input_rows']:,} | {mode} | {c['seconds']} | "
+                    f"{c['rows_per_s']:,.0f} | {c['peak_rss_mb']:,.0f} | {c['output_rows']:,} "
+                    f"| {c['load_1m_before']}/{c['load_1m_after']} |"
+                )
+            out.append(f"| | | speed-up | {run['speedup']}x | | | | |")
+        out.append("")
+    if train_path.is_file():
+        run = json.loads(train_path.read_text("utf-8"))
+        out += [
+            "lstm on ChnSentiCorp, one local process against "
+            f"`fenlei train --ray --workers {run['workers']}` (goal: dev accuracy within 0.5 "
+            f"point): local {run['local']['dev_accuracy']:.4f} in {run['local']['seconds']} s, "
+            f"Ray {run['ray']['dev_accuracy']:.4f} in {run['ray']['seconds']} s, gap "
+            f"{run['gap_points']} points ({run['when']}; load "
+            f"{run['ray']['load_1m_before']}).",
+            "",
+        ]
+    return out
+
+
 def _when(run: dict[str, Any]) -> str:
     return str(run.get("when", ""))
 
@@ -754,6 +830,8 @@ def write_report() -> Path:
     out += [
         *_calibration(),
         *_explanations(),
+        *_long_text(),
+        *_scale_out(),
         "## Serving",
         "",
         "Serving latency and throughput are in [docs/serving.md](serving.md).",

@@ -18,6 +18,7 @@ from fenlei.cli._app import (
     err,
     out,
 )
+from fenlei.cli.scaling import CpusOpt, RayAddressOpt, RayOpt, WorkersOpt, tune_launcher
 from fenlei.config import PRESETS
 
 __all__ = ["tune"]
@@ -103,6 +104,10 @@ def tune(
     label_col: LabelColOpt = None,
     multi_label: Annotated[bool, typer.Option(help="Rows may carry several labels.")] = False,
     label_sep: Annotated[str | None, typer.Option(help="Label separator in CSV cells.")] = None,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 2,
+    cpus_per_worker: CpusOpt = 1.0,
 ) -> None:
     """Search a family's settings (or several families) with Optuna; keep the best run.
 
@@ -142,6 +147,7 @@ def tune(
             metric=metric,
             seed=seed,
             on_trial=show,
+            launcher=tune_launcher(ray, ray_address, workers, cpus_per_worker),
         )
     except KeyboardInterrupt:
         err.print("interrupted; run the same fenlei tune command again to resume the study")

@@ -218,8 +218,13 @@ def _run_epoch(
     rule: DecisionRule,
     ctx: _Context,
     state: LoopState,
+    stepped: nn.Module | None = None,
 ) -> EpochRecord:
-    """Train one epoch, score dev, update the early-stopping state; return the epoch record."""
+    """Train one epoch, score dev, update the early-stopping state; return the epoch record.
+
+    ``stepped`` is the module the steps call (a DistributedDataParallel wrapper of ``model``
+    in a data-parallel job); dev scoring always uses ``model`` itself.
+    """
     cfg = ctx.cfg
     epoch = state.epoch + 1
     batches = data.batches(
@@ -228,7 +233,7 @@ def _run_epoch(
     if ctx.progress is not None:
         ctx.progress.epoch_start(epoch, cfg.epochs, len(batches))
     started = time.perf_counter()
-    train_loss = ctx.dist.mean(_train_epoch(model, data, batches, ctx, state))
+    train_loss = ctx.dist.mean(_train_epoch(stepped or model, data, batches, ctx, state))
     with ctx.autocast():
         scores = dev_metrics(model, dev, ctx.loss, rule, ctx.device)
     value = ctx.dist.mean(scores[cfg.monitor])  # every rank takes the same decision
@@ -264,6 +269,7 @@ class _Epochs:
     run_dir: Path | None
     writer: CheckpointWriter | None
     on_epoch: EpochHook | None
+    stepped: nn.Module | None = None
 
     def run(self) -> tuple[str | None, dict[str, torch.Tensor]]:
         """Train until the last epoch, patience or a hook; why it stopped, and the best
@@ -273,7 +279,9 @@ class _Epochs:
         while state.epoch < cfg.epochs:
             if cfg.patience is not None and state.bad_epochs >= cfg.patience:
                 return "patience", best
-            record = _run_epoch(self.model, self.data, self.dev, self.rule, self.ctx, state)
+            record = _run_epoch(
+                self.model, self.data, self.dev, self.rule, self.ctx, state, self.stepped
+            )
             if self.run_dir is not None and self.ctx.dist.is_main:
                 write_history(self.run_dir, state.history)
             stop = call_epoch_hook(self.on_epoch, record, self.ctx.dist)
@@ -304,6 +312,20 @@ class _Epochs:
         )
 
 
+def _data_parallel(model: nn.Module, device: torch.device, dist: Dist) -> nn.Module | None:
+    """A DistributedDataParallel wrapper whose backward averages gradients over the ranks
+    (and whose construction copies rank 0's weights to all), or None in a single process.
+
+    Only the steps go through it: checkpoints, dev scoring and the returned model use the
+    plain module, so state-dict keys and the run folder are those of a local run.
+    """
+    if not dist.active:
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
 def fit_by_gradient(
     model: nn.Module,
     family: Family,
@@ -328,7 +350,8 @@ def fit_by_gradient(
     if resume and run_dir is not None:
         restore(run_dir, model, ctx.optimizers, ctx.schedulers, state)
     writer = CheckpointWriter() if run_dir is not None and dist.is_main else None
-    epochs = _Epochs(model, data, dev, rule, ctx, state, run_dir, writer, on_epoch)
+    stepped = _data_parallel(model, device, dist)  # after restore: rank 0's state wins
+    epochs = _Epochs(model, data, dev, rule, ctx, state, run_dir, writer, on_epoch, stepped)
     try:
         rounding = ctx.use_amp and device.type == "cpu" and cfg.round_lengths  # oneDNN's shapes
         limit = max([*data.lengths, *dev.lengths], default=1)

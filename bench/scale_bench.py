@@ -1,0 +1,181 @@
+"""Scale-out benchmarks (issue 17): batch prediction on Ray against one process.
+
+``predict``: 1,000,000 texts (IMDB test repeated) through the linear model, single-process
+``fenlei predict --file`` pinned to one core (``taskset -c 0``, one thread) against
+``fenlei predict --file --ray --workers 2``: wall time and rows/s (Ray's start-up included),
+the driver's peak RSS (``VmHWM`` of the command's own process), output rows against input
+rows, and the 1-minute load average before and after each row (the machine is shared).
+
+``train``: lstm on ChnSentiCorp, one local process against ``fenlei train --ray --workers
+2``: dev accuracy of each (goal: within 0.5 point).
+
+Results go to ``bench/results/scale_*.json``; bench/report.py shows them.
+
+Usage:
+    .venv/bin/python -m bench.scale_bench predict [--rows 1000000]
+    .venv/bin/python -m bench.scale_bench train
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "predict_bench", "train_bench"]
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DATA = Path("/work/shared/data")
+WORK = Path("/tmp/fenlei-bench/scale")
+FENLEI = [sys.executable, "-m", "fenlei.cli"]
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _timed(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``cmd``; its wall time, its own process's peak RSS, the load around it."""
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=ROOT)
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, _peak_rss_mb(proc.pid) or 0.0)  # VmHWM only grows: read to the end
+        time.sleep(0.2)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed with {proc.returncode}")
+    return {
+        "command": " ".join(cmd).replace(sys.executable, "python"),
+        "seconds": round(seconds, 1),
+        "peak_rss_mb": round(peak, 1),
+        "load_1m_before": round(load_before, 2),
+        "load_1m_after": round(os.getloadavg()[0], 2),
+    }
+
+
+def _linear_run() -> Path:
+    run = WORK / "imdb-linear"
+    if not (run / "manifest.json").is_file():
+        train = DATA / "imdb" / "train.csv.gz"
+        cmd = [*FENLEI, "train", str(train), "--preset", "linear", "--set", "train.threads=1"]
+        _timed([*cmd, "--set", "eval.plots=false", "-o", str(run), "--overwrite"])
+    return run
+
+
+def _big_table(rows: int) -> Path:
+    path = WORK / f"imdb-test-x{rows}.csv"
+    if path.is_file():
+        return path
+    with gzip.open(DATA / "imdb" / "test.csv.gz", "rt", encoding="utf-8", newline="") as fh:
+        texts = [row["text"] for row in csv.DictReader(fh)]
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text"])
+        for i in range(rows):
+            writer.writerow([texts[i % len(texts)]])
+    tmp.rename(path)
+    return path
+
+
+def _csv_rows(path: Path) -> int:
+    with path.open(encoding="utf-8", newline="") as fh:
+        return sum(1 for _ in csv.reader(fh)) - 1
+
+
+def predict_bench(rows: int, workers: int) -> dict[str, Any]:
+    """Single process on one core against Ray with ``workers`` actors."""
+    import pyarrow.parquet as pq
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    run, table = _linear_run(), _big_table(rows)
+    single_out, ray_out = WORK / "single.csv", WORK / "ray.parquet"
+    command = [*FENLEI, "predict", str(run), "--file", str(table), "--out"]
+    single = _timed(["taskset", "-c", "0", *command, str(single_out)], env=ONE_THREAD)
+    single["output_rows"] = _csv_rows(single_out)
+    on_ray = _timed([*command, str(ray_out), "--ray", "--workers", str(workers)])
+    on_ray["output_rows"] = pq.ParquetFile(ray_out).metadata.num_rows
+    for cell in (single, on_ray):
+        cell["rows_per_s"] = round(rows / cell["seconds"], 1)
+    return {
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": _machine(),
+        "input_rows": rows,
+        "workers": workers,
+        "single_one_core": single,
+        "ray": on_ray,
+        "speedup": round(single["seconds"] / on_ray["seconds"], 2),
+        "note": "Ray's start-up (a local cluster started by the command) is in its time",
+    }
+
+
+def train_bench(workers: int) -> dict[str, Any]:
+    """lstm on ChnSentiCorp: one local process against ``workers`` Ray workers."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    train, dev = DATA / "chnsenticorp" / "train.csv.gz", DATA / "chnsenticorp" / "dev.csv.gz"
+    base = [*FENLEI, "train", str(train), "--dev", str(dev), "--preset", "lstm"]
+    base += ["--set", "eval.plots=false", "--set", "train.threads=1", "--overwrite"]
+    cells: dict[str, Any] = {}
+    for name, extra in (("local", []), ("ray", ["--ray", "--workers", str(workers)])):
+        out = WORK / f"chn-lstm-{name}"
+        cells[name] = _timed([*base, "-o", str(out), *extra])
+        metrics = json.loads((out / "metrics.json").read_text("utf-8"))
+        cells[name]["dev_accuracy"] = metrics["dev"]["accuracy"]
+    gap = abs(cells["local"]["dev_accuracy"] - cells["ray"]["dev_accuracy"]) * 100
+    return {
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": _machine(),
+        "workers": workers,
+        **cells,
+        "gap_points": round(gap, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run one benchmark and save its JSON under bench/results/."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("predict", "train"))
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    if shutil.which("taskset") is None and args.what == "predict":
+        raise SystemExit("taskset (util-linux) is needed to pin the single process to one core")
+    if args.what == "predict":
+        result, name = predict_bench(args.rows, args.workers), f"scale_predict_{args.rows}.json"
+    else:
+        result, name = train_bench(args.workers), "scale_train_chnsenticorp_lstm.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / name).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
