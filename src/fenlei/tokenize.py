@@ -185,6 +185,11 @@ class Encoder:
         tokenizer.enable_truncation(cfg.max_length, stride=cfg.stride, direction="right")
 
     @property
+    def _cuts_head_and_tail(self) -> bool:
+        # with windows the tokenizer's overflow cuts (the first window is encode_ids')
+        return self.cfg.truncation == "head+tail" and self.cfg.long_text == "cut"
+
+    @property
     def vocab_size(self) -> int:
         """Number of ids the encoder can produce."""
         return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
@@ -206,7 +211,7 @@ class Encoder:
             encodings = self.tokenizer.encode_batch(list(texts))
         except Exception as exc:  # tokenizers raises TypeError, or bare Exceptions
             raise self._encoding_error(texts, exc) from exc
-        if self.cfg.truncation != "head+tail":
+        if not self._cuts_head_and_tail:
             return [enc.ids for enc in encodings]
         return [keep_head_and_tail(enc.ids, self.cfg.max_length) for enc in encodings]
 
@@ -265,7 +270,7 @@ class Encoder:
         for enc in encodings:
             keep = list(range(len(enc.ids)))
             cut = bool(enc.overflowing)  # the tokenizer's own truncation (head or tail)
-            if self.cfg.truncation == "head+tail":
+            if self._cuts_head_and_tail:
                 keep = keep_head_and_tail(keep, self.cfg.max_length)
                 cut = len(keep) < len(enc.ids)
             special = enc.special_tokens_mask

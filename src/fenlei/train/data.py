@@ -22,7 +22,7 @@ from fenlei.augment import augment_batch
 from fenlei.config import AugmentConfig
 from fenlei.data import Dataset, LabelSet
 from fenlei.runtime import Dist
-from fenlei.tokenize import Encoder, pad_ids
+from fenlei.tokenize import Encoder, Windows, pad_ids
 from fenlei.train.objective import Targets, targets_from_labels
 
 __all__ = ["TrainData", "shard", "training_batches"]
@@ -63,7 +63,8 @@ def shard(batches: list[list[int]], dist: Dist) -> list[list[int]]:
 
 @dataclass(frozen=True)
 class TrainData:
-    """Token ids and targets, one row per text, and how the loop draws batches from them.
+    """Token ids and targets, one row per text (or per window of a long text), and how the
+    loop draws batches from them.
 
     Attributes:
         ids: token ids of each text (unpadded).
@@ -71,6 +72,10 @@ class TrainData:
         pad_id: the padding id of the encoder that made ``ids``.
         augment: token deletion/swap applied to each training batch (None: none).
         protect: tokens kept in place at each end by augmentation ([CLS] ... [SEP]).
+        windows: how the rows group into texts when long texts are read as several windows
+            (``encoder.long_text=chunks``; its ``ids`` are :attr:`ids`): each window is a
+            row, a training example with its text's targets, and ``targets`` has one row
+            per text; scoring pools the windows' logits per text. None: a row per text.
     """
 
     ids: Sequence[Sequence[int]]
@@ -78,9 +83,12 @@ class TrainData:
     pad_id: int
     augment: AugmentConfig | None = None
     protect: int = 0
+    windows: Windows | None = None
 
     def __post_init__(self) -> None:
-        assert len(self.ids) == len(self.targets), "one target row per text"
+        texts = len(self.ids) if self.windows is None else len(self.windows.counts)
+        assert len(self.targets) == texts, "one target row per text"
+        assert self.windows is None or len(self.windows.ids) == len(self.ids), "windows are rows"
 
     @classmethod
     def from_dataset(
@@ -100,18 +108,26 @@ class TrainData:
             labels: the label set fitted on the training data.
             encoder: the fitted encoder.
             n_out: the model's output width (``ModelSpec.n_outputs``).
-            ids: ``encoder.encode_ids(dataset.texts)`` when the caller has it already.
+            ids: ``encoder.encode_ids(dataset.texts)`` when the caller has it already
+                (one row per text); None: the encoder's windows of each text
+                (:meth:`~fenlei.tokenize.Encoder.encode_windows`).
             augment: token augmentation for training data (leave None for dev).
 
         Example:
             >>> data = TrainData.from_dataset(train, labels, encoder, n_out=3)  # doctest: +SKIP
         """
+        if ids is not None:
+            windows = None
+        else:
+            windows = encoder.encode_windows(dataset.texts)
+            ids = windows.ids
         return cls(
-            ids=encoder.encode_ids(dataset.texts) if ids is None else ids,
+            ids=ids,
             targets=targets_from_labels(dataset, labels, n_out),
             pad_id=encoder.pad_id,
             augment=augment,
             protect=encoder.special_ends,
+            windows=None if windows is None or windows.single else windows,
         )
 
     def __len__(self) -> int:
@@ -148,4 +164,6 @@ class TrainData:
         if self.augment is not None and self.augment.active:
             seqs = augment_batch(seqs, self.augment, seed, protect=self.protect)
         ids, mask = pad_ids(seqs, self.pad_id)
+        if self.windows is not None:  # a window learns its text's targets
+            index = self.windows.owners[list(index)].tolist()
         return ids, mask, self.targets.rows(index)

@@ -127,10 +127,13 @@ def dev_metrics(
 ) -> dict[str, float]:
     """Dev loss, accuracy and macro-F1, the labels chosen by ``rule`` (its threshold).
 
-    ``dev.targets`` must hold hard labels; the model is left in eval mode.
+    ``dev.targets`` must hold hard labels; the model is left in eval mode. A text read as
+    several windows is scored by its pooled logits, as prediction scores it.
     """
     model.eval()
     logits = batched_logits(model, dev.ids, pad_id=dev.pad_id, batch_size=256, device=device)
+    if dev.windows is not None:
+        logits = dev.windows.pool_logits(logits)
     targets = dev.targets.to(device)
     loss = float(loss_fn(logits.to(device), targets))
     probs = to_probs(logits, multi_label=rule.multi_label).numpy()
