@@ -1,11 +1,15 @@
 """Progress reporting for long work: a callback protocol and a rich progress bar.
 
 Library code reports through a :class:`ProgressReporter`; the CLI and the classifier pass
-:class:`RichProgress` (a bar with loss, metric and ETA on stderr) or nothing.
+:class:`RichProgress` (a bar with loss, metric and ETA on stderr) or nothing. When stderr
+is not a terminal (a log file, CI, ``nohup``), a bar would print nothing until the epoch
+ends, so :class:`RichProgress` writes one plain line every ``interval`` seconds instead.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from fenlei.records import EpochRecord
@@ -27,21 +31,52 @@ class ProgressReporter(Protocol):
         metrics.jsonl."""
 
 
-class RichProgress:
-    """A rich progress bar per epoch showing running loss, last dev metric and ETA."""
+LOG_INTERVAL_S = 30.0
 
-    def __init__(self, monitor: str = "accuracy") -> None:
+
+class RichProgress:
+    """A rich progress bar per epoch showing running loss, last dev metric and ETA; on a
+    console that is not a terminal, a line every ``interval`` seconds instead.
+
+    Example:
+        >>> progress = RichProgress()  # doctest: +SKIP
+        >>> fenlei.train_run(cfg, splits, "runs/x", progress=progress)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        monitor: str = "accuracy",
+        *,
+        console: Any = None,
+        interval: float = LOG_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         from rich.console import Console
 
-        self.console = Console(stderr=True)
+        self.console = console if console is not None else Console(stderr=True)
         self.monitor = monitor
+        self.interval = interval
+        self._clock = clock
         self._progress: Any = None
         self._task: Any = None
         self._loss_sum = 0.0
         self._steps = 0
+        self._total = 0
+        self._label = ""
+        self._started = self._logged = 0.0
+
+    @property
+    def _plain(self) -> bool:
+        return not self.console.is_terminal
 
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
-        """Open a bar for this epoch."""
+        """Open a bar for this epoch (or, off a terminal, start its timed lines)."""
+        self._loss_sum, self._steps, self._total = 0.0, 0, steps
+        self._label = f"epoch {epoch}/{epochs}"
+        self._started = self._logged = self._clock()
+        if self._plain:
+            self.console.print(f"{self._label}: {steps} steps", highlight=False)
+            return
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -64,17 +99,34 @@ class RichProgress:
         )
         self._progress.start()
         self._task = self._progress.add_task("train", total=steps, loss=float("nan"))
-        self._loss_sum, self._steps = 0.0, 0
 
     def step(self, loss: float) -> None:
         """Advance the bar and show the running mean loss."""
         self._loss_sum += loss
         self._steps += 1
-        self._progress.update(self._task, advance=1, loss=self._loss_sum / self._steps)
+        if not self._plain:
+            self._progress.update(self._task, advance=1, loss=self._loss_sum / self._steps)
+            return
+        now = self._clock()
+        if now - self._logged >= self.interval:
+            self._logged = now
+            self.console.print(self._plain_line(now), highlight=False)
+
+    def _plain_line(self, now: float) -> str:
+        elapsed = now - self._started
+        done = self._steps / max(self._total, 1)
+        eta = elapsed * (1 - done) / done if done else float("nan")
+        return (
+            f"  {self._label}: step {self._steps}/{self._total} ({done:.0%})"
+            f" · loss {self._loss_sum / self._steps:.4f}"
+            f" · {elapsed:.0f}s elapsed · eta {eta:.0f}s"
+        )
 
     def epoch_end(self, record: EpochRecord) -> None:
         """Close the bar and print the epoch's dev metrics (and its ``param``, if any)."""
-        self._progress.stop()
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
         dev = record.dev
         best = " (best)" if record.is_best else ""
         param = f"{record.param_text()} · " if record.param else ""
