@@ -633,8 +633,9 @@ def _scale_out() -> list[str]:
             "throughput, driver peak RSS ≤ 1 GB, output rows = input rows. The 1-minute load "
             "average before/after each row says how shared the 2-core machine was.",
             "",
-            "| when | rows | mode | s | rows/s | driver peak RSS MB | output rows | load |",
-            "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+            "| when | rows | mode | s | rows/s | rows per CPU s | driver peak RSS MB "
+            "| output rows | load |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for path in predict_paths:
             run = json.loads(path.read_text("utf-8"))
@@ -642,10 +643,11 @@ def _scale_out() -> list[str]:
                 c = run[key]
                 out.append(
                     f"| {run['when']} | {run['input_rows']:,} | {mode} | {c['seconds']} | "
-                    f"{c['rows_per_s']:,.0f} | {c['peak_rss_mb']:,.0f} | {c['output_rows']:,} "
+                    f"{c['rows_per_s']:,.0f} | {c.get('rows_per_cpu_s', '–')} | "
+                    f"{c['peak_rss_mb']:,.0f} | {c['output_rows']:,} "
                     f"| {c['load_1m_before']}/{c['load_1m_after']} |"
                 )
-            out.append(f"| | | speed-up | {run['speedup']}x | | | | |")
+            out.append(f"| | | speed-up | {run['speedup']}x | | | | | |")
         out.append("")
     if train_path.is_file():
         run = json.loads(train_path.read_text("utf-8"))

@@ -24,6 +24,7 @@ import gzip
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -60,9 +61,15 @@ def _peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _timed(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``cmd``; its wall time, its own process's peak RSS, the load around it."""
     load_before = os.getloadavg()[0]
+    cpu_before = _children_cpu_s()
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=ROOT)
     peak = 0.0
@@ -76,6 +83,9 @@ def _timed(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
         "command": " ".join(cmd).replace(sys.executable, "python"),
         "seconds": round(seconds, 1),
         "peak_rss_mb": round(peak, 1),
+        # every process of the command's tree once reaped (Ray's workers included): a
+        # figure the machine's other jobs do not inflate, unlike the wall time
+        "cpu_s": round(_children_cpu_s() - cpu_before, 1),
         "load_1m_before": round(load_before, 2),
         "load_1m_after": round(os.getloadavg()[0], 2),
     }
@@ -125,6 +135,7 @@ def predict_bench(rows: int, workers: int) -> dict[str, Any]:
     on_ray["output_rows"] = pq.ParquetFile(ray_out).metadata.num_rows
     for cell in (single, on_ray):
         cell["rows_per_s"] = round(rows / cell["seconds"], 1)
+        cell["rows_per_cpu_s"] = round(rows / max(cell["cpu_s"], 1e-9), 1)
     return {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": _machine(),

@@ -22,6 +22,18 @@ from fenlei.cli._views import (
     _show_training_result,
     _summary_table,
 )
+from fenlei.cli.scaling import (
+    CpusOpt,
+    DashboardOpt,
+    GpusOpt,
+    MaxFailuresOpt,
+    RayAddressOpt,
+    RayOpt,
+    StorageOpt,
+    WorkersOpt,
+    ray_options,
+    train_on_ray,
+)
 
 __all__ = ["DEMO_LINEAR_SETTINGS", "DEMO_TEXTS", "demo", "train"]
 
@@ -72,6 +84,14 @@ def train(
     overwrite: Annotated[
         bool, typer.Option(help="Replace a finished run in --out (only fenlei's own files).")
     ] = False,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 2,
+    cpus_per_worker: CpusOpt = 1.0,
+    gpus_per_worker: GpusOpt = 0.0,
+    storage: StorageOpt = None,
+    max_failures: MaxFailuresOpt = 1,
+    ray_dashboard: DashboardOpt = False,
 ) -> None:
     """Train a classifier on a labelled table and write a run folder.
 
@@ -87,6 +107,21 @@ def train(
         overrides.append(f"eval.min_precision={min_precision}")
     cfg = load_config(config or preset, overrides)
     check(cfg)
+    if ray:  # every Ray worker reads the tables itself (docs/scale-out.md)
+        opts = ray_options(
+            ray_address,
+            workers,
+            cpus_per_worker=cpus_per_worker,
+            gpus_per_worker=gpus_per_worker,
+            storage=storage,
+            max_failures=max_failures,
+            dashboard=ray_dashboard,
+        )
+        result = train_on_ray(
+            cfg, (data, dev, test), out_dir, opts, resume=resume, overwrite=overwrite
+        )
+        _show_training_result(result)
+        return
     train_set = load_table(data, cfg.data)
     dev_set = load_table(dev, cfg.data) if dev else None
     test_set = load_table(test, cfg.data) if test else None
