@@ -71,7 +71,7 @@ from fenlei.records import (
 from fenlei.reference import reference_stats
 from fenlei.runtime import Dist
 from fenlei.tokenize import Encoder, load_pretrained_encoder, train_encoder
-from fenlei.train import EpochHook, Run, TrainData, fit
+from fenlei.train import EpochHook, Run, SoftLabels, TrainData, fit, teacher_targets
 
 __all__ = [
     "AFTER_TRAINING",
@@ -455,8 +455,10 @@ def _fit_model(
     progress: ProgressReporter | None,
     dist: Dist,
     on_epoch: EpochHook | None = None,
+    soft: SoftLabels | None = None,
 ) -> tuple[Run, ModelSpec]:
-    """Build the model for ``encoder`` and train it; return the run and the model's spec."""
+    """Build the model for ``encoder`` and train it (on a teacher's ``soft`` labels too,
+    when given); return the run and the model's spec."""
     spec = ModelSpec(
         vocab_size=encoder.vocab_size,
         pad_id=encoder.pad_id,
@@ -466,9 +468,18 @@ def _fit_model(
             single_logit=cfg.model.single_logit,
         ),
     )
-    data = TrainData.from_dataset(
-        splits.train, splits.labels, encoder, n_out=spec.n_outputs, augment=cfg.augment
-    )
+    if soft is None:
+        data = TrainData.from_dataset(
+            splits.train, splits.labels, encoder, n_out=spec.n_outputs, augment=cfg.augment
+        )
+    else:  # distillation: the labelled texts, then the extra texts the teacher labelled
+        data = TrainData(
+            ids=encoder.encode_ids([*splits.train.texts, *soft.extra]),
+            targets=teacher_targets(splits.train, splits.labels, spec.n_outputs, soft),
+            pad_id=encoder.pad_id,
+            augment=cfg.augment,
+            protect=encoder.special_ends,
+        )
     dev = TrainData.from_dataset(splits.dev, splits.labels, encoder, n_out=spec.n_outputs)
     model = build_model(cfg.model, spec, vocab=encoder.tokenizer.get_vocab(), train_ids=data.ids)
     run = fit(
@@ -478,6 +489,7 @@ def _fit_model(
         dev,
         cfg.train,
         rule=DecisionRule(multi_label=splits.labels.multi_label, threshold=cfg.eval.threshold),
+        loss=None if soft is None else soft.loss(data.targets, class_weight=cfg.train.class_weight),
         run_dir=root,
         resume=resume,
         progress=progress,
@@ -510,6 +522,7 @@ def train_run(
     progress: ProgressReporter | None = None,
     dist: Dist | None = None,
     on_epoch: EpochHook | None = None,
+    soft: SoftLabels | None = None,
 ) -> TrainResult:
     """Train, evaluate and save one run folder.
 
@@ -526,6 +539,8 @@ def train_run(
         on_epoch: called with each epoch's (or solve's) record; raising
             :class:`~fenlei.train.StopTraining` ends training cleanly after it, and the
             run is scored and saved as usual (a tuner's pruning, a time budget).
+        soft: a teacher's probabilities of the training texts (and of extra texts) to
+            learn from besides the labels (:mod:`fenlei.distil`).
 
     Returns:
         The run folder, a ready predictor, the metrics written to ``metrics.json`` and the
@@ -561,6 +576,7 @@ def train_run(
                 progress=progress,
                 dist=dist,
                 on_epoch=on_epoch,
+                soft=soft,
             )
         train_seconds = time.perf_counter() - started
         result = _after_training(cfg, splits, root, encoder, run, spec, train_seconds, dist)

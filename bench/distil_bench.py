@@ -1,0 +1,168 @@
+"""Distilled students against their teachers, on the harness's splits.
+
+Each cell distils teacher run folder(s) into a student preset with ``fenlei.distil`` on the
+harness's split (``bench.harness.prepare_dataset``: train, a 10 % ``valid`` as dev, and the
+test set: ChnSentiCorp's and SST-2's ``dev.csv.gz``). Teachers are the ensemble benchmark's
+run folders (``bench.ensemble_bench``: members trained on train with valid as dev, ensembles
+weighted on valid), trained here when missing. A cell records the teacher's and the
+student's accuracy on valid and test, the student's batch-1 p50 latency (torch, one text at
+a time over the first test texts) and size; finished cells are written to
+``bench/results/distil_<dataset>.json`` at once, and a re-run skips them::
+
+    nohup nice .venv/bin/python -m bench.distil_bench --datasets chnsenticorp > distil.log &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.ensemble_bench import WORK as ENSEMBLE_WORK
+from bench.ensemble_bench import _latency_ms, _member, _size_mb
+from bench.harness import DATASETS, RESULTS, prepare_dataset
+from fenlei.combine import build_ensemble
+from fenlei.data import load_table
+from fenlei.distil import distil
+from fenlei.loader import open_predictor
+from fenlei.runtime import configure_torch
+
+WORK = Path(os.environ.get("FENLEI_BENCH_WORK", "/tmp/fenlei-bench")) / "distil"
+
+# cell name -> teacher (members joined by "+", an ensemble tuned on valid when several),
+# student preset, student overrides, temperature, alpha, augmented copies per text
+CELLS: dict[str, tuple[str, str, list[str], float, float, int]] = {
+    "ens2-linear-t2-a05-x2": ("nbsvm+linear", "linear", [], 2.0, 0.5, 2),
+    "ens2-linear-t1-a05-x2": ("nbsvm+linear", "linear", [], 1.0, 0.5, 2),
+    "ens2-linear-t2-a05-x0": ("nbsvm+linear", "linear", [], 2.0, 0.5, 0),
+    "ens2-linear-t2-a1-x4": ("nbsvm+linear", "linear", [], 2.0, 1.0, 4),
+}
+
+
+def _teacher(dataset: str, members: str, files: dict[str, Any], threads: int) -> Path:
+    names = members.split("+")
+    runs = [_member(dataset, name, files, threads) for name in names]
+    if len(runs) == 1:
+        return runs[0]
+    out = ENSEMBLE_WORK / dataset / f"ens-{members}-tuned"
+    if not (out / "manifest.json").is_file():
+        shutil.rmtree(out, ignore_errors=True)
+        build_ensemble(
+            runs, out, weights="tuned", data=files["valid"]["path"], test=files["test"]["path"]
+        )
+    return out
+
+
+def _scores(section: dict[str, Any]) -> dict[str, float]:
+    return {"accuracy": round(section["accuracy"], 4), "macro_f1": round(section["macro_f1"], 4)}
+
+
+def _teacher_record(run: Path, test_texts: list[str]) -> dict[str, Any]:
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    return {
+        "run": str(run),
+        "dev": _scores(metrics["dev"]),
+        "test": _scores(metrics["test"]),
+        "batch1_p50_ms": _latency_ms(run, test_texts),
+        "size_mb": _size_mb(run),
+    }
+
+
+def run_cell(dataset: str, name: str, files: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Distil one cell; return its record."""
+    members, student, overrides, temperature, alpha, augment = CELLS[name]
+    teacher = _teacher(dataset, members, files, threads)
+    out = WORK / dataset / name
+    shutil.rmtree(out, ignore_errors=True)
+    settings = [f"train.threads={threads}", "eval.plots=false", *overrides]
+    configure_torch(threads=threads)
+    result = distil(
+        [teacher],
+        data=files["train"]["path"],
+        dev=files["valid"]["path"],
+        test=files["test"]["path"],
+        out=out,
+        student=student,
+        overrides=settings,
+        temperature=temperature,
+        alpha=alpha,
+        augment=augment,
+    )
+    test_texts = load_table(files["test"]["path"]).texts[:200]
+    metrics = result.train.metrics
+    assert metrics.test is not None
+    sets = " ".join(f"--set {s}" for s in settings)
+    return {
+        "cell": name,
+        "teacher": {"members": members, **_teacher_record(teacher, test_texts)},
+        "student": {
+            "preset": student,
+            "overrides": overrides,
+            "dev": {
+                "accuracy": round(metrics.dev.accuracy, 4),
+                "macro_f1": round(metrics.dev.macro_f1, 4),
+            },
+            "test": {
+                "accuracy": round(metrics.test.accuracy, 4),
+                "macro_f1": round(metrics.test.macro_f1, 4),
+            },
+            "batch1_p50_ms": _latency_ms(out, test_texts),
+            "size_mb": _size_mb(out),
+            "epochs_run": metrics.epochs_run,
+        },
+        "temperature": temperature,
+        "alpha": alpha,
+        "augment": augment,
+        "transfer": result.transfer,
+        "seconds": round(result.seconds, 1),
+        "command": (
+            f"fenlei distil {teacher} --student {student} --data {files['train']['path']} "
+            f"--dev {files['valid']['path']} --test {files['test']['path']} "
+            f"--temperature {temperature} --alpha {alpha} --augment {augment} {sets} --out {out}"
+        ),
+    }
+
+
+def _baseline(dataset: str, student: str, files: dict[str, Any], threads: int) -> dict[str, Any]:
+    """The student preset trained on the labels alone (the ensemble benchmark's member)."""
+    run = _member(dataset, student, files, threads)
+    test_texts = load_table(files["test"]["path"]).texts[:200]
+    open_predictor(run)  # verified
+    return {"preset": student, **_teacher_record(run, test_texts)}
+
+
+def main() -> None:
+    """Run the cells of every dataset named; write ``bench/results/distil_<dataset>.json``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="chnsenticorp")
+    parser.add_argument("--cells", default=",".join(CELLS))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    for dataset in args.datasets.split(","):
+        files = prepare_dataset(DATASETS[dataset])["files"]
+        path = RESULTS / f"distil_{dataset}.json"
+        record: dict[str, Any] = (
+            json.loads(path.read_text(encoding="utf-8"))
+            if path.is_file()
+            else {"dataset": dataset, "dev": "valid (10 % of train)", "cells": {}}
+        )
+        record["test"] = DATASETS[dataset].test_name
+        if "baseline" not in record:
+            record["baseline"] = _baseline(dataset, "linear", files, args.threads)
+            path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", "utf-8")
+        for name in args.cells.split(","):
+            if name in record["cells"]:
+                continue
+            cell = run_cell(dataset, name, files, args.threads)
+            cell["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            record["cells"][name] = cell
+            print(json.dumps(cell), flush=True)
+            path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", "utf-8")
+
+
+if __name__ == "__main__":
+    main()
