@@ -3,12 +3,14 @@ own client and TensorBoard's event reader."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fenlei.cli import main
 from fenlei.config import RunConfig, load_config
 from fenlei.data import Dataset
 from fenlei.errors import ConfigError, MissingExtraError
@@ -18,6 +20,8 @@ from fenlei.tracking import flatten_config, track_run
 
 pytest.importorskip("mlflow")
 pytest.importorskip("tensorboard")
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 TINY = [
     "train.threads=1",
@@ -158,3 +162,49 @@ def test_missing_packages_name_the_extra(
         _tracked("tensorboard", cfg, splits, tmp_path / "b")
     with pytest.raises(ConfigError, match="mlflow, tensorboard"):
         _tracked("wandb", cfg, splits, tmp_path / "c")
+
+
+def test_train_run_track_logs_each_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cfg: RunConfig, splits: Splits
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.chdir(tmp_path)
+    result = train_run(cfg, splits, tmp_path / "p", track="tensorboard")
+    (folder,) = (tmp_path / "tensorboard").glob("p-*")
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+    final = events.Scalars("final/dev_accuracy")
+    assert final[0].value == pytest.approx(result.metrics.dev.accuracy)
+
+
+def test_cli_train_track_mlflow_defaults_to_the_local_file_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from fenlei.data import bundled_dataset_path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # fenlei opts in itself
+    sets = [arg for s in [*TINY, "eval.plots=false"] for arg in ("--set", s)]
+    code = main(
+        [
+            "train",
+            str(bundled_dataset_path("train")),
+            "--dev",
+            str(bundled_dataset_path("dev")),
+            *sets,
+            "--out",
+            str(tmp_path / "cli-run"),
+            "--track",
+            "mlflow",
+        ]
+    )
+    assert code == 0, ANSI.sub("", capsys.readouterr().err)
+    assert (tmp_path / "mlruns").is_dir()
+    run = _only_run(MlflowClient((tmp_path / "mlruns").as_uri()))
+    assert run.info.run_name == "cli-run" and run.info.status == "FINISHED"
+    assert run.data.params["eval.plots"] == "false"

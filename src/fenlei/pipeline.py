@@ -71,6 +71,7 @@ from fenlei.records import (
 from fenlei.reference import reference_stats
 from fenlei.runtime import Dist
 from fenlei.tokenize import Encoder, load_pretrained_encoder, train_encoder
+from fenlei.tracking import track_run
 from fenlei.train import EpochHook, Run, SoftLabels, TrainData, fit, teacher_targets
 
 __all__ = [
@@ -523,6 +524,7 @@ def train_run(
     dist: Dist | None = None,
     on_epoch: EpochHook | None = None,
     soft: SoftLabels | None = None,
+    track: str | None = None,
 ) -> TrainResult:
     """Train, evaluate and save one run folder.
 
@@ -541,6 +543,8 @@ def train_run(
             run is scored and saved as usual (a tuner's pruning, a time budget).
         soft: a teacher's probabilities of the training texts (and of extra texts) to
             learn from besides the labels (:mod:`fenlei.distil`).
+        track: ``"mlflow"`` or ``"tensorboard"``: log the config, each epoch, the
+            final metrics, the plots and the run folder there (:mod:`fenlei.tracking`).
 
     Returns:
         The run folder, a ready predictor, the metrics written to ``metrics.json`` and the
@@ -560,7 +564,11 @@ def train_run(
     dist = Dist.from_env() if dist is None else dist
     if dist.is_main:
         run_folder.check_writable(root)  # before the lock, so a refused folder is left as it was
-    with run_folder.lock(root) if dist.is_main else nullcontext():
+    with (
+        run_folder.lock(root) if dist.is_main else nullcontext(),
+        track_run(track, cfg, root, enabled=dist.is_main) as tracking,
+    ):
+        on_epoch = tracking.chain(on_epoch)
         started = time.perf_counter()
         start = _open(root, cfg, splits.labels, resume=resume, overwrite=overwrite, dist=dist)
         if start == "complete":
@@ -580,6 +588,7 @@ def train_run(
             )
         train_seconds = time.perf_counter() - started
         result = _after_training(cfg, splits, root, encoder, run, spec, train_seconds, dist)
+        tracking.finish(root, result.metrics.to_json())
     dist.barrier()  # the other ranks return once the run folder is complete
     return result
 

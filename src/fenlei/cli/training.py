@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -38,7 +38,9 @@ from fenlei.cli.scaling import (
 __all__ = ["DEMO_LINEAR_SETTINGS", "DEMO_TEXTS", "demo", "train"]
 
 
-def _run_training(cfg: Any, splits: Any, out_dir: Path, *, resume: bool, overwrite: bool) -> Any:
+def _run_training(
+    cfg: Any, splits: Any, out_dir: Path, *, resume: bool, overwrite: bool, track: str | None = None
+) -> Any:
     from fenlei.pipeline import train_run
     from fenlei.progress import RichProgress
     from fenlei.runtime import configure_torch
@@ -52,6 +54,7 @@ def _run_training(cfg: Any, splits: Any, out_dir: Path, *, resume: bool, overwri
         resume=resume,
         overwrite=overwrite,
         progress=RichProgress(cfg.train.monitor),
+        track=track,
     )
 
 
@@ -92,6 +95,13 @@ def train(
     storage: StorageOpt = None,
     max_failures: MaxFailuresOpt = 1,
     ray_dashboard: DashboardOpt = False,
+    track: Annotated[
+        Literal["mlflow", "tensorboard"] | None,
+        typer.Option(
+            help="Log the run to MLflow (MLFLOW_TRACKING_URI, else ./mlruns) or "
+            "TensorBoard (./tensorboard/); docs/tracking.md."
+        ),
+    ] = None,
 ) -> None:
     """Train a classifier on a labelled table and write a run folder.
 
@@ -126,7 +136,7 @@ def train(
     dev_set = load_table(dev, cfg.data) if dev else None
     test_set = load_table(test, cfg.data) if test else None
     splits = prepare_splits(cfg.data, train_set, dev_set, test_set)
-    result = _run_training(cfg, splits, out_dir, resume=resume, overwrite=overwrite)
+    result = _run_training(cfg, splits, out_dir, resume=resume, overwrite=overwrite, track=track)
     _show_training_result(result)
 
 
