@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from fenlei.cli import main
-from fenlei.errors import ConfigError, MissingExtraError
-from fenlei.scale import RayOptions, connect, require_ray
+from fenlei.errors import ArtifactError, ConfigError, MissingExtraError
+from fenlei.scale import RayOptions, connect, predict_on_ray, require_ray
 from fenlei.scale.cluster import storage_root, user_error
 
 
@@ -98,3 +98,12 @@ class _Cause(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__("a RayTaskError's traceback")
         self.cause = cause
+
+
+def test_batch_prediction_checks_its_arguments_before_starting_ray(tmp_path: Path) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("text\nhello\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"\.parquet or \.csv"):
+        predict_on_ray(tmp_path, table, tmp_path / "out.txt", options=RayOptions())
+    with pytest.raises(ArtifactError, match="not a run folder"):
+        predict_on_ray(tmp_path / "nope", table, tmp_path / "out.parquet", options=RayOptions())

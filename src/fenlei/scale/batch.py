@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from fenlei.artifact import atomic_write
+from fenlei.artifact import MANIFEST, atomic_write
 from fenlei.config import DataConfig
 from fenlei.decision import decide
-from fenlei.errors import ConfigError, DataError
+from fenlei.errors import ArtifactError, ConfigError, DataError
 from fenlei.loader import open_predictor
 from fenlei.runtime import configure_torch
 from fenlei.scale.cluster import RayOptions, connect, user_error
@@ -192,7 +192,10 @@ def predict_on_ray(
         raise ConfigError(f"--out {out} must end in .parquet or .csv (the Ray output formats)")
     if not source.is_file():
         raise DataError("does not exist or is not a file", path=str(in_path))
-    open_predictor(run_dir)  # a run folder that does not load fails here, not in every actor
+    if not (Path(run_dir) / MANIFEST).is_file():  # the actors verify and load it; the driver
+        raise ArtifactError(  # never holds the model, so its memory stays flat
+            f"{run_dir} is not a run folder (no {MANIFEST}); give a folder fenlei train wrote"
+        )
     data = data or DataConfig()
     with connect(options):
         import ray.data
