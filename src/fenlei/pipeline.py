@@ -12,7 +12,7 @@
    :class:`AfterTraining` (the predictor, the splits, the logits and probabilities, the
    history, the folder) and adds scores or files: the temperature and the tuned decision
    (``calibration.json``, :mod:`fenlei.calibrate`), scores, reference statistics, plots,
-   kept predictions;
+   kept predictions, the HTML report (``report.html``, :mod:`fenlei.report`);
 5. save the run folder (:func:`fenlei.artifact.save_run`; the manifest comes last).
 
 Under a data-parallel launcher every rank runs it; only rank 0 (:class:`fenlei.runtime.Dist`)
@@ -69,6 +69,7 @@ from fenlei.records import (
     read_history,
 )
 from fenlei.reference import reference_stats
+from fenlei.report import REPORT_FILE, TRAINING_LIMITS, training_inputs, write_html
 from fenlei.runtime import Dist
 from fenlei.tokenize import Encoder, load_pretrained_encoder, train_encoder
 from fenlei.tracking import track_run
@@ -91,6 +92,7 @@ __all__ = [
     "train_run",
     "tune_decision",
     "write_reference",
+    "write_report",
 ]
 
 logger = logging.getLogger(__name__)
@@ -358,10 +360,15 @@ def draw_plots(ctx: AfterTraining) -> None:
     """``plots/``: training curves and the confusion matrix (test, else dev)."""
     if not ctx.cfg.eval.plots or not ctx.dist.is_main:
         return
-    shown = ctx.scores.get("test") or ctx.scores.get("dev")
+    split = "test" if "test" in ctx.scores else "dev"
+    shown = ctx.scores.get(split)
     ctx.files.extend(
         write_plots(
-            ctx.run_dir, ctx.predictor.labels, ctx.history, shown.to_json() if shown else None
+            ctx.run_dir,
+            ctx.predictor.labels,
+            ctx.history,
+            shown.to_json() if shown else None,
+            split=split,
         )
     )
 
@@ -393,6 +400,24 @@ def keep_predictions(ctx: AfterTraining) -> None:
     ctx.files.append(path)
 
 
+def write_report(ctx: AfterTraining) -> None:
+    """``report.html`` (``eval.report``): the run's HTML report from the data, probabilities
+    and history in memory (:mod:`fenlei.report`); last, so it lists the files written."""
+    if not ctx.cfg.eval.report or not ctx.dist.is_main or not isinstance(ctx.predictor, Predictor):
+        return
+    splits = ctx.splits
+    inputs = training_inputs(
+        ctx.cfg,
+        ctx.predictor,
+        ctx.history,
+        {"train": splits.train, "dev": splits.dev, "test": splits.test},
+        {"dev": ctx.dev_probs, "test": ctx.test_probs},
+        ctx.run_dir,
+        ctx.calibration_scores.to_json() if ctx.calibration_scores else None,
+    )
+    ctx.files.append(write_html(inputs, ctx.run_dir / REPORT_FILE, TRAINING_LIMITS))
+
+
 # In order: later steps read what earlier ones added (plots show the scores). The steps that
 # change probabilities or decisions come first, so the scores, reference.json (which the
 # drift monitor compares served, calibrated confidences with) and the kept predictions all
@@ -405,6 +430,7 @@ AFTER_TRAINING: tuple[Step, ...] = (
     write_reference,
     draw_plots,
     keep_predictions,
+    write_report,
 )
 
 

@@ -77,6 +77,9 @@ def train(
             "this precision (eval.min_precision; default: the best F1)."
         ),
     ] = None,
+    report: Annotated[
+        bool, typer.Option(help="Write report.html into the run folder (eval.report).")
+    ] = True,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path(
         "runs/latest"
     ),
@@ -115,6 +118,8 @@ def train(
     overrides = _overrides(set_, text_col, label_col, multi_label, label_sep)
     if min_precision is not None:
         overrides.append(f"eval.min_precision={min_precision}")
+    if not report:
+        overrides.append("eval.report=false")
     cfg = load_config(config or preset, overrides)
     check(cfg)
     if ray:  # every Ray worker reads the tables itself (docs/scale-out.md)
