@@ -27,7 +27,7 @@ TEXTS = ["where is my parcel?", "我要退款", "can I talk to a human", "ok"]
 
 def test_healthz_and_readyz(live: LiveServer) -> None:
     with live.client() as c:
-        assert c.get("/healthz").json() == {"status": "ok", "models": []}
+        assert c.get("/healthz").json() == {"status": "ok", "models": ["intents"]}
         ready = c.get("/readyz")
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "models": ["intents"]}

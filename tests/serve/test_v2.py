@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fenlei.predict import Predictor
-from fenlei.serve.v2 import deserialize_bytes, serialize_bytes
+from fenlei.serve.v2_wire import deserialize_bytes, serialize_bytes
 
 from .conftest import LiveServer, StartServer
 

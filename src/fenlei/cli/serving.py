@@ -54,7 +54,10 @@ def serve(
         float, typer.Option(min=0.001, help="Seconds to send a whole body (else 408).")
     ] = 30.0,
     token: Annotated[
-        str | None, typer.Option(envvar="FENLEI_TOKEN", help="Require this bearer token on /v1.")
+        str | None,
+        typer.Option(
+            envvar="FENLEI_TOKEN", help="Require this bearer token on /v1 and /v2/models."
+        ),
     ] = None,
     backend: Annotated[
         Literal["auto", "torch", "onnx"],

@@ -41,11 +41,13 @@ from fenlei.serve.schemas import (
     DriftReport,
     ErrorResponse,
     HealthResponse,
+    ModelDetail,
     ModelInfo,
     ModelList,
     PredictRequest,
     PredictResponse,
     ServeSettings,
+    describe_model,
 )
 
 __all__ = ["ApiError", "ModelSource", "ServeState", "ServedModel", "create_app", "serve"]
@@ -354,6 +356,23 @@ async def list_models(
     return ModelList(models=[m.info for m in state.models.values()])
 
 
+async def get_model(
+    served: ServedModel = Depends(_model),
+    state: ServeState = Depends(_state),
+    _: None = Depends(_authorize),
+) -> ModelDetail:
+    """One model: labels, family, backend, calibration, decision rule and request limits."""
+    predictor = served.predictor
+    calibration = getattr(predictor, "calibration", None)  # an ensemble has none of its own
+    return describe_model(
+        served.info,
+        device=predictor.info().device,
+        rule=predictor.rule,
+        temperature=getattr(calibration, "temperature", None),
+        settings=state.settings,
+    )
+
+
 async def drift(
     served: ServedModel = Depends(_model), _: None = Depends(_authorize)
 ) -> DriftReport:
@@ -368,9 +387,9 @@ async def drift(
     return served.drift.report(served.name)
 
 
-async def healthz() -> HealthResponse:
-    """Liveness: the process answers."""
-    return HealthResponse(status="ok")
+async def healthz(state: ServeState = Depends(_state)) -> HealthResponse:
+    """Liveness: the process answers (with the models loaded so far)."""
+    return HealthResponse(status="ok", models=list(state.models))
 
 
 async def readyz(state: ServeState = Depends(_state)) -> Response:
@@ -422,6 +441,13 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
         if malformed
         else 'the request does not match the schema: expected {"texts": ["..."], "top_k": 1}'
     )
+    named = [
+        str(e.get("msg")).removeprefix("Value error, ")
+        for e in exc.errors()
+        if e.get("type") == "value_error"
+    ]
+    if named:  # a check that names the item (texts[3] is empty): say it first
+        message = f"{named[0]} ({message})"
     code = "malformed_json" if malformed else "invalid_request"
     return _error_response(422, {"code": code, "message": message, "details": details})
 
@@ -445,20 +471,18 @@ def _page() -> str:
 
 
 def _add_docs(app: FastAPI) -> None:
-    """Swagger UI at /docs from the local ``swagger-ui-bundle`` (no CDN) when installed."""
-    try:
-        from swagger_ui_bundle import swagger_ui_path
-    except ImportError:  # fall back to FastAPI's CDN-hosted page
-        from fastapi.openapi.docs import get_swagger_ui_html
-
-        app.get("/docs", include_in_schema=False)(
-            lambda: get_swagger_ui_html(openapi_url="/openapi.json", title="fenlei API")
-        )
-        return
+    """Swagger UI at /docs from local assets, never a CDN: ``fastapi-offline``'s Swagger UI
+    5 (it reads the OpenAPI 3.1 FastAPI writes; swagger-ui-bundle's 4.x showed nothing)."""
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.staticfiles import StaticFiles
 
-    app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
+    try:
+        assets = resources.files("fastapi_offline").joinpath("static")
+    except ModuleNotFoundError:  # the page says what to install instead of calling a CDN
+        missing = "<p>API docs need the serve extra: pip install 'fenlei[serve]'</p>"
+        app.get("/docs", include_in_schema=False)(lambda: HTMLResponse(missing, 501))
+        return
+    app.mount("/static/swagger", StaticFiles(directory=str(assets)), name="swagger")
 
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(
@@ -466,7 +490,7 @@ def _add_docs(app: FastAPI) -> None:
             title="fenlei API",
             swagger_js_url="/static/swagger/swagger-ui-bundle.js",
             swagger_css_url="/static/swagger/swagger-ui.css",
-            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+            swagger_favicon_url="/static/swagger/favicon.png",
         )
 
     app.get("/docs", include_in_schema=False)(docs)
@@ -483,6 +507,11 @@ def _routes(app: FastAPI) -> None:
         metrics
     )
     app.get("/v1/models", response_model=ModelList, responses={401: _ERRORS[401]})(list_models)
+    app.get(
+        "/v1/models/{name}",
+        response_model=ModelDetail,
+        responses={401: _ERRORS[401], 404: _ERRORS[404]},
+    )(get_model)
     app.post("/v1/models/{name}/predict", response_model=PredictResponse, responses=_ERRORS)(
         predict
     )

@@ -87,7 +87,8 @@ def _check_explain_limits(body: ExplainRequest, settings: ServeSettings) -> None
             max=settings.max_explain_texts,
             got=len(body.texts),
         )
-    _check_limits(PredictRequest(texts=body.texts), settings)  # max_texts and max_chars
+    # max_texts and max_chars (not re-validated: an empty text is the explainer's to refuse)
+    _check_limits(PredictRequest.model_construct(texts=body.texts), settings)
 
 
 def _explainer(served: ServedModel, target: str | None) -> Any:

@@ -1,7 +1,14 @@
 """Prometheus metrics of one app, in their own registry so several apps share a process.
 
-:class:`ServeMetrics` holds the collectors; :class:`MetricsMiddleware` (pure ASGI, cheap on
-the hot path) counts every request by route template and status and times it.
+:class:`ServeMetrics` holds the collectors: the service's own (``fenlei_*``) and the
+client library's standard process (``process_*``: memory, CPU, open files), platform
+(``python_info``) and garbage-collector (``python_gc_*``) collectors.
+:class:`MetricsMiddleware` (pure ASGI, cheap on the hot path) counts every request by route
+template and status and times it. Every series is listed in docs/serving.md.
+
+Counters and histograms export no ``*_created`` series (set process-wide by
+``prometheus_client.disable_created_metrics``): in the text format each would be one more
+series per label set holding a start timestamp, which dashboards mistake for counters.
 """
 
 from __future__ import annotations
@@ -11,7 +18,17 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 
 __all__ = ["CONTENT_TYPE", "MetricsMiddleware", "ServeMetrics"]
 
@@ -31,8 +48,12 @@ class ServeMetrics:
     """Every collector of the service, registered in a fresh :class:`CollectorRegistry`."""
 
     def __init__(self) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)  # process_*: CPU seconds, resident memory, open files
+        PlatformCollector(registry=r)  # python_info: the interpreter's version
+        GCCollector(registry=r)  # python_gc_*: collections (the server freezes its heap)
         self.requests = Counter(
             "fenlei_http_requests",
             "HTTP requests by route and status",

@@ -7,7 +7,7 @@ OpenAPI schema at ``/docs`` shows.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -20,9 +20,14 @@ from pydantic import (
 )
 
 from fenlei.data import check_text
+from fenlei.decision import DecisionRule
 from fenlei.errors import ConfigError
 
+if TYPE_CHECKING:
+    from fenlei.predict import Prediction
+
 __all__ = [
+    "DecisionInfo",
     "DriftReport",
     "DriftStatistic",
     "ErrorBody",
@@ -31,14 +36,18 @@ __all__ = [
     "ExplainResponse",
     "HealthResponse",
     "LabelScore",
+    "ModelDetail",
     "ModelInfo",
     "ModelList",
     "PredictRequest",
     "PredictResponse",
+    "ServeLimits",
     "ServeSettings",
     "TextExplanation",
     "TextPrediction",
     "WordScore",
+    "check_texts",
+    "describe_model",
     "serve_settings",
 ]
 
@@ -92,8 +101,8 @@ class ServeSettings(_Frozen):
     )
     token: str | None = Field(
         None,
-        description="Bearer token required on /v1/* (printable ASCII, no spaces); None "
-        "leaves them open.",
+        description="Bearer token required on /v1/* and /v2/models/* (printable ASCII, no "
+        "spaces); None leaves them open.",
     )
     backend: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="Inference backend: ONNX Runtime when model.onnx exists (auto)."
@@ -176,6 +185,30 @@ def serve_settings(**values: Any) -> ServeSettings:
         raise ConfigError("invalid serve settings: " + "; ".join(problems)) from None
 
 
+def check_texts(texts: list[str]) -> list[str]:
+    """``texts`` unchanged, or a ValueError naming the first unusable one (``texts[i]``).
+
+    A text must be valid Unicode (JSON may escape a lone surrogate, ``\\ud800``, which no
+    tokenizer takes) and not empty or only whitespace (the model would guess from nothing;
+    the CLI refuses it too): the client's mistake, a 422, not the model's failure.
+
+    Example:
+        >>> check_texts(["fine", " "])
+        Traceback (most recent call last):
+        ValueError: texts[1] is empty (or only whitespace); send a text to classify
+    """
+    for i, text in enumerate(texts):
+        problem = check_text(text)
+        if problem is not None:
+            raise ValueError(
+                f"texts[{i}] {problem}; send valid Unicode (a whole surrogate pair, "
+                "such as \\ud83d\\ude00, for one emoji)"
+            )
+        if not text.strip():
+            raise ValueError(f"texts[{i}] is empty (or only whitespace); send a text to classify")
+    return texts
+
+
 class PredictRequest(_Frozen):
     """Texts to classify and how many labels to return per text."""
 
@@ -192,17 +225,8 @@ class PredictRequest(_Frozen):
 
     @field_validator("texts")
     @classmethod
-    def _texts_are_unicode(cls, texts: list[str]) -> list[str]:
-        # JSON may escape a lone surrogate (\ud800); no tokenizer takes one, so it is the
-        # client's mistake (422 naming the item), not the model's failure.
-        for i, text in enumerate(texts):
-            problem = check_text(text)
-            if problem is not None:
-                raise ValueError(
-                    f"texts[{i}] {problem}; send valid Unicode (a whole surrogate pair, "
-                    "such as \\ud83d\\ude00, for one emoji)"
-                )
-        return texts
+    def _texts_are_usable(cls, texts: list[str]) -> list[str]:
+        return check_texts(texts)
 
 
 class LabelScore(_Frozen):
@@ -214,7 +238,11 @@ class LabelScore(_Frozen):
 
 class TextPrediction(_Frozen):
     """The result for one text: best label, its probability, the chosen labels and the
-    top-k labels (the same decision as ``Predictor.predict``)."""
+    top-k labels (the same decision as ``Predictor.predict``).
+
+    One shape for every caller: each prediction of ``POST /v1/models/{name}/predict`` and
+    each line of ``fenlei predict --json`` (which adds the ``text``).
+    """
 
     label: str = Field(description="The most probable label.")
     score: float = Field(description="Its probability.")
@@ -229,6 +257,21 @@ class TextPrediction(_Frozen):
         "probable one.",
     )
     top: list[LabelScore]
+
+    @classmethod
+    def from_prediction(cls, prediction: Prediction, top_k: int) -> TextPrediction:
+        """The shape of a :class:`~fenlei.predict.Prediction` with its ``top_k`` labels.
+
+        Example:
+            >>> TextPrediction.from_prediction(predictor.predict(["hi"])[0], 2)  # doctest: +SKIP
+        """
+        return cls(
+            label=prediction.label,
+            score=prediction.score,
+            labels=list(prediction.labels),
+            abstained=prediction.abstained,
+            top=[LabelScore(label=k, probability=p) for k, p in prediction.top(top_k)],
+        )
 
 
 class PredictResponse(_Frozen):
@@ -255,6 +298,80 @@ class ModelInfo(_Frozen):
     members: dict[str, float] = Field(
         default_factory=dict,
         description="An ensemble's members and their weights (empty for one model).",
+    )
+
+
+class DecisionInfo(_Frozen):
+    """How a model's probabilities become labels (the run's decision rule)."""
+
+    multi_label: bool
+    thresholds: list[float] | None = Field(
+        description="Multi-label: the threshold of each label, in label order (None: "
+        "single-label, the most probable label wins)."
+    )
+    abstain_below: float | None = Field(
+        description="Single-label: no label when the top probability is below it (None: "
+        "never abstains)."
+    )
+
+
+class ServeLimits(_Frozen):
+    """The server's limits on one request (beyond them: 413)."""
+
+    max_texts: int
+    max_chars: int
+    max_explain_texts: int
+    max_body_bytes: int
+    max_batch_size: int = Field(description="Most texts one model call takes.")
+
+
+class ModelDetail(ModelInfo):
+    """One model in full (``GET /v1/models/{name}``): what the list says, plus the device,
+    the calibration temperature, the decision rule and the request limits."""
+
+    device: str = Field(description="Where the model runs (cpu, cuda).")
+    temperature: float | None = Field(
+        description="Logits are divided by it before the softmax/sigmoid (1.0: not "
+        "calibrated; None: the predictor has no calibration of its own, e.g. an ensemble)."
+    )
+    decision: DecisionInfo
+    limits: ServeLimits
+
+
+def describe_model(
+    info: ModelInfo,
+    *,
+    device: str,
+    rule: DecisionRule,
+    temperature: float | None,
+    settings: ServeSettings,
+) -> ModelDetail:
+    """The full description of a served model (``GET /v1/models/{name}``).
+
+    Example:
+        >>> describe_model(info, device="cpu", rule=DecisionRule(), temperature=1.0,
+        ...                settings=ServeSettings()).decision.thresholds is None  # doctest: +SKIP
+        True
+    """
+    n_labels = len(info.labels)
+    decision = DecisionInfo(
+        multi_label=rule.multi_label,
+        thresholds=rule.thresholds(n_labels).tolist() if rule.multi_label else None,
+        abstain_below=rule.abstain_below,
+    )
+    limits = ServeLimits(
+        max_texts=settings.max_texts,
+        max_chars=settings.max_chars,
+        max_explain_texts=settings.max_explain_texts,
+        max_body_bytes=settings.body_limit,
+        max_batch_size=settings.max_batch_size,
+    )
+    return ModelDetail(
+        **info.model_dump(),
+        device=device,
+        temperature=temperature,
+        decision=decision,
+        limits=limits,
     )
 
 
@@ -330,6 +447,7 @@ class ExplainRequest(_Frozen):
     @field_validator("texts")
     @classmethod
     def _texts_are_unicode(cls, texts: list[str]) -> list[str]:
+        # an empty text is the explainer's to refuse (422 unexplainable_text)
         for i, text in enumerate(texts):
             problem = check_text(text)
             if problem is not None:

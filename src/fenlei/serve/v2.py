@@ -19,6 +19,9 @@ as binary data (``Inference-Header-Content-Length``). Texts travel the same path
 Errors are the protocol's ``{"error": "<message>"}``: 400 for a malformed request, 404 for
 an unknown model or version, 413 over a limit.
 
+The wire format (the JSON objects, BYTES tensors, a request's texts) is
+:mod:`fenlei.serve.v2_wire`.
+
 Example:
     >>> add_v2_routes(app)  # doctest: +SKIP
 """
@@ -26,262 +29,36 @@ Example:
 from __future__ import annotations
 
 import json
-import struct
 from enum import Enum
 from typing import Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from fenlei._version import __version__
-from fenlei.data import check_text
 from fenlei.decision import decide
 from fenlei.serve.app import ServedModel, ServeState, _state
 from fenlei.serve.guard import bearer_ok
-from fenlei.serve.schemas import ServeSettings
+from fenlei.serve.v2_wire import (
+    HEADER_LENGTH,
+    INPUT,
+    LABEL,
+    OUTPUTS,
+    PROBABILITIES,
+    InferRequest,
+    InferResponse,
+    TensorMetadata,
+    V2Error,
+    V2ModelMetadata,
+    V2ServerMetadata,
+    parse_request,
+    request_texts,
+    serialize_bytes,
+    split_body,
+)
 
-__all__ = [
-    "INPUT",
-    "LABEL",
-    "PROBABILITIES",
-    "V2Error",
-    "V2ModelMetadata",
-    "V2ServerMetadata",
-    "V2Tensor",
-    "add_v2_routes",
-    "deserialize_bytes",
-    "serialize_bytes",
-]
-
-INPUT = "text"
-PROBABILITIES = "probabilities"
-LABEL = "label"
-_OUTPUTS = (PROBABILITIES, LABEL)
-_HEADER_LENGTH = "inference-header-content-length"
-_LENGTH = struct.Struct("<I")  # a BYTES element's length prefix: 4 bytes, little-endian
-
-
-class V2Error(Exception):
-    """A failed v2 request, answered ``{"error": message}`` with ``status``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers: dict[str, str] | None = None
-
-
-# ---------------------------------------------------------------- the protocol's JSON
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class V2Tensor(_Strict):
-    """A tensor of a request or response: name, datatype, shape, data or binary size."""
-
-    name: StrictStr
-    datatype: StrictStr
-    shape: list[StrictInt]
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    data: list[Any] | None = None
-
-
-class _RequestedOutput(_Strict):
-    name: StrictStr
-    parameters: dict[str, Any] = Field(default_factory=dict)
-
-
-class _InferRequest(_Strict):
-    id: StrictStr | None = None
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    inputs: list[V2Tensor] = Field(min_length=1)
-    outputs: list[_RequestedOutput] | None = None
-
-
-class _InferResponse(_Strict):
-    """What ``/infer`` answers (data, or ``parameters.binary_data_size`` after the JSON)."""
-
-    model_name: str
-    model_version: str | None = None
-    id: str | None = None
-    outputs: list[V2Tensor]
-
-
-class _TensorMetadata(_Strict):
-    name: str
-    datatype: str
-    shape: list[int]
-
-
-class V2ModelMetadata(_Strict):
-    """A model's metadata: versions, platform, inputs and outputs (``-1``: any size)."""
-
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[_TensorMetadata]
-    outputs: list[_TensorMetadata]
-
-
-class V2ServerMetadata(_Strict):
-    """The server's name, version and protocol extensions."""
-
-    name: str
-    version: str
-    extensions: list[str]
-
-
-# ---------------------------------------------------------------- BYTES tensors
-
-
-def serialize_bytes(items: list[str]) -> bytes:
-    """BYTES elements in the binary layout: each a 4-byte little-endian length, then UTF-8.
-
-    Example:
-        >>> serialize_bytes(["ab"])
-        b'\\x02\\x00\\x00\\x00ab'
-    """
-    parts = []
-    for item in items:
-        raw = item.encode("utf-8")
-        parts += [_LENGTH.pack(len(raw)), raw]
-    return b"".join(parts)
-
-
-def deserialize_bytes(raw: bytes) -> list[bytes]:
-    """The elements of a binary BYTES tensor (the inverse of :func:`serialize_bytes`).
-
-    Raises:
-        V2Error: (400) an element's length runs past the end of the data.
-    """
-    items: list[bytes] = []
-    at = 0
-    while at < len(raw):
-        if at + _LENGTH.size > len(raw):
-            raise V2Error(400, f"binary BYTES data ends inside element {len(items)}'s length")
-        (size,) = _LENGTH.unpack_from(raw, at)
-        at += _LENGTH.size
-        if at + size > len(raw):
-            raise V2Error(
-                400, f"binary BYTES element {len(items)} declares {size} bytes; fewer follow"
-            )
-        items.append(raw[at : at + size])
-        at += size
-    return items
-
-
-# ---------------------------------------------------------------- decoding a request
-
-
-def _split_body(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
-    """(the JSON header, the binary data after it)."""
-    if header_length is None:
-        return raw, b""
-    try:
-        size = int(header_length)
-    except ValueError:
-        size = -1
-    if not 0 <= size <= len(raw):
-        raise V2Error(
-            400,
-            f"Inference-Header-Content-Length is {header_length!r}; it must be the JSON "
-            f"header's size in bytes (0-{len(raw)})",
-        )
-    return raw[:size], raw[size:]
-
-
-def _parse(header: bytes) -> _InferRequest:
-    try:
-        return _InferRequest.model_validate_json(header)
-    except ValidationError as exc:
-        if any(e["type"] == "json_invalid" for e in exc.errors()):
-            raise V2Error(400, "the inference request is not valid JSON") from None
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors()
-        )
-        raise V2Error(400, f"invalid inference request: {problems}") from None
-
-
-def _flatten(data: list[Any]) -> list[Any]:
-    flat: list[Any] = []
-    for item in data:
-        flat.extend(_flatten(item) if isinstance(item, list) else [item])
-    return flat
-
-
-def _raw_texts(tensor: V2Tensor, binary: bytes) -> list[Any]:
-    """The elements of the text input: from the binary data or the JSON ``data``."""
-    size = tensor.parameters.get("binary_data_size")
-    if size is not None:
-        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
-            raise V2Error(
-                400,
-                f"input {INPUT!r} has binary_data_size {size!r}; {len(binary)} bytes of binary "
-                "data follow the JSON header",
-            )
-        return list(deserialize_bytes(binary[:size]))
-    if tensor.data is None:
-        raise V2Error(400, f"input {INPUT!r} has no data (nor parameters.binary_data_size)")
-    return _flatten(tensor.data)
-
-
-def _check_shape(tensor: V2Tensor) -> int:
-    if tensor.datatype != "BYTES":
-        raise V2Error(
-            400, f"input {INPUT!r} has datatype {tensor.datatype!r}; send the texts as BYTES"
-        )
-    shape = tensor.shape
-    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 1:
-        raise V2Error(
-            400, f"input {INPUT!r} has shape {shape}; send [N] or [N, 1] texts (N at least 1)"
-        )
-    return shape[0]
-
-
-def _decode_text(i: int, item: Any) -> str:
-    if isinstance(item, bytes):
-        try:
-            item = item.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise V2Error(400, f"text[{i}] is not valid UTF-8 (byte {exc.start})") from None
-    if not isinstance(item, str):
-        raise V2Error(400, f"text[{i}] is {type(item).__name__}; every element must be a string")
-    problem = check_text(item) or ("is empty" if not item.strip() else None)
-    if problem is not None:
-        raise V2Error(400, f"text[{i}] {problem}; send a non-empty text in valid Unicode")
-    return item
-
-
-def _texts(request: _InferRequest, binary: bytes, settings: ServeSettings) -> list[str]:
-    """The request's texts, checked against the protocol, the model and the limits."""
-    names = [t.name for t in request.inputs]
-    if names != [INPUT]:
-        raise V2Error(400, f"inputs {names}; this model takes one BYTES input named {INPUT!r}")
-    (tensor,) = request.inputs
-    n = _check_shape(tensor)
-    if n > settings.max_texts:
-        raise V2Error(
-            413,
-            f"{n} texts in one request; the limit (max_texts) is {settings.max_texts}: "
-            "split the request",
-        )
-    items = _raw_texts(tensor, binary)
-    if len(items) != n:
-        raise V2Error(400, f"input {INPUT!r} has shape {tensor.shape} but {len(items)} elements")
-    texts = [_decode_text(i, item) for i, item in enumerate(items)]
-    for i, text in enumerate(texts):
-        if len(text) > settings.max_chars:
-            raise V2Error(
-                413,
-                f"text[{i}] has {len(text)} characters; the limit (max_chars) is "
-                f"{settings.max_chars}: shorten or split it",
-            )
-    return texts
-
+__all__ = ["add_v2_routes"]
 
 # ---------------------------------------------------------------- encoding a response
 
@@ -304,15 +81,15 @@ def _classification(parameters: dict[str, Any], name: str) -> int | None:
     return k
 
 
-def _requested(request: _InferRequest) -> list[tuple[str, bool, int | None]]:
+def _requested(request: InferRequest) -> list[tuple[str, bool, int | None]]:
     """(name, as binary, classification top k) per output to return, in request order."""
     all_binary = _flag(request.parameters, "binary_data_output", "request")
     if request.outputs is None:
-        return [(name, all_binary, None) for name in _OUTPUTS]
+        return [(name, all_binary, None) for name in OUTPUTS]
     chosen: list[tuple[str, bool, int | None]] = []
     for out in request.outputs:
-        if out.name not in _OUTPUTS:
-            raise V2Error(400, f"unknown output {out.name!r}; this model has {list(_OUTPUTS)}")
+        if out.name not in OUTPUTS:
+            raise V2Error(400, f"unknown output {out.name!r}; this model has {list(OUTPUTS)}")
         if any(out.name == name for name, _, _ in chosen):
             raise V2Error(400, f"output {out.name!r} is requested twice")
         binary = _flag(out.parameters, "binary_data", f"output {out.name!r}") or all_binary
@@ -342,7 +119,7 @@ def _tensor(
 
 
 def _encode(
-    served: ServedModel, request: _InferRequest, probs: np.ndarray
+    served: ServedModel, request: InferRequest, probs: np.ndarray
 ) -> tuple[dict[str, Any], bytes]:
     """The response's JSON and the binary data that follows it."""
     outputs, chunks = [], []
@@ -428,10 +205,10 @@ def _metadata(served: ServedModel) -> V2ModelMetadata:
         name=served.name,
         versions=[served.info.version],
         platform=f"fenlei_{served.info.backend}",
-        inputs=[_TensorMetadata(name=INPUT, datatype="BYTES", shape=[-1])],
+        inputs=[TensorMetadata(name=INPUT, datatype="BYTES", shape=[-1])],
         outputs=[
-            _TensorMetadata(name=PROBABILITIES, datatype="FP32", shape=[-1, n_labels]),
-            _TensorMetadata(name=LABEL, datatype="BYTES", shape=[-1]),
+            TensorMetadata(name=PROBABILITIES, datatype="FP32", shape=[-1, n_labels]),
+            TensorMetadata(name=LABEL, datatype="BYTES", shape=[-1]),
         ],
     )
 
@@ -459,9 +236,9 @@ def _model_routes(served_dependency: Any) -> tuple[Any, Any, Any]:
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding != "identity":
             raise V2Error(400, f"Content-Encoding {encoding!r} is not supported; send it plain")
-        header, binary = _split_body(await request.body(), request.headers.get(_HEADER_LENGTH))
-        parsed = _parse(header)
-        texts = _texts(parsed, binary, state.settings)
+        header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+        parsed = parse_request(header)
+        texts = request_texts(parsed, binary, state.settings)
         _requested(parsed)  # a bad output request is refused before the model runs
         probs = await served.batcher.submit(texts)
         return _respond(*_encode(served, parsed, probs))
@@ -469,12 +246,62 @@ def _model_routes(served_dependency: Any) -> tuple[Any, Any, Any]:
     return metadata, model_ready, infer
 
 
+# The JSON form of an inference request, as far as fenlei reads it (the protocol allows more
+# parameters; they are ignored). Written out because the model's own schema says "any
+# parameters", which documents nothing.
+_INFER_SCHEMA = {
+    "type": "object",
+    "required": ["inputs"],
+    "additionalProperties": False,
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"binary_data_output": {"type": "boolean"}},
+        },
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "datatype", "shape"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string", "enum": [INPUT]},
+                    "datatype": {"type": "string", "enum": ["BYTES"]},
+                    "shape": {"type": "array", "items": {"type": "integer"}},
+                    "data": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string", "enum": list(OUTPUTS)},
+                    "parameters": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "binary_data": {"type": "boolean"},
+                            "classification": {"type": "integer", "minimum": 1},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
 _INFER_BODY = {
     "requestBody": {
         "required": True,
         "content": {
             "application/json": {
-                "schema": {"type": "object"},
+                "schema": _INFER_SCHEMA,
                 "example": {
                     "inputs": [
                         {
@@ -489,7 +316,19 @@ _INFER_BODY = {
         },
     }
 }
-_V2_ERROR = {"content": {"application/json": {"example": {"error": "message"}}}}
+_V2_ERROR = {
+    "description": "the protocol's error object",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {"error": {"type": "string"}},
+                "required": ["error"],
+            },
+            "example": {"error": "no model named 'x'; loaded: intents"},
+        }
+    },
+}
 
 
 async def _on_v2_error(request: Request, exc: Exception) -> Response:
@@ -504,8 +343,12 @@ def add_v2_routes(app: FastAPI) -> None:
     """Register the Open Inference Protocol's routes (``/v2/...``) and their error shape."""
     app.add_exception_handler(V2Error, _on_v2_error)
     tags: list[str | Enum] = ["Open Inference Protocol (v2)"]
-    app.get("/v2/health/live", tags=tags)(live)
-    app.get("/v2/health/ready", tags=tags, responses={400: {}})(ready)
+    empty: dict[int | str, dict[str, Any]] = {
+        200: {"description": "yes (empty body)"},
+        400: {"description": "no (empty body)"},
+    }
+    app.get("/v2/health/live", tags=tags, response_class=Response, responses=empty)(live)
+    app.get("/v2/health/ready", tags=tags, response_class=Response, responses=empty)(ready)
     app.get("/v2", tags=tags, response_model=V2ServerMetadata)(server_metadata)
     errors: dict[int | str, dict[str, Any]] = {c: _V2_ERROR for c in (400, 401, 404, 413)}
     for prefix, dependency in (
@@ -521,13 +364,17 @@ def add_v2_routes(app: FastAPI) -> None:
             responses=errors,
             include_in_schema=not versioned,
         )(metadata)
-        app.get(prefix + "/ready", tags=tags, responses=errors, include_in_schema=not versioned)(
-            model_ready
-        )
+        app.get(
+            prefix + "/ready",
+            tags=tags,
+            response_class=Response,
+            responses={**errors, **empty},
+            include_in_schema=not versioned,
+        )(model_ready)
         app.post(
             prefix + "/infer",
             tags=tags,
-            response_model=_InferResponse,
+            response_model=InferResponse,
             responses=errors,
             openapi_extra=_INFER_BODY,
             include_in_schema=not versioned,
