@@ -631,7 +631,9 @@ def _scale_out() -> list[str]:
             "docs/scale-out.md): single-process `fenlei predict --file` pinned to one core "
             "against `--ray --workers 2` (Ray's start-up included). Goal: ≥ 1.6x the "
             "throughput, driver peak RSS ≤ 1 GB, output rows = input rows. The 1-minute load "
-            "average before/after each row says how shared the 2-core machine was.",
+            "average before/after each row says how shared the 2-core machine was. Rows per "
+            "CPU s counts the command's reaped child processes: it undercounts Ray, whose "
+            "cluster processes are not all reaped through the driver.",
             "",
             "| when | rows | mode | s | rows/s | rows per CPU s | driver peak RSS MB "
             "| output rows | load |",
@@ -648,6 +650,10 @@ def _scale_out() -> list[str]:
                     f"| {c['load_1m_before']}/{c['load_1m_after']} |"
                 )
             out.append(f"| | | speed-up | {run['speedup']}x | | | | | |")
+        out.append("")
+        for path in predict_paths:
+            run = json.loads(path.read_text("utf-8"))
+            out.append(f"- {run['when']}: {run['note']}.")
         out.append("")
     if train_path.is_file():
         run = json.loads(train_path.read_text("utf-8"))
@@ -765,6 +771,49 @@ def _label_audit() -> list[str]:
         )
     out.append("")
     return out
+
+
+def _compression() -> list[str]:
+    """Rows of bench/compress_bench.py: each compressed run folder against its source."""
+    paths = sorted(RESULTS.glob("compress_*.json"))
+    if not paths:
+        return []
+    out = [
+        "## Compression (`fenlei compress`)",
+        "",
+        "Each row compresses a trained run folder (`python -m bench.compress_bench`, the "
+        "command in each result file; docs/compression.md). Gate columns: the source on "
+        "PyTorch fp32 against the compressed model as served, on the run's dev split (or the "
+        "file named), timed in one process with the threads given (batch-1 p50 over 100 "
+        "texts, texts/s over 512 texts in batches of 32); test: both scored on the test file. "
+        "Size: the served weights file (`model.onnx` or `model.safetensors`) and the folder. "
+        "Targets: bag models on IMDB ≤ 5 MB at ≤ 0.5 point loss; MiniLM int8 batch-1 p50 ≤ "
+        "0.4× PyTorch fp32 within 0.5 point.",
+        "",
+        "| cell | source → compressed backend | gate acc | test acc | p50 ms | texts/s "
+        "| size MB | folder MB | threads | source |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | ---: | --- |",
+    ]
+    for path in paths:
+        run = json.loads(path.read_text("utf-8"))
+        src, new = run["models"]
+        test = run.get("test")
+        test_cell = (
+            f"{test['source']['accuracy']:.4f} → {test['compressed']['accuracy']:.4f}"
+            if test
+            else "–"
+        )
+        r = run["ratios"]
+        out.append(
+            f"| {run['cell']} | {src['backend']} → {new['backend']} | "
+            f"{src['accuracy']:.4f} → {new['accuracy']:.4f} | {test_cell} | "
+            f"{src['p50_ms']:.2f} → {new['p50_ms']:.2f} ({r['p50']}×) | "
+            f"{src['texts_per_s']:,.0f} → {new['texts_per_s']:,.0f} | "
+            f"{src['size_mb']:.2f} → {new['size_mb']:.2f} | "
+            f"{src['folder_mb']:.2f} → {new['folder_mb']:.2f} | {run['threads']} | "
+            f"{run['note']} |"
+        )
+    return [*out, ""]
 
 
 def _when(run: dict[str, Any]) -> str:
@@ -939,6 +988,7 @@ def write_report() -> Path:
         *_label_audit(),
         *_long_text(),
         *_scale_out(),
+        *_compression(),
         *_distillation(),
         "## Serving",
         "",
