@@ -236,27 +236,6 @@ def test_preset_help_lists_every_preset(capsys: pytest.CaptureFixture[str], comm
 # ---------------------------------------------------------------- regressions
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["train"],
-        ["train", "data.csv", "--no-such-option"],
-        ["no-such-command"],
-        ["predict", "runs/r1"],
-        ["predict", "runs/r1", "--file", "in.csv"],
-        ["predict", "runs/r1", "hi", "--top-k", "0"],
-    ],
-    ids=["missing-arg", "unknown-option", "unknown-command", "no-texts", "file-no-out", "top-k-0"],
-)
-def test_usage_error_exits_2_without_traceback(
-    capsys: pytest.CaptureFixture[str], args: list[str]
-) -> None:
-    code, _, err = run_cli(capsys, args)
-    assert code == 2
-    assert "Traceback" not in err
-    assert "Error" in err
-
-
 def test_error_line_keeps_brackets_in_path(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -279,3 +258,34 @@ def test_demo_linear_settings_for_small_data_can_be_overridden() -> None:
     cfg = load_config("linear", [*DEMO_LINEAR_SETTINGS, "train.batch_size=64"])
     assert cfg.model.char_ngram_min == 3
     assert cfg.train.batch_size == 64
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["predict", "runs/x"], "give texts to classify, or --file with --out"),
+        (["train"], "Missing argument 'data'"),
+        (["trainx"], "No such command 'trainx'"),
+        (["train", "data.csv", "--epochs", "3"], "No such option: --epochs"),
+        (["predict", "runs/r1", "--file", "in.csv"], "--file needs --out"),
+        (["predict", "runs/r1", "hi", "--top-k", "0"], "'--top-k'"),
+    ],
+    ids=["no-texts", "missing-arg", "unknown-command", "unknown-option", "file-no-out", "top-k-0"],
+)
+def test_usage_mistakes_are_one_error_line_too(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    line = user_error(capsys, args)
+    assert message in line
+    assert line.endswith("-h`)")  # where to look, instead of click's boxed usage text
+
+
+def test_version_and_short_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from fenlei import __version__
+
+    code, out, _ = run_cli(capsys, ["--version"])
+    assert code == 0 and out.strip() == f"fenlei {__version__}"
+    code, out, _ = run_cli(capsys, ["predict", "-h"])
+    assert code == 0 and "Usage: fenlei predict" in out
+    code, out, _ = run_cli(capsys, ["--show-completion", "bash"])
+    assert code == 0 and "_fenlei_completion" in out
