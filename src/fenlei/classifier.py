@@ -32,7 +32,7 @@ from fenlei.predict import Prediction, Predictor, ServablePredictor
 from fenlei.progress import RichProgress
 from fenlei.records import RunMetrics
 from fenlei.run_folder import LOCK_FILE
-from fenlei.runtime import configure_torch
+from fenlei.runtime import configure_torch, training_threads
 
 __all__ = ["TextClassifier", "config_overrides", "predict_file"]
 
@@ -216,7 +216,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         splits = prepare_splits(
             cfg.data.model_copy(update={"test_fraction": 0.0}), train, dev, None
         )
-        configure_torch(threads=cfg.train.threads)
+        configure_torch(threads=training_threads(cfg.train.threads).count)
         self._forget_temporary_run()
         run_dir = Path(self.run_dir) if self.run_dir else self._temporary_run_dir()
         progress = RichProgress(cfg.train.monitor) if self.verbose else None

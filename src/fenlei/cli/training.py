@@ -43,10 +43,12 @@ def _run_training(
 ) -> Any:
     from fenlei.pipeline import train_run
     from fenlei.progress import RichProgress
-    from fenlei.runtime import configure_torch
+    from fenlei.runtime import configure_torch, training_threads
 
-    configure_torch(threads=cfg.train.threads, seed=cfg.train.seed)
+    threads = training_threads(cfg.train.threads)
+    configure_torch(threads=threads.count, seed=cfg.train.seed)
     out.print(_summary_table(splits.summaries()))
+    out.print(f"torch threads: {threads.count} ({threads.reason})", highlight=False)
     return train_run(
         cfg,
         splits,

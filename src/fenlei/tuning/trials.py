@@ -31,7 +31,7 @@ from fenlei.errors import ConfigError
 from fenlei.pipeline import Splits, TrainResult, prepare_splits, train_run
 from fenlei.predict import Predictor
 from fenlei.records import EpochRecord
-from fenlei.runtime import configure_torch
+from fenlei.runtime import configure_torch, training_threads
 from fenlei.train import StopTraining
 from fenlei.tuning.space import SearchPlan
 from fenlei.tuning.study import open_storage, require_optuna, tidy_folders
@@ -191,7 +191,7 @@ class _Objective:
         self, trial: optuna.Trial, cfg: RunConfig, folder: Path
     ) -> float | tuple[float, float]:
         optuna = require_optuna()
-        configure_torch(threads=cfg.train.threads)  # each trial is an entry point
+        configure_torch(threads=training_threads(cfg.train.threads).count)  # an entry point
         report = _Report(trial, self.job.metric, prune=not self.job.latency)
         result = train_run(
             cfg, self.splits, folder, resume=folder.is_dir(), overwrite=True, on_epoch=report
