@@ -2,10 +2,16 @@
 
 :func:`export_onnx` traces the model with ``torch.onnx.export`` (the default exporter, which
 needs ``onnxscript``; the legacy TorchScript exporter if that fails), with inputs ``ids`` and
-``mask`` of shape (batch, sequence), both dynamic, and output ``logits``. It checks ONNX
-Runtime against PyTorch on sample texts, then records ``model.onnx`` in the manifest it
-verified (nothing else is hashed again), so the run folder stays verifiable.
+``mask`` of shape (batch, sequence), both dynamic, and output ``logits`` (batch, outputs).
+It checks ONNX Runtime against PyTorch on sample texts, then records ``model.onnx`` in the
+manifest it verified (nothing else is hashed again), so the run folder stays verifiable.
 :meth:`fenlei.predict.Predictor.from_run` picks the file up (``backend="auto"``).
+
+The file stands alone: its ``metadata_props`` (:data:`METADATA_KEYS`) carry the label names,
+how logits become probabilities (output kind, calibration temperature), the decision rule,
+the encoder settings (``max_length``, ``truncation``, padding id, ...) and the whole
+``tokenizer.json``, so plain ``onnxruntime`` and ``tokenizers`` score texts as fenlei does
+(docs/interop.md has the recipe; tests/test_onnx_standalone.py runs it without fenlei).
 
 Example:
     >>> export_onnx("runs/demo")  # doctest: +SKIP
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
@@ -24,11 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fenlei._version import __version__
 from fenlei.artifact import LoadedRun, atomic_write, load_run, update_manifest
+from fenlei.calibrate import read_calibration
 from fenlei.errors import ArtifactError, MissingExtraError
 from fenlei.predict import ONNX_FILE, OnnxModule, Predictor
 
-__all__ = ["SAMPLE_TEXTS", "export_onnx"]
+__all__ = ["METADATA_KEYS", "SAMPLE_TEXTS", "export_onnx", "onnx_metadata"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +47,64 @@ SAMPLE_TEXTS = (
     "ok",
     "can I change the delivery address of an order that has already shipped",
 )
+
+
+METADATA_KEYS = {
+    "fenlei.format": "version of this metadata layout (1)",
+    "fenlei.version": "the fenlei version that exported the file",
+    "fenlei.labels": "JSON list: the label of each probability column",
+    "fenlei.output": "softmax | sigmoid (one per label) | binary_sigmoid (one logit z: the "
+    "probabilities are [1 - sigmoid(z), sigmoid(z)])",
+    "fenlei.temperature": "the logits are divided by it before softmax or sigmoid",
+    "fenlei.decision": "JSON: multi_label, threshold (one or per label), abstain_below",
+    "fenlei.encoder": "JSON: the encoder settings (max_length, truncation: head | tail | "
+    "head+tail, lowercase, ...) and pad_id",
+    "fenlei.tokenizer": "the tokenizer.json content, with truncation and padding off",
+}
+
+
+def onnx_metadata(run: LoadedRun) -> dict[str, str]:
+    """The ``metadata_props`` that make a run's ``model.onnx`` usable without fenlei."""
+    from tokenizers import Tokenizer
+
+    calibration = read_calibration(run.run_dir, len(run.labels))
+    rule = calibration.rule(multi_label=run.multi_label, threshold=run.config.eval.threshold)
+    plain = Tokenizer.from_str(run.encoder.tokenizer.to_str())
+    plain.no_truncation()  # the recipe sets the cut itself (head+tail is not the tokenizer's)
+    plain.no_padding()
+    if run.multi_label:
+        output = "sigmoid"
+    else:
+        output = "binary_sigmoid" if run.spec.n_outputs == 1 else "softmax"
+    encoder = {**run.config.encoder.model_dump(mode="json"), "pad_id": run.encoder.pad_id}
+    decision = {
+        "multi_label": rule.multi_label,
+        "threshold": list(rule.threshold) if isinstance(rule.threshold, tuple) else rule.threshold,
+        "abstain_below": rule.abstain_below,
+    }
+    return {
+        "fenlei.format": "1",
+        "fenlei.version": __version__,
+        "fenlei.labels": json.dumps(list(run.labels), ensure_ascii=False),
+        "fenlei.output": output,
+        "fenlei.temperature": repr(float(calibration.temperature)),
+        "fenlei.decision": json.dumps(decision),
+        "fenlei.encoder": json.dumps(encoder, ensure_ascii=False),
+        "fenlei.tokenizer": plain.to_str(),
+    }
+
+
+def _describe(path: Path, metadata: dict[str, str]) -> None:
+    """Write the metadata into the exported file (replacing any ``fenlei.*`` entries)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if not p.key.startswith("fenlei.")]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
 
 
 @contextlib.contextmanager
@@ -62,7 +129,7 @@ def _quiet() -> Iterator[None]:
 def _export(model: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path) -> str:
     inputs, outputs = ["ids", "mask"], ["logits"]
     try:
-        batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("seq", min=1)
+        batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("sequence", min=1)
         dims = {"ids": {0: batch, 1: seq}, "mask": {0: batch, 1: seq}}
         with _quiet():
             torch.onnx.export(
@@ -81,7 +148,11 @@ def _export(model: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path) 
         return "dynamo"
     except Exception as exc:  # the new exporter fails on some graphs; the legacy one may not
         logger.warning("default ONNX exporter failed (%s); trying dynamo=False", exc)
-    axes = {"ids": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"}, "logits": {0: "batch"}}
+    axes = {
+        "ids": {0: "batch", 1: "sequence"},
+        "mask": {0: "batch", 1: "sequence"},
+        "logits": {0: "batch"},
+    }
     with _quiet():
         torch.onnx.export(
             model,
@@ -137,9 +208,13 @@ def export_onnx(
     run = load_run(root)
     ids, mask = run.encoder.encode_batch(list(texts))
     path = root / ONNX_FILE
-    atomic_write(
-        path, lambda tmp: logger.info("exported with %s", _export(run.model, (ids, mask), tmp))
-    )
+    metadata = onnx_metadata(run)
+
+    def write(tmp: Path) -> None:
+        logger.info("exported with %s", _export(run.model, (ids, mask), tmp))
+        _describe(tmp, metadata)
+
+    atomic_write(path, write)
     diff = _max_difference(run, path, texts)
     # only model.onnx changes: the rest stays as load_run verified it, nothing else is vouched for
     if diff > tolerance:
