@@ -14,7 +14,7 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.core
-	$(PIP) -e '.[dev,serve]'
+	$(PIP) -e '.[dev,serve,ray]'
 	touch $@
 
 demo: $(VENV)/.core
