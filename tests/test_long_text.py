@@ -18,7 +18,7 @@ from fenlei.config import EncoderConfig, load_config
 from fenlei.data import Dataset, LabelSet
 from fenlei.decision import DecisionRule
 from fenlei.errors import ConfigError
-from fenlei.models import batched_logits
+from fenlei.models import batched_logits, check
 from fenlei.predict import Predictor
 from fenlei.run_schema import parse_config
 from fenlei.tokenize import Encoder, Windows, train_encoder
@@ -27,6 +27,7 @@ from fenlei.train.objective import loss_for
 from fenlei.train.state import dev_metrics
 
 from .conftest import family_overrides
+from .test_cli_errors import user_error
 
 CHUNKS = ["encoder.long_text=chunks", "encoder.max_length=8", "encoder.stride=2"]
 QUICK = ["train.epochs=1", "eval.report=false"]  # the HTML report is not what is tested
@@ -113,6 +114,23 @@ def test_a_stride_the_tokenizer_cannot_take_is_a_config_error(
     tok = _tokenizer(bundled, template="[CLS] [CLS] $A [SEP] [SEP]")
     with pytest.raises(ConfigError, match=r"minus the tokenizer's 4 special tokens"):
         _windows_encoder(tok, max_length=6, stride=2)
+
+
+@pytest.mark.parametrize("preset", ["linear", "nbsvm"])
+def test_bag_families_refuse_windows_in_one_line(preset: str) -> None:
+    with pytest.raises(ConfigError, match=r"raise encoder\.max_length") as err:
+        check(load_config(preset, ["encoder.long_text=chunks"]))
+    assert "\n" not in str(err.value) and "lstm.v1" in str(err.value)
+
+
+def test_cli_refuses_windows_for_a_bag_family(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "t.csv"
+    data.write_text("text,label\n" + "".join(f"t {i},{'ab'[i % 2]}\n" for i in range(20)))
+    line = user_error(capsys, ["train", str(data), "--set", "encoder.long_text=chunks"])
+    assert "encoder.long_text=chunks applies to" in line
 
 
 def test_run_folders_without_the_keys_read_texts_cut() -> None:

@@ -82,8 +82,9 @@ def check(cfg: RunConfig) -> None:
     """Check a new training's config against its model family; call it after ``load_config``.
 
     The rules: a pretrained family needs ``model.pretrained`` and ``encoder.kind=pretrained``;
-    only families that read ``model.freeze_embeddings`` may freeze; gradient checkpointing
-    only where the family supports it; the family's own rules (``Family.validate``); and no
+    only families that read ``model.freeze_embeddings`` may freeze; windows
+    (``encoder.long_text=chunks``) and gradient checkpointing only where the family supports
+    them; the family's own rules (``Family.validate``); and no
     ``model.*`` setting the family does not read may be set (by the preset, a config file or
     ``--set``; pydantic's ``model_fields_set``), so a setting never silently does nothing.
 
@@ -125,6 +126,12 @@ def _check_capabilities(cfg: RunConfig, family: Family) -> None:
         raise ConfigError(
             f"model.freeze_embeddings=true would leave {family.name} nothing (or only its head) "
             f"to learn; use it with {users}"
+        )
+    if cfg.encoder.long_text == "chunks" and not family.windows:
+        users = _families_with(lambda f: f.windows)
+        raise ConfigError(
+            f"encoder.long_text=chunks applies to model.architecture={users}, not "
+            f"{family.name} (a bag of n-grams): raise encoder.max_length to read whole texts"
         )
     if cfg.train.gradient_checkpointing and family.gradient_checkpointing is None:
         users = _families_with(lambda f: f.gradient_checkpointing is not None)

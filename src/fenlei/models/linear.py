@@ -422,6 +422,7 @@ def _family(name: str, build: Builder) -> Family:
         build=build,
         reads=_READS,
         sparse_table=True,  # the table trains with a sparse optimizer
+        windows=False,  # a bag of n-grams: a longer encoder.max_length reads the whole text
         token_embedding=token_embedding,
         attribution=token_contributions,
         spec_extras=spec_extras,

@@ -262,6 +262,7 @@ NBSVM_V1 = Family(
     build=build,
     reads=frozenset({"ngram", "buckets", "nb_c", "nb_alpha"}),
     trains_by="solver",
+    windows=False,  # a bag of n-grams: a longer encoder.max_length reads the whole text
     soft_targets=False,  # the solver fits hard 0/1 targets per label
     # temperature scaling fitted on dev made test ECE worse: SST-2 0.079 -> 0.087,
     # ChnSentiCorp 0.018 -> 0.019 (bench/results/calibration_*_nbsvm.json)
