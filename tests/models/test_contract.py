@@ -201,6 +201,9 @@ def test_sparse_table_is_declared(family: str, family_settings) -> None:  # type
     assert sparse == family_of(family).sparse_table
 
 
+HEADS = ("head.", "model.classifier.")
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_soft_targets_train_head_and_embeddings(family: str, family_settings) -> None:  # type: ignore[no-untyped-def]
     found = family_of(family)
@@ -211,7 +214,8 @@ def test_soft_targets_train_head_and_embeddings(family: str, family_settings) ->
     targets = torch.softmax(torch.randn(3, 5, generator=torch.Generator().manual_seed(2)), dim=1)
     loss = nn.functional.cross_entropy(model(*_batch()), targets)  # soft-target cross-entropy
     loss.backward()
-    head = [p for name, p in model.named_parameters() if name.startswith("head.")]
+    # the head: fenlei's own (head.*) or transformers' (transformer.v2: model.classifier.*)
+    head = [p for name, p in model.named_parameters() if name.startswith(HEADS)]
     assert head and all(p.grad is not None and p.grad.abs().sum() > 0 for p in head)
     if found.token_embedding is not None:
         assert found.token_embedding(model).weight.grad is not None  # sparse for linear

@@ -1,7 +1,13 @@
-"""``transformer.v1``: any Hugging Face encoder, mean-pooled, with a linear head.
+"""Hugging Face encoders with a classification head.
 
-Built from pretrained weights (a local folder, ``minilm`` for the packaged MiniLM, or a hub
-id) for training, or from a saved encoder config when a run folder is loaded, so loading
+``transformer.v1``: the encoder's last hidden states, mean-pooled over the real tokens,
+then dropout and a linear head (fenlei's own head; run folders of it keep loading).
+``transformer.v2``: the architecture's own sequence-classification head
+(``AutoModelForSequenceClassification``: for BERT the [CLS] pooler, dropout, a linear layer),
+so a run exports to a folder that ``transformers`` loads without fenlei (:mod:`fenlei.hf`).
+
+Both are built from pretrained weights (a local folder, ``minilm`` for the packaged MiniLM,
+or a hub id) for training, or from a saved encoder config when a run folder is loaded, so loading
 never downloads anything.
 """
 
@@ -22,10 +28,56 @@ if TYPE_CHECKING:
     from fenlei.config import ModelConfig
     from fenlei.models import ModelSpec
 
-__all__ = ["TRANSFORMER_V1", "TransformerClassifier", "build"]
+__all__ = [
+    "TRANSFORMER_V1",
+    "TRANSFORMER_V2",
+    "SequenceClassifier",
+    "TransformerClassifier",
+    "build",
+    "build_v2",
+]
 
 
-class TransformerClassifier(nn.Module):
+class _HFModule(nn.Module):
+    """What both transformer families share: hooks on the wrapped HF model."""
+
+    def hf_model(self) -> Any:
+        """The wrapped ``transformers`` model (the encoder, or the whole classifier)."""
+        raise NotImplementedError
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each layer's activations in the backward pass (HF gradient checkpointing).
+
+        Non-reentrant checkpointing replays dropout with the same random state, so training
+        takes the same steps, with about a third of the activation memory.
+        """
+        encoder: Any = self.hf_model()
+        encoder.config.use_cache = False  # HF warns that caching and checkpointing conflict
+        encoder.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+
+    @contextmanager
+    def bf16_cpu_training(self) -> Iterator[None]:
+        """Use the matmul ("eager") attention while training under bf16 autocast on CPU.
+
+        Having this hook is how a model family says bf16 pays off for it on CPUs with AMX
+        (2.2-2.5x per MiniLM step; docs/architecture.md, the training loop).
+
+        torch's fused CPU attention kernel has a slow backward in bf16 (45 % of a MiniLM
+        step); the eager path runs on the AMX matmuls. The previous implementation (normally
+        ``sdpa``, the faster one for fp32 inference and export) comes back afterwards.
+        """
+        encoder: Any = self.hf_model()
+        previous = encoder.config._attn_implementation
+        encoder.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            encoder.set_attn_implementation(previous)
+
+
+class TransformerClassifier(_HFModule):
     """HF encoder -> masked mean of the last hidden states -> dropout -> linear head."""
 
     def __init__(self, encoder: nn.Module, *, hidden_size: int, n_outputs: int, dropout: float):
@@ -72,36 +124,53 @@ class TransformerClassifier(nn.Module):
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         return self.head(self.dropout(pooled))  # type: ignore[no-any-return]
 
-    def enable_gradient_checkpointing(self) -> None:
-        """Recompute each layer's activations in the backward pass (HF gradient checkpointing).
+    def hf_model(self) -> Any:
+        """The wrapped HF encoder."""
+        return self.encoder
 
-        Non-reentrant checkpointing replays dropout with the same random state, so training
-        takes the same steps, with about a third of the activation memory.
-        """
-        encoder: Any = self.encoder
-        encoder.config.use_cache = False  # HF warns that caching and checkpointing conflict
-        encoder.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
 
-    @contextmanager
-    def bf16_cpu_training(self) -> Iterator[None]:
-        """Use the matmul ("eager") attention while training under bf16 autocast on CPU.
+class SequenceClassifier(_HFModule):
+    """``transformer.v2``: an ``AutoModelForSequenceClassification`` (for BERT: the [CLS]
+    pooler, dropout and a linear layer), called as ``forward(ids, mask) -> logits``.
 
-        Having this hook is how a model family says bf16 pays off for it on CPUs with AMX
-        (2.2-2.5x per MiniLM step; docs/architecture.md, the training loop).
+    The wrapped model is exactly what ``transformers`` loads from a saved folder, so
+    :func:`fenlei.hf.export_hf` only has to write it out with its labels.
+    """
 
-        torch's fused CPU attention kernel has a slow backward in bf16 (45 % of a MiniLM
-        step); the eager path runs on the AMX matmuls. The previous implementation (normally
-        ``sdpa``, the faster one for fp32 inference and export) comes back afterwards.
-        """
-        encoder: Any = self.encoder
-        previous = encoder.config._attn_implementation
-        encoder.set_attn_implementation("eager")
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @classmethod
+    def from_pretrained(cls, name: str, *, n_outputs: int, dropout: float) -> SequenceClassifier:
+        """Pretrained encoder (and pooler) weights from a folder or hub id; the head is new."""
+        from transformers import AutoModelForSequenceClassification
+
         try:
-            yield
-        finally:
-            encoder.set_attn_implementation(previous)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                resolve_pretrained(name), num_labels=n_outputs, classifier_dropout=dropout
+            )
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load pretrained encoder {name!r}: {exc}") from exc
+        return cls(model)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> SequenceClassifier:
+        """Build the architecture from a saved HF config dict (weights loaded afterwards)."""
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        cfg = dict(config)
+        model_type = cfg.pop("model_type")
+        hf_config = AutoConfig.for_model(model_type, **cfg)
+        return cls(AutoModelForSequenceClassification.from_config(hf_config))
+
+    def hf_model(self) -> Any:
+        """The wrapped HF sequence classifier."""
+        return self.model
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, n_outputs) logits."""
+        return self.model(input_ids=ids, attention_mask=mask).logits  # type: ignore[no-any-return]
 
 
 def build(
@@ -123,8 +192,21 @@ def build(
     )
 
 
-def _plain(model: nn.Module) -> TransformerClassifier:
-    assert isinstance(model, TransformerClassifier)
+def build_v2(
+    cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None, train_ids: TrainIds
+) -> nn.Module:
+    """A ``transformer.v2`` model: pretrained weights, or a saved run's HF config."""
+    if spec.transformer_config is not None:
+        return SequenceClassifier.from_config(spec.transformer_config)
+    if cfg.pretrained is None:
+        raise ConfigError("model.architecture=transformer.v2 needs model.pretrained")
+    return SequenceClassifier.from_pretrained(
+        cfg.pretrained, n_outputs=spec.n_outputs, dropout=cfg.dropout
+    )
+
+
+def _plain(model: nn.Module) -> _HFModule:
+    assert isinstance(model, _HFModule)
     return model
 
 
@@ -140,13 +222,22 @@ def gradient_checkpointing(model: nn.Module) -> None:
 
 def token_embedding(model: nn.Module) -> nn.Module:
     """The encoder's input (word-piece) embedding table."""
-    table: nn.Module = _plain(model).encoder.get_input_embeddings()  # type: ignore[operator]
+    table: nn.Module = _plain(model).hf_model().get_input_embeddings()
     return table
 
 
 def spec_extras(model: nn.Module) -> dict[str, Any]:
-    """``transformer_config``: the encoder's HF config, so loading never downloads."""
-    return {"transformer_config": _plain(model).encoder_config()}
+    """``transformer_config``: the HF config (the encoder's, or v2's whole classifier's), so
+    loading never downloads."""
+    return {"transformer_config": dict(_plain(model).hf_model().config.to_dict())}
+
+
+_SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
+    "train.lr": (2e-5, 3e-5, 5e-5, 1e-4),
+    "train.epochs": (2, 3, 4),
+    "train.warmup_ratio": (0.0, 0.06, 0.1),
+    "model.dropout": (0.0, 0.1),
+}
 
 
 TRANSFORMER_V1 = Family(
@@ -159,10 +250,18 @@ TRANSFORMER_V1 = Family(
     gradient_checkpointing=gradient_checkpointing,
     token_embedding=token_embedding,
     spec_extras=spec_extras,
-    search_space={
-        "train.lr": (2e-5, 3e-5, 5e-5, 1e-4),
-        "train.epochs": (2, 3, 4),
-        "train.warmup_ratio": (0.0, 0.06, 0.1),
-        "model.dropout": (0.0, 0.1),
-    },
+    search_space=_SEARCH_SPACE,
+)
+
+TRANSFORMER_V2 = Family(
+    name="transformer.v2",
+    build=build_v2,
+    reads=frozenset({"pretrained", "dropout", "freeze_embeddings"}),
+    pretrained=True,
+    serve_chunk=8,
+    bf16_cpu=bf16_cpu,
+    gradient_checkpointing=gradient_checkpointing,
+    token_embedding=token_embedding,
+    spec_extras=spec_extras,
+    search_space=_SEARCH_SPACE,
 )
