@@ -86,6 +86,16 @@ TINY: dict[str, tuple[str, list[str]]] = {
             "train.schedule=constant",
         ],
     ),
+    "transformer.v2": (
+        "minilm",
+        [
+            "model.architecture=transformer.v2",
+            "encoder.max_length=64",
+            "train.lr=0.003",
+            "train.warmup_ratio=0.0",
+            "train.schedule=constant",
+        ],
+    ),
 }
 
 

@@ -6,8 +6,9 @@ The public API, imported lazily so ``import fenlei`` stays fast::
     clf = TextClassifier("linear").fit(texts, labels)
 
 or step by step: ``load_table`` -> ``prepare_splits`` -> ``train_run`` -> ``Predictor`` ->
-``evaluate``. ``build_ensemble`` combines run folders into one; ``open_predictor`` opens a
-run folder of any kind.
+``evaluate``. ``build_ensemble`` combines run folders into one; ``distil`` trains a student
+on a teacher's probabilities; ``open_predictor`` opens a run folder of any kind;
+``export_hf`` writes a ``transformer.v2`` run as a Hugging Face folder.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ if TYPE_CHECKING:
     from fenlei.audit import find_label_issues
     from fenlei.classifier import TextClassifier
     from fenlei.combine import build_ensemble
+    from fenlei.compress import compress
     from fenlei.config import RunConfig, load_config
     from fenlei.data import Dataset, bundled_dataset_path, load_table
+    from fenlei.distil import distil
     from fenlei.errors import ArtifactError, ConfigError, DataError, FenleiError
     from fenlei.evaluate import evaluate
+    from fenlei.hf import export_hf
     from fenlei.loader import open_predictor
     from fenlei.pipeline import prepare_splits, train_run
     from fenlei.predict import Prediction, Predictor
@@ -43,7 +47,10 @@ __all__ = [
     "__version__",
     "build_ensemble",
     "bundled_dataset_path",
+    "compress",
+    "distil",
     "evaluate",
+    "export_hf",
     "find_label_issues",
     "load_config",
     "load_table",
@@ -70,7 +77,10 @@ _HOME = {
     "train_run": "fenlei.pipeline",
     "tune": "fenlei.tuning",
     "evaluate": "fenlei.evaluate",
+    "export_hf": "fenlei.hf",
     "build_ensemble": "fenlei.combine",
+    "compress": "fenlei.compress",
+    "distil": "fenlei.distil",
     "open_predictor": "fenlei.loader",
     "find_label_issues": "fenlei.audit",
 }

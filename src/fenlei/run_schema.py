@@ -199,6 +199,8 @@ class SpecFile(_Strict):
     n_outputs: int = Field(ge=1, le=MAX_OUTPUTS)
     transformer_config: dict[str, Any] | None = None
     ngram_rows: int | None = Field(None, ge=0, le=MAX_NGRAM_ROWS)
+    kept_rows: int | None = Field(None, ge=0, le=MAX_NGRAM_ROWS)  # a pruned bag table
+    int8_table: bool = False  # a bag table stored as int8 rows (fenlei.compress)
 
     @field_validator("transformer_config")
     @classmethod

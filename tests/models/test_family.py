@@ -132,8 +132,8 @@ def test_every_choice_is_a_valid_override(family: str, key: str, choice: object)
         (
             "lstm",
             ["train.gradient_checkpointing=true"],
-            r"train\.gradient_checkpointing=true applies to model\.architecture=transformer\.v1 "
-            r"only, not lstm\.v1",
+            r"train\.gradient_checkpointing=true applies to model\.architecture="
+            r"transformer\.v1 or transformer\.v2 only, not lstm\.v1",
         ),
         ("lstm", ["model.glove=true"], r"model\.glove=true needs model\.embedding_dim=50"),
         # a setting the family does not read

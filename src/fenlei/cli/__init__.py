@@ -9,7 +9,18 @@ from __future__ import annotations
 
 # isort: off
 # Each module registers its commands on the app; this order is `fenlei --help`'s.
-from fenlei.cli import training, using, serving, combining, tuning, datasets, auditing  # noqa: F401
+from fenlei.cli import (  # noqa: F401
+    training,
+    using,
+    serving,
+    combining,
+    compressing,
+    distilling,
+    tuning,
+    reporting,
+    auditing,
+    datasets,
+)
 
 # isort: on
 from fenlei.cli._app import app, err, main, out

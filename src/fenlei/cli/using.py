@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 import typer
 from rich.markup import escape
@@ -18,6 +18,14 @@ from fenlei.cli._app import (
     out,
 )
 from fenlei.cli._views import _metrics_table, _per_class_table, _predictions_table, _reject_table
+from fenlei.cli.scaling import (
+    CpusOpt,
+    RayAddressOpt,
+    RayOpt,
+    WorkersOpt,
+    predict_on_ray,
+    ray_options,
+)
 
 __all__ = ["evaluate", "explain", "export", "predict"]
 
@@ -74,8 +82,15 @@ def predict(
     text_col: TextColOpt = None,
     top_k: Annotated[int, typer.Option(min=1, help="Labels shown per text.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 2,
+    cpus_per_worker: CpusOpt = 1.0,
 ) -> None:
     """Classify texts given on the command line, or a whole file into a CSV.
+
+    With --ray, --file is read by Ray Data and predicted by --workers actors into --out
+    (.parquet or .csv: id, predicted_label, score, p_<label>).
 
     Example: fenlei predict runs/demo "where is my order?"
 
@@ -98,6 +113,16 @@ def predict(
                 f"text argument {number} {text[:40]!a} {problem}; pass the text as UTF-8 "
                 "(check the terminal's encoding or the locale, e.g. LANG=C.UTF-8)"
             )
+        if not text.strip():  # as the service refuses it (422)
+            raise DataError(f"text argument {number} is empty; give a text to classify")
+    if ray and file and out_file:
+        opts = ray_options(ray_address, workers, cpus_per_worker=cpus_per_worker)
+        data_cfg = DataConfig(text_cols=text_col) if text_col else DataConfig()
+        n = predict_on_ray(run, file, out_file, opts, data_cfg)
+        err.print(f"wrote {n} predictions to {out_file}")
+        if not texts:
+            return
+        file = None
     configure_torch()
     predictor = open_predictor(run)
     if file and out_file:
@@ -107,9 +132,10 @@ def predict(
     if texts:
         predictions = predictor.predict(texts)
         if as_json:
+            from fenlei.serve.schemas import TextPrediction  # the service's shape
+
             for text, p in zip(texts, predictions, strict=True):
-                row = {"text": text, "label": p.label, "score": p.score, "top": p.top(top_k)}
-                row["abstained"] = p.abstained
+                row = {"text": text, **TextPrediction.from_prediction(p, top_k).model_dump()}
                 typer.echo(json.dumps(row, ensure_ascii=False))
         else:
             out.print(_predictions_table(list(texts), predictions, top_k))
@@ -215,13 +241,38 @@ def explain(
 
 
 @app.command()
-def export(run: Annotated[Path, typer.Argument(help="Run folder.")]) -> None:
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    format_: Annotated[
+        Literal["onnx", "hf"],
+        typer.Option(
+            "--format",
+            help="onnx: model.onnx in the run folder; hf: a Hugging Face folder (--out).",
+        ),
+    ] = "onnx",
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder to create (--format hf).")
+    ] = None,
+) -> None:
     """Export a run folder's model to ONNX (model.onnx); the server then uses ONNX Runtime.
-    An ensemble exports each member.
+    An ensemble exports each member. --format hf writes a transformer.v2 run as a folder
+    that transformers loads (docs/interop.md).
 
     Example: fenlei export runs/demo
+
+    Example: fenlei export runs/minilm --format hf --out hf/minilm
     """
+    if format_ == "hf":
+        from fenlei.hf import export_hf
+
+        if out_dir is None:
+            raise typer.BadParameter("--format hf needs --out (the folder to create)")
+        path = export_hf(run, out_dir)
+        out.print(f"wrote [bold]{escape(str(path))}[/bold] (transformers loads it)")
+        return
+    if out_dir is not None:
+        raise typer.BadParameter("--out is for --format hf; ONNX goes into the run folder")
     from fenlei.loader import export_run
 
-    for path in export_run(run):
-        out.print(f"wrote [bold]{escape(str(path))}[/bold] (manifest updated)")
+    for written in export_run(run):
+        out.print(f"wrote [bold]{escape(str(written))}[/bold] (manifest updated)")

@@ -21,7 +21,7 @@ from fenlei.models.family import Family, TrainIds
 from fenlei.models.linear import LINEAR_V1, LINEAR_V2
 from fenlei.models.lstm import LSTM_V1
 from fenlei.models.nbsvm import NBSVM_V1
-from fenlei.models.transformer import TRANSFORMER_V1
+from fenlei.models.transformer import TRANSFORMER_V1, TRANSFORMER_V2
 from fenlei.tokenize import pad_ids
 
 __all__ = [
@@ -48,14 +48,22 @@ class ModelSpec:
     n_outputs: int
     transformer_config: dict[str, Any] | None = field(default=None)
     ngram_rows: int | None = field(default=None)  # linear, nbsvm: table rows kept for n-grams
+    # linear, nbsvm compressed by fenlei.compress: rows of a pruned table, int8 rows
+    kept_rows: int | None = field(default=None)
+    int8_table: bool = field(default=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return asdict(self)
+        """JSON-ready form (the compression fields only when set, as older folders have it)."""
+        out = asdict(self)
+        for key, unset in (("kept_rows", None), ("int8_table", False)):
+            if out[key] == unset:
+                del out[key]
+        return out
 
 
 REGISTRY: dict[str, Family] = {
-    family.name: family for family in (LINEAR_V1, LINEAR_V2, NBSVM_V1, LSTM_V1, TRANSFORMER_V1)
+    family.name: family
+    for family in (LINEAR_V1, LINEAR_V2, NBSVM_V1, LSTM_V1, TRANSFORMER_V1, TRANSFORMER_V2)
 }
 
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fenlei.models.compact import FeatureMap, Int8EmbeddingBag
 from fenlei.models.family import Builder, Family, TrainIds
 
 if TYPE_CHECKING:
@@ -222,6 +223,8 @@ class BagOfNgrams(nn.Module):
         vocab: dict[str, int] | None = None,
         rows: int | None = None,
         mix_hash: bool = True,
+        kept: int | None = None,
+        int8: bool = False,
     ) -> None:
         super().__init__()
         self.mix_hash = mix_hash
@@ -232,13 +235,22 @@ class BagOfNgrams(nn.Module):
         self.buckets = buckets
         self.ngram_rows = rows  # None: one row per bucket
         self.pad_index = vocab_size + (buckets if rows is None else rows)  # excluded from means
+        self.kept = kept  # a pruned table (fenlei.compress): its rows, found by feature_map
+        if kept is not None:
+            self.pad_index = kept
+            self.feature_map = FeatureMap(kept)
         # Sparse gradients: a step touches only the rows its batch uses (see train.py).
-        self.embed = nn.EmbeddingBag(
-            self.pad_index + 1, dim, mode="sum", sparse=True, padding_idx=self.pad_index
+        self.embed = (
+            Int8EmbeddingBag(self.pad_index + 1, dim, padding_idx=self.pad_index)
+            if int8
+            else nn.EmbeddingBag(
+                self.pad_index + 1, dim, mode="sum", sparse=True, padding_idx=self.pad_index
+            )
         )
-        if rows is not None:  # bucket -> table row; filled by keep_buckets or loaded
+        if rows is not None and kept is None:  # bucket -> table row; by keep_buckets or loaded
             self.register_buffer("bucket_rows", torch.full((buckets,), self.pad_index))
-        table = torch.full((vocab_size, char_width if use_chars else 1), self.pad_index)
+        shape = (vocab_size if use_chars or kept is None else 1, char_width if use_chars else 1)
+        table = torch.full(shape, self.pad_index)
         if vocab is not None and use_chars:
             table = char_ngram_table(
                 vocab,
@@ -253,9 +265,10 @@ class BagOfNgrams(nn.Module):
         self.use_chars = use_chars
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(dim, n_outputs)
-        nn.init.uniform_(self.embed.weight, -1.0 / dim, 1.0 / dim)
-        with torch.no_grad():
-            self.embed.weight[self.pad_index].zero_()
+        if isinstance(self.embed, nn.EmbeddingBag):
+            nn.init.uniform_(self.embed.weight, -1.0 / dim, 1.0 / dim)
+            with torch.no_grad():
+                self.embed.weight[self.pad_index].zero_()
 
     def keep_buckets(self, occupied: torch.Tensor) -> None:
         """Give each bucket in ``occupied`` (sorted, from :func:`occupied_buckets`) its row.
@@ -277,16 +290,19 @@ class BagOfNgrams(nn.Module):
 
     def token_ngrams(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Feature ids (B, T') of tokens and hashed token n-grams; padding -> ``pad_index``."""
-        return token_ngram_features(
+        features = token_ngram_features(
             ids,
             mask,
             vocab_size=self.vocab_size,
             ngram=self.ngram,
             buckets=self.buckets,
-            pad_index=self.pad_index,
+            pad_index=-1 if self.kept is not None else self.pad_index,
             bucket_rows=getattr(self, "bucket_rows", None),
             mix=self.mix_hash,
         )
+        if self.kept is not None:  # keys (token id, or vocab_size + bucket) -> kept rows
+            return self.feature_map(features, self.pad_index)  # type: ignore[no-any-return]
+        return features
 
     def _feature_sums(self, features: torch.Tensor) -> torch.Tensor:
         """Per-text sum of the feature vectors: (B, T') ids -> (B, D)."""
@@ -345,6 +361,8 @@ def _build(
         vocab=vocab,
         rows=spec.ngram_rows if keep is None else len(keep),
         mix_hash=mix,
+        kept=spec.kept_rows,
+        int8=spec.int8_table,
     )
     if keep is not None:
         model.keep_buckets(keep)

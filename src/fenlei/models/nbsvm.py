@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fenlei.models.compact import FeatureMap, Int8EmbeddingBag
 from fenlei.models.family import Family, TrainIds
 from fenlei.models.linear import (
     bucket_row_map,
@@ -65,6 +66,8 @@ class NBLogistic(nn.Module):
         rows: int | None = None,
         c_values: Sequence[float] = (1.0,),
         alpha: float = 1.0,
+        kept: int | None = None,
+        int8: bool = False,
     ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
@@ -75,12 +78,21 @@ class NBLogistic(nn.Module):
         self.pad_index = vocab_size + (buckets if rows is None else rows)
         self.c_values = tuple(c_values)
         self.alpha = alpha
-        self.table = nn.EmbeddingBag(
-            self.pad_index + 1, n_outputs, mode="sum", padding_idx=self.pad_index
+        self.kept = kept  # a pruned table (fenlei.compress): its rows, found by feature_map
+        if kept is not None:
+            self.pad_index = kept
+            self.feature_map = FeatureMap(kept)
+        self.table = (
+            Int8EmbeddingBag(self.pad_index + 1, n_outputs, padding_idx=self.pad_index)
+            if int8
+            else nn.EmbeddingBag(
+                self.pad_index + 1, n_outputs, mode="sum", padding_idx=self.pad_index
+            )
         )
-        nn.init.zeros_(self.table.weight)
+        if isinstance(self.table, nn.EmbeddingBag):
+            nn.init.zeros_(self.table.weight)
         self.bias = nn.Parameter(torch.zeros(n_outputs))
-        if rows is not None:
+        if rows is not None and kept is None:
             self.register_buffer("bucket_rows", torch.full((buckets,), self.pad_index))
 
     def keep_buckets(self, occupied: torch.Tensor) -> None:
@@ -94,18 +106,24 @@ class NBLogistic(nn.Module):
             )
         )
 
-    def features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Feature ids (B, T') with each text's repeats (and padding) set to ``pad_index``."""
+    def feature_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Feature ids (B, T') in position order, repeats kept; padding -> ``pad_index``."""
         feats = token_ngram_features(
             ids,
             mask,
             vocab_size=self.vocab_size,
             ngram=self.ngram,
             buckets=self.buckets,
-            pad_index=self.pad_index,
+            pad_index=-1 if self.kept is not None else self.pad_index,
             bucket_rows=getattr(self, "bucket_rows", None),
         )
-        feats, _ = torch.sort(feats, dim=1)
+        if self.kept is not None:  # keys (token id, or vocab_size + bucket) -> kept rows
+            return self.feature_map(feats, self.pad_index)  # type: ignore[no-any-return]
+        return feats
+
+    def features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Feature ids (B, T') with each text's repeats (and padding) set to ``pad_index``."""
+        feats, _ = torch.sort(self.feature_ids(ids, mask), dim=1)
         repeat = torch.zeros_like(feats, dtype=torch.bool)
         repeat[:, 1:] = feats[:, 1:] == feats[:, :-1]
         return feats.masked_fill(repeat, self.pad_index)
@@ -221,6 +239,8 @@ def build(
         rows=spec.ngram_rows if keep is None else len(keep),
         c_values=cfg.nb_c,
         alpha=cfg.nb_alpha,
+        kept=spec.kept_rows,
+        int8=spec.int8_table,
     )
     if keep is not None:
         model.keep_buckets(keep)
@@ -236,15 +256,7 @@ def token_contributions(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tens
     over its occurrences, and an n-gram's share equally over the tokens it covers.
     """
     assert isinstance(model, NBLogistic)
-    features = token_ngram_features(
-        ids[None],
-        torch.ones_like(ids)[None],
-        vocab_size=model.vocab_size,
-        ngram=model.ngram,
-        buckets=model.buckets,
-        pad_index=model.pad_index,
-        bucket_rows=getattr(model, "bucket_rows", None),
-    )[0]  # (T',), in position order, repeats kept
+    features = model.feature_ids(ids[None], torch.ones_like(ids)[None])[0]  # (T',), repeats kept
     _, inverse, counts = torch.unique(features, return_inverse=True, return_counts=True)
     valid = (features != model.pad_index)[:, None]
     per_feature = model.table.weight[features] * valid / counts[inverse][:, None]  # (T', C)

@@ -1,0 +1,204 @@
+"""Pruning: what ``--prune`` may ask of each model family, and pruning the bag models.
+
+A bag model (``linear``, ``nbsvm``) keeps only the table rows that move its logits most and
+drops the rest (fastText.zip's idea): a row's importance is the norm of what it adds to the
+logits (``head @ row`` for ``linear``, the row itself for ``nbsvm``, whose rows are logits).
+The kept rows are renumbered and found through a :class:`~fenlei.models.compact.FeatureMap`
+(a token id, or ``vocab_size + bucket`` of an n-gram -> row); a dropped token or n-gram maps
+to nothing and leaves the bag, as an n-gram never seen in training does.
+
+Transformers and LSTMs are not pruned here (docs/compression.md says why).
+
+Example:
+    >>> parse_prune("rows=50000")
+    PruneSpec(rows=50000, fraction=None)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from fenlei.config import ModelConfig
+from fenlei.errors import ConfigError
+from fenlei.models import ModelSpec, build_model
+from fenlei.models.compact import FeatureMap, Int8EmbeddingBag
+from fenlei.models.linear import BagOfNgrams
+from fenlei.models.nbsvm import NBLogistic
+
+__all__ = [
+    "BAG_FAMILIES",
+    "Bag",
+    "PruneSpec",
+    "bag_table",
+    "parse_prune",
+    "prune_bag",
+    "row_keys",
+    "table_weight",
+]
+
+logger = logging.getLogger(__name__)
+
+BAG_FAMILIES = ("linear.v1", "linear.v2", "nbsvm.v1")
+Bag = BagOfNgrams | NBLogistic
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """How many table rows a pruned bag model keeps: a count, or a fraction of its rows."""
+
+    rows: int | None = None
+    fraction: float | None = None
+
+    def count(self, available: int) -> int:
+        """Rows to keep out of ``available``."""
+        if self.rows is not None:
+            return min(self.rows, available)
+        assert self.fraction is not None
+        return max(1, round(self.fraction * available))
+
+
+def parse_prune(text: str) -> PruneSpec:
+    """``rows=N`` (keep N table rows) or ``rows=F`` with 0 < F < 1 (keep that fraction).
+
+    Raises:
+        ConfigError: any other form (the message shows the accepted ones).
+    """
+    key, _, value = text.partition("=")
+    usage = "--prune takes rows=N (rows to keep, e.g. rows=50000) or rows=F (a fraction, 0.05)"
+    if key.strip() != "rows" or not value.strip():
+        raise ConfigError(f"{usage}, not {text!r}")
+    try:
+        number = float(value)
+    except ValueError as exc:
+        raise ConfigError(f"{usage}, not {text!r}") from exc
+    if 0 < number < 1:
+        return PruneSpec(fraction=number)
+    if number >= 1 and number == int(number):
+        return PruneSpec(rows=int(number))
+    raise ConfigError(f"{usage}, not {text!r}")
+
+
+def bag_table(model: Bag) -> nn.EmbeddingBag | Int8EmbeddingBag:
+    """The model's table: ``embed`` of ``linear``, ``table`` of ``nbsvm``."""
+    return model.embed if isinstance(model, BagOfNgrams) else model.table
+
+
+def table_weight(model: Bag) -> torch.Tensor:
+    """The model's table as float32 (rows, width), padding row last."""
+    weight: torch.Tensor = bag_table(model).weight
+    return weight.detach().float()
+
+
+@torch.no_grad()
+def row_keys(model: Bag) -> np.ndarray:
+    """The feature key of every table row (pad row excluded); -1 for a row no feature uses.
+
+    A key is a token id, or ``vocab_size + bucket`` for a hashed n-gram.
+    """
+    keys = np.full(model.pad_index, -1, dtype=np.int64)
+    if model.kept is not None:
+        fmap: FeatureMap = model.feature_map
+        slot_keys = fmap.slot_keys.numpy().astype(np.int64)  # type: ignore[operator]
+        slot_rows = fmap.slot_rows.numpy().astype(np.int64)  # type: ignore[operator]
+        used = slot_keys >= 0
+        keys[slot_rows[used]] = slot_keys[used]
+        return keys
+    keys[: model.vocab_size] = np.arange(model.vocab_size)
+    bucket_rows = getattr(model, "bucket_rows", None)
+    if bucket_rows is None:  # one row per bucket: the row is the key
+        keys[model.vocab_size :] = np.arange(model.vocab_size, model.pad_index)
+    else:
+        rows = bucket_rows.numpy()
+        held = np.flatnonzero(rows != model.pad_index)
+        keys[rows[held]] = model.vocab_size + held
+    return keys
+
+
+@torch.no_grad()
+def _importance(model: Bag) -> np.ndarray:
+    """How much each row (pad excluded) can move the logits: ``|head @ row|`` or ``|row|``."""
+    weight = table_weight(model)[: model.pad_index]
+    if isinstance(model, BagOfNgrams):
+        weight = weight @ model.head.weight.float().T  # (rows, C): the row's logit change
+    return weight.norm(dim=1).numpy()  # type: ignore[no-any-return]
+
+
+def _choose(model: Bag, prune: PruneSpec | None) -> np.ndarray:
+    """Old rows to keep, the most important first (the feature map places them first)."""
+    candidates = np.flatnonzero(row_keys(model) >= 0)
+    best = np.argsort(-_importance(model)[candidates], kind="stable")
+    if prune is not None:
+        best = best[: prune.count(len(candidates))]
+    return candidates[best]
+
+
+def _placed_model(
+    cfg: ModelConfig, spec: ModelSpec, keys: np.ndarray, int8: bool
+) -> tuple[Bag, np.ndarray]:
+    """A compact model whose feature map holds ``keys``; the indices of the keys it placed.
+
+    The table keeps ``len(keys)`` rows: the few keys that find no slot (about 0.1 %) leave
+    their rows at the end unused, rather than a smaller map dropping more keys again.
+    """
+    new_spec = replace(spec, ngram_rows=None, kept_rows=len(keys), int8_table=int8)
+    model = build_model(cfg, new_spec)
+    assert isinstance(model, BagOfNgrams | NBLogistic)
+    placed = model.feature_map.fill(keys)
+    if len(placed) < len(keys):
+        dropped = len(keys) - len(placed)
+        logger.info("%d of %d keys found no slot and are dropped", dropped, len(keys))
+    return model, placed
+
+
+@torch.no_grad()
+def prune_bag(
+    model: Bag, cfg: ModelConfig, spec: ModelSpec, *, prune: PruneSpec | None, int8: bool
+) -> tuple[Bag, ModelSpec]:
+    """A compact copy of a bag model: the rows ``prune`` keeps (all used rows when None),
+    renumbered behind a feature map, as float32 or int8 rows.
+
+    Returns:
+        The new model (eval mode) and the spec that rebuilds it.
+
+    Example:
+        >>> small, spec = prune_bag(model, cfg.model, spec, prune=PruneSpec(rows=5000),
+        ...                         int8=True)  # doctest: +SKIP
+    """
+    old_rows = _choose(model, prune)
+    keys = row_keys(model)[old_rows]
+    new, placed = _placed_model(cfg, spec, keys, int8)
+    old_rows = old_rows[placed]  # row i of the new table is the i-th placed key's
+    weight = table_weight(model)
+    table = torch.zeros(len(keys) + 1, weight.shape[1])
+    table[: len(old_rows)] = weight[torch.from_numpy(old_rows)]
+    _load_table(bag_table(new), table)
+    if isinstance(model, BagOfNgrams) and isinstance(new, BagOfNgrams):
+        new.head.load_state_dict(model.head.state_dict())
+        _remap_chars(model, new, old_rows)
+    elif isinstance(model, NBLogistic) and isinstance(new, NBLogistic):
+        new.bias.copy_(model.bias)
+    assert new.kept is not None
+    return new.eval(), replace(spec, ngram_rows=None, kept_rows=new.kept, int8_table=int8)
+
+
+def _load_table(table: nn.Module, weight: torch.Tensor) -> None:
+    if isinstance(table, Int8EmbeddingBag):
+        table.load_float(weight)
+    else:
+        assert isinstance(table, nn.EmbeddingBag)
+        table.weight.copy_(weight)
+
+
+def _remap_chars(model: BagOfNgrams, new: BagOfNgrams, old_rows: np.ndarray) -> None:
+    """Point the character n-gram table at the new rows (a dropped row -> padding)."""
+    if not model.use_chars:
+        return
+    where = torch.full((model.pad_index + 1,), new.pad_index, dtype=torch.long)
+    where[torch.from_numpy(old_rows)] = torch.arange(len(old_rows))
+    old: torch.Tensor = model.char_table  # type: ignore[assignment]
+    new.char_table.copy_(where[old])  # type: ignore[operator]
