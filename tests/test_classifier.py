@@ -6,6 +6,8 @@ Tiny linear settings on the bundled support intents (12 labels), one or two epoc
 from __future__ import annotations
 
 import gc
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +116,13 @@ def test_temporary_run_folder_is_removed(
     clf.fit(X, y)
     assert not first.exists()  # a refit removes the previous temporary folder
     second = clf.run_dir_
-    saved = clf.save(tmp_path / "kept")
+    old_umask = os.umask(0o022)
+    try:
+        saved = clf.save(tmp_path / "kept")
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o755  # a mkdir's mode, not mkdtemp's 0700
+    assert stat.S_IMODE((saved / "manifest.json").stat().st_mode) == 0o644
     del clf
     gc.collect()
     assert not second.exists()  # collected: its folder is gone, the saved copy stays

@@ -26,6 +26,7 @@ from fenlei.data import Dataset, iter_texts
 from fenlei.ensemble import EnsemblePredictor
 from fenlei.errors import ArtifactError, ConfigError, NotFittedError
 from fenlei.evaluate import evaluate
+from fenlei.files import staged_folder
 from fenlei.loader import open_predictor
 from fenlei.pipeline import prepare_splits, train_run
 from fenlei.predict import Prediction, Predictor, ServablePredictor
@@ -298,14 +299,12 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         target = Path(path)
         if target.exists() and any(target.iterdir()):
             raise ArtifactError(f"{target} exists and is not empty; choose a new folder")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        shutil.copytree(
-            self.run_dir_, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOCK_FILE)
-        )
         if target.exists():
-            target.rmdir()
-        staging.rename(target)
+            target.rmdir()  # empty: checked above
+        with staged_folder(target) as staging:
+            shutil.copytree(
+                self.run_dir_, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOCK_FILE)
+            )
         return target
 
     @classmethod

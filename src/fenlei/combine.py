@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -42,6 +41,7 @@ from fenlei.ensemble import (
 )
 from fenlei.errors import ArtifactError, ConfigError
 from fenlei.evaluate import score_probabilities
+from fenlei.files import staged_folder
 from fenlei.predict import Predictor
 from fenlei.records import Scores
 from fenlei.reference import reference_stats
@@ -428,15 +428,9 @@ def _write_atomically(
 ) -> None:
     """Copy the members and write the folder in a temporary folder next to ``target``, then
     rename it into place; on any failure the temporary folder is removed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    with staged_folder(target) as staging:
         for name, source, member in zip(names, sources, members, strict=True):
             assert member.run is not None  # loaded from its folder
             _copy_member(source, staging / MEMBERS_DIR / name, member.run.manifest)
         write(staging)
         _check_out(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

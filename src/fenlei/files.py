@@ -75,10 +75,10 @@ def staged_folder(target: Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        staging.chmod(umask_mode(folder=True))
         yield staging
         if target.exists() or target.is_symlink():
             raise ArtifactError(f"{target} appeared while it was being written; choose a new --out")
+        staging.chmod(umask_mode(folder=True))  # last: copytree copies its source's mode
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
