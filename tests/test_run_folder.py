@@ -170,3 +170,25 @@ def test_what_counts_as_a_run_folder(tmp_path: Path) -> None:
         '{"format_version": 1, "fenlei_version": "0.1.0", "files": {}}', encoding="utf-8"
     )
     assert is_run_folder(tmp_path)
+
+
+def test_trainings_without_out_each_get_a_folder_and_runs_latest_follows(
+    capsys: pytest.CaptureFixture[str], table: Path, tmp_path: Path
+) -> None:
+    for _ in range(2):  # the second used to fail: runs/latest held a finished run
+        assert main(["train", str(table), *TINY, "--no-report"]) == 0
+    runs = sorted(p for p in (tmp_path / "runs").iterdir() if not p.is_symlink())
+    assert len(runs) == 2 and all(p.name.startswith("linear-") for p in runs)
+    latest = tmp_path / "runs" / "latest"
+    assert latest.is_symlink() and latest.resolve() in {p.resolve() for p in runs}
+    assert is_run_folder(latest)
+    assert "runs/latest -> linear-" in ANSI.sub("", capsys.readouterr().out)
+    assert main(["train", str(table), *TINY, "--no-report", "--resume"]) == 0  # finished: kept
+    assert len([p for p in (tmp_path / "runs").iterdir() if not p.is_symlink()]) == 2
+
+
+def test_resume_without_out_or_latest_is_one_error_line(
+    capsys: pytest.CaptureFixture[str], table: Path
+) -> None:
+    assert main(["train", str(table), *TINY, "--resume"]) == 2
+    assert "--resume needs --out RUN" in capsys.readouterr().err

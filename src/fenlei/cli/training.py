@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,6 +36,7 @@ from fenlei.cli.scaling import (
     ray_options,
     train_on_ray,
 )
+from fenlei.errors import ConfigError
 
 __all__ = ["DEMO_LINEAR_SETTINGS", "DEMO_TEXTS", "demo", "train"]
 
@@ -82,9 +85,14 @@ def train(
     report: Annotated[
         bool, typer.Option(help="Write report.html into the run folder (eval.report).")
     ] = True,
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path(
-        "runs/latest"
-    ),
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Run folder to write (default: new runs/<preset>-<time>, linked as runs/latest).",
+        ),
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option(help="Continue from the run folder's checkpoint (a complete run stays)."),
@@ -124,6 +132,7 @@ def train(
         overrides.append("eval.report=false")
     cfg = load_config(config or preset, overrides)
     check(cfg)
+    chosen = out_dir if out_dir is not None else _new_run_dir(cfg.preset, resume=resume)
     if ray:  # every Ray worker reads the tables itself (docs/scale-out.md)
         opts = ray_options(
             ray_address,
@@ -135,16 +144,56 @@ def train(
             dashboard=ray_dashboard,
         )
         result = train_on_ray(
-            cfg, (data, dev, test), out_dir, opts, resume=resume, overwrite=overwrite
+            cfg, (data, dev, test), chosen, opts, resume=resume, overwrite=overwrite
         )
         _show_training_result(result)
+        if out_dir is None:
+            _link_latest(chosen)
         return
     train_set = load_table(data, cfg.data)
     dev_set = load_table(dev, cfg.data) if dev else None
     test_set = load_table(test, cfg.data) if test else None
     splits = prepare_splits(cfg.data, train_set, dev_set, test_set)
-    result = _run_training(cfg, splits, out_dir, resume=resume, overwrite=overwrite, track=track)
+    result = _run_training(cfg, splits, chosen, resume=resume, overwrite=overwrite, track=track)
     _show_training_result(result)
+    if out_dir is None:
+        _link_latest(chosen)
+
+
+LATEST = Path("runs") / "latest"
+
+
+def _new_run_dir(preset: str, *, resume: bool) -> Path:
+    """Where a training without --out goes: a new folder per run (a second training never
+    collides with the first); --resume continues the run that runs/latest names."""
+    if resume:
+        if not LATEST.is_symlink() and not LATEST.is_dir():
+            raise ConfigError("--resume needs --out RUN (there is no runs/latest to continue)")
+        return LATEST.resolve()
+    name = f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = LATEST.parent / name
+    suffix = 1
+    while run.exists():  # two trainings started within one second
+        suffix += 1
+        run = LATEST.parent / f"{name}-{suffix}"
+    return run
+
+
+def _link_latest(run: Path) -> None:
+    """Point runs/latest at ``run`` (a relative symlink, replaced atomically); a real
+    folder of that name (from an older fenlei) is left alone."""
+    if LATEST.exists() and not LATEST.is_symlink():
+        out.print(f"{LATEST} is a folder, not a link; the run is in {run}", highlight=False)
+        return
+    tmp = LATEST.with_name(f".latest.{os.getpid()}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run.resolve().relative_to(LATEST.parent.resolve()))
+        os.replace(tmp, LATEST)
+    except (OSError, ValueError):  # no symlinks here (some Windows setups): not needed
+        tmp.unlink(missing_ok=True)
+        return
+    out.print(f"{LATEST} -> {run.name}", highlight=False)
 
 
 DEMO_TEXTS = [
