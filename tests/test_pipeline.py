@@ -106,6 +106,19 @@ def test_cli_train_predict_evaluate(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert rows[0]["predicted_label"] in labels
     assert abs(sum(float(rows[0][f"p_{lab}"]) for lab in labels) - 1) < 1e-3
 
+    gappy = tmp_path / "gappy.csv"  # one empty cell used to abort the whole file
+    gappy.write_text('text\nwhere is my parcel?\n""\n我要退款\n', encoding="utf-8")
+    skipped_csv = tmp_path / "skipped.csv"
+    capsys.readouterr()
+    assert main(["predict", str(run), "--file", str(gappy), "-o", str(skipped_csv)]) == 2
+    assert "row 3" in capsys.readouterr().err and not skipped_csv.exists()
+    argv = ["predict", str(run), "--file", str(gappy), "-o", str(skipped_csv)]
+    assert main([*argv, "--on-error", "skip"]) == 0
+    err = capsys.readouterr().err
+    assert "wrote 2 predictions" in err and "skipped 1 rows" in err and "row 3" in err
+    with skipped_csv.open(encoding="utf-8", newline="") as fh:
+        assert [r["text"] for r in csv.DictReader(fh)] == ["where is my parcel?", "我要退款"]
+
     metrics_json = tmp_path / "m.json"
     code = main(
         [

@@ -24,7 +24,7 @@ from fenlei.artifact import atomic_write
 from fenlei.config import DataConfig, RunConfig, load_config
 from fenlei.data import Dataset, iter_texts
 from fenlei.ensemble import EnsemblePredictor
-from fenlei.errors import ArtifactError, ConfigError, NotFittedError
+from fenlei.errors import ArtifactError, ConfigError, DataError, NotFittedError
 from fenlei.evaluate import evaluate
 from fenlei.files import staged_folder
 from fenlei.loader import open_predictor
@@ -45,12 +45,15 @@ def predict_file(
     cfg: DataConfig | None = None,
     *,
     chunk_size: int = 1024,
+    skipped: list[DataError] | None = None,
 ) -> int:
     """Stream a table through the predictor into a CSV: input columns + label, score, p_<label>.
 
     ``predicted_label`` is empty where the model abstains (its reject option) or, for a
     multi-label model, chooses no label. The output appears only when complete (atomic
-    rename). Returns the number of rows.
+    rename). Returns the number of rows written. With a ``skipped`` list, rows with an empty
+    or invalid text are left out and their errors collected there (``--on-error skip``)
+    instead of failing the whole file.
 
     Raises:
         DataError: the input is unreadable or a text is empty (names file and row).
@@ -64,7 +67,7 @@ def predict_file(
         with tmp.open("w", encoding="utf-8", newline="") as fh:
             writer: csv.DictWriter[str] | None = None
             chunk: list[tuple[dict[str, Any], str]] = []
-            for _, row, text in iter_texts(in_path, cfg):
+            for _, row, text in iter_texts(in_path, cfg, skipped=skipped):
                 chunk.append((row, text))
                 if len(chunk) >= chunk_size:
                     writer = _write_chunk(fh, writer, chunk, predictor, prob_cols)

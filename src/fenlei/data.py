@@ -453,9 +453,13 @@ def _make_example(
 
 
 def iter_texts(
-    path: str | Path, cfg: DataConfig | None = None
+    path: str | Path, cfg: DataConfig | None = None, *, skipped: list[DataError] | None = None
 ) -> Iterator[tuple[int, dict[str, Any], str]]:
     """Stream ``(row_number, row, text)`` from a table; labels are not needed (prediction).
+
+    With a ``skipped`` list, a row whose text is empty or not valid text is appended there
+    (its :class:`DataError`, naming file and row) and left out instead of stopping the
+    stream; a missing column or an unreadable file still raises.
 
     Raises:
         DataError: as :func:`iter_table_rows`, or a missing text column or an empty text.
@@ -464,9 +468,19 @@ def iter_texts(
     source = str(path)
     text_col = "+".join(cfg.text_cols)
     for rowno, row in iter_table_rows(path):
-        parts = [_cell_text(row, col, source, rowno) for col in cfg.text_cols]
-        text = cfg.text_joiner.join(p for p in parts if p.strip())
-        yield rowno, row, _make_example(text, [], rowno, source, text_col, None, False).text
+        for col in cfg.text_cols:
+            if col not in row:
+                _cell_text(row, col, source, rowno)  # raises: a file problem, never skipped
+        try:
+            parts = [_cell_text(row, col, source, rowno) for col in cfg.text_cols]
+            text = cfg.text_joiner.join(p for p in parts if p.strip())
+            text = _make_example(text, [], rowno, source, text_col, None, False).text
+        except DataError as exc:
+            if skipped is None:
+                raise
+            skipped.append(exc)
+            continue
+        yield rowno, row, text
 
 
 def load_table(path: str | Path, cfg: DataConfig | None = None) -> Dataset:

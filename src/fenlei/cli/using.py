@@ -82,6 +82,13 @@ def predict(
     text_col: TextColOpt = None,
     top_k: Annotated[int, typer.Option(min=1, help="Labels shown per text.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    on_error: Annotated[
+        Literal["fail", "skip"],
+        typer.Option(
+            help="--file rows with an empty or invalid text: fail (write nothing) or skip "
+            "(leave them out, list them on stderr)."
+        ),
+    ] = "fail",
     ray: RayOpt = False,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = 2,
@@ -127,8 +134,15 @@ def predict(
     predictor = open_predictor(run)
     if file and out_file:
         cfg = DataConfig(text_cols=text_col) if text_col else DataConfig()
-        n = predict_file(predictor, file, out_file, cfg)
+        skipped: list[DataError] | None = [] if on_error == "skip" else None
+        n = predict_file(predictor, file, out_file, cfg, skipped=skipped)
         err.print(f"wrote {n} predictions to {out_file}")
+        if skipped:
+            err.print(f"skipped {len(skipped)} rows (--on-error skip):", highlight=False)
+            for skip in skipped[:10]:
+                err.print(f"  {escape(str(skip))}", highlight=False, soft_wrap=True)
+            if len(skipped) > 10:
+                err.print(f"  ... and {len(skipped) - 10} more", highlight=False)
     if texts:
         predictions = predictor.predict(texts)
         if as_json:
