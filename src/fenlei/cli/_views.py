@@ -39,11 +39,26 @@ def _metrics_table(metrics: dict[str, Any], title: str) -> Table:
     return table
 
 
-def _per_class_table(metrics: dict[str, Any]) -> Table:
-    table = Table(title="Per class")
+PER_CLASS_ROWS = 25  # more labels: the weakest ones, and a line for the rest
+
+
+def _per_class_table(metrics: dict[str, Any], split: str, limit: int = PER_CLASS_ROWS) -> Table:
+    """Precision, recall, F1 and support per label on ``split``; with more than ``limit``
+    labels only the ``limit`` with the lowest F1 (a 77-label set printed 350 lines)."""
+    per_class = metrics["per_class"]
+    names = list(per_class)
+    caption = None
+    if len(names) > limit:
+        names = sorted(names, key=lambda n: per_class[n]["f1"])[:limit]
+        caption = (
+            f"the {limit} labels with the lowest F1 of {len(per_class)}; "
+            "all of them are in metrics.json"
+        )
+    table = Table(title=f"Per class ({escape(split)})", caption=caption)
     for col in ("label", "precision", "recall", "F1", "support"):
         table.add_column(col, justify="left" if col == "label" else "right")
-    for name, m in metrics["per_class"].items():
+    for name in names:
+        m = per_class[name]
         table.add_row(
             escape(name),
             f"{m['precision']:.3f}",
@@ -136,8 +151,14 @@ def _show_training_result(result: Any) -> None:
         which = f"best epoch {metrics.best_epoch} of {metrics.epochs_run}"
     out.print(f"{which}, {metrics.train_seconds:.1f}s")
     _show_fitted(metrics)
-    out.print(_metrics_table(metrics.dev.to_json(), "Dev"))
+    out.print(_metrics_table(metrics.dev.to_json(), "Dev (chose the epoch and calibration)"))
     if metrics.test is not None:
         out.print(_metrics_table(metrics.test.to_json(), "Test"))
-        out.print(_per_class_table(metrics.test.to_json()))
+        out.print(_per_class_table(metrics.test.to_json(), "test"))
+    else:
+        out.print(_per_class_table(metrics.dev.to_json(), "dev"))
+        err.print(
+            "[yellow]note:[/yellow] no test split: the dev scores picked this model, so they "
+            "are optimistic; give --test FILE (or data.test_fraction > 0) for an unbiased score"
+        )
     out.print(f"run folder: [bold]{escape(str(result.run_dir))}[/bold]")

@@ -61,7 +61,7 @@ def evaluate(
         )
     metrics = evaluate_metrics(predictor, load_table(data, data_cfg))
     out.print(_metrics_table(metrics, escape(str(data))))
-    out.print(_per_class_table(metrics))
+    out.print(_per_class_table(metrics, escape(str(data))))
     if "reject" in metrics:
         out.print(_reject_table(metrics["reject"]))
     if json_out:

@@ -1,0 +1,53 @@
+"""What fenlei train prints: splits named, optimistic dev scores said, many labels kept short."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+from rich.console import Console
+
+from fenlei.cli import _views
+from fenlei.cli._views import _per_class_table
+
+
+def _per_class(n: int) -> dict[str, object]:
+    return {
+        "per_class": {
+            f"label{i:03d}": {"precision": 0.5, "recall": 0.5, "f1": i / n, "support": 3}
+            for i in range(n)
+        }
+    }
+
+
+def _render(renderable: object) -> str:
+    console = Console(file=io.StringIO(), width=200)
+    console.print(renderable)
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_many_labels_show_the_weakest_and_say_so() -> None:
+    table = _per_class_table(_per_class(77), "test")
+    assert table.row_count == 25
+    text = _render(table)
+    assert "Per class (test)" in text and "label000" in text and "label076" not in text
+    assert "lowest F1 of 77" in text
+    assert _per_class_table(_per_class(5), "dev").row_count == 5
+
+
+def test_without_a_test_split_the_dev_scores_are_called_optimistic() -> None:
+    scores = SimpleNamespace(to_json=lambda: {"accuracy": 0.9, "macro_f1": 0.8, **_per_class(3)})
+    metrics = SimpleNamespace(
+        best_epoch=1, epochs_run=1, train_seconds=1.0, calibration=None, decision=None,
+        dev=scores, test=None,
+    )  # fmt: skip
+    result = SimpleNamespace(metrics=metrics, history=[], run_dir="runs/x")
+    out, err = io.StringIO(), io.StringIO()
+    saved = (_views.out.file, _views.err.file)
+    _views.out.file, _views.err.file = out, err
+    try:
+        _views._show_training_result(result)
+    finally:
+        _views.out.file, _views.err.file = saved
+    assert "Per class (dev)" in out.getvalue() and "chose the epoch" in out.getvalue()
+    assert "optimistic" in err.getvalue()
