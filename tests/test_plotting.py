@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 import matplotlib
 import pytest
@@ -56,3 +57,17 @@ def test_save_png_and_data_uri(tmp_path) -> None:  # type: ignore[no-untyped-def
     save_png(_chinese_bars, path, size=(2, 2), dpi=30)
     assert path.read_bytes().startswith(b"\x89PNG")
     assert data_uri(b"\x89PNG").startswith("data:image/png;base64,")
+
+
+def test_a_many_label_confusion_matrix_stays_small(tmp_path: Path) -> None:
+    import struct
+
+    from fenlei.evaluate import MAX_CONFUSION_INCHES, plot_confusion
+
+    n = 151  # a 151-label set drew a 7,465-pixel square with a number in each of 22,801 cells
+    labels = tuple(f"intent_{i}" for i in range(n))
+    matrix = [[5 if i == j else (1 if j == (i + 1) % n else 0) for j in range(n)] for i in range(n)]
+    path = tmp_path / "confusion.png"
+    plot_confusion(matrix, labels, path, split="banking test")
+    width, height = struct.unpack(">II", path.read_bytes()[16:24])  # the PNG's IHDR
+    assert max(width, height) <= MAX_CONFUSION_INCHES * 110 * 1.05

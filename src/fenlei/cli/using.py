@@ -68,7 +68,10 @@ def evaluate(
         json_out.write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
     if plots and "confusion_matrix" in metrics:
         plot_confusion(
-            metrics["confusion_matrix"], predictor.labels, plots / "confusion_matrix.png"
+            metrics["confusion_matrix"],
+            predictor.labels,
+            plots / "confusion_matrix.png",
+            split=data.name,
         )
         out.print(f"plot: {plots / 'confusion_matrix.png'}")
 
