@@ -324,3 +324,20 @@ def test_old_run_folders_are_single_runs(bundled, tmp_path: Path) -> None:  # ty
     del manifest["kind"]  # as written before run folders had a kind
     manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
     assert load_run(tmp_path / "run").kind == "single"
+
+
+def test_a_pretrained_vocabulary_that_reads_chinese_as_unknown_stops_before_training(
+    tmp_path: Path,
+) -> None:
+    from fenlei.data import Dataset, load_table
+    from fenlei.errors import DataError
+    from fenlei.pipeline import _check_vocabulary
+
+    cfg = load_config("minilm")
+    table = load_table(bundled_dataset_path("train"), cfg.data)
+    chinese = [e for e in table.examples if not e.text.isascii()]
+    splits = prepare_splits(cfg.data, Dataset(chinese, "zh.csv"), None, None)
+    with pytest.raises(DataError, match=r"zh\.csv.*reads \d+% of the training tokens as unknown"):
+        train_run(cfg, splits, tmp_path / "run")  # minilm's English vocabulary: ~60 % [UNK]
+    assert not (tmp_path / "run").exists()
+    _check_vocabulary(load_config("minilm", ["encoder.max_unknown_rate=1"]), splits)  # allowed

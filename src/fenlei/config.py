@@ -76,6 +76,14 @@ class EncoderConfig(_Section):
     pretrained: str | None = Field(
         None, description="Folder or hub id of a pretrained tokenizer (kind=pretrained)."
     )
+    max_unknown_rate: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="kind=pretrained: stop before training when the vocabulary reads more than "
+        "this share of the training tokens as unknown (minilm's English vocabulary read most "
+        "Chinese characters as [UNK] and trained a majority-class model); 1 = never stop.",
+    )
     long_text: Literal["cut", "chunks"] = Field(
         "cut",
         description="A text longer than max_length tokens is cut (encoder.truncation), or read "

@@ -442,6 +442,26 @@ def _fit_encoder(cfg: RunConfig, texts: list[str]) -> Encoder:
     return train_encoder(texts, cfg.encoder)
 
 
+VOCABULARY_SAMPLE = 2000  # training texts read to measure the unknown-token share
+
+
+def _check_vocabulary(cfg: RunConfig, splits: Splits) -> None:
+    """Refuse a pretrained vocabulary that reads the training texts mostly as unknown."""
+    if cfg.encoder.kind != "pretrained" or cfg.encoder.max_unknown_rate >= 1:
+        return
+    encoder = _fit_encoder(cfg, [])
+    rate = encoder.unknown_rate(splits.train.texts[:VOCABULARY_SAMPLE])
+    if rate > cfg.encoder.max_unknown_rate:
+        raise DataError(
+            f"the pretrained vocabulary reads {rate:.0%} of the training tokens as unknown "
+            f"(more than encoder.max_unknown_rate={cfg.encoder.max_unknown_rate}; a language "
+            "it was not trained on?), so the model would learn from [UNK]; use --preset linear, "
+            "nbsvm or lstm (they learn their vocabulary from your data), or --set "
+            "encoder.max_unknown_rate=1 to train anyway",
+            path=splits.train.source,
+        )
+
+
 def _open(
     root: Path, cfg: RunConfig, labels: LabelSet, *, resume: bool, overwrite: bool, dist: Dist
 ) -> run_folder.Start:
@@ -586,6 +606,7 @@ def train_run(
         >>> result = train_run(load_config("linear"), splits, "runs/x")  # doctest: +SKIP
     """
     check(cfg)  # the settings fit the model family, before anything is written
+    _check_vocabulary(cfg, splits)
     root = Path(run_dir)
     dist = Dist.from_env() if dist is None else dist
     if dist.is_main:
