@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from rich.console import Console
 
 from fenlei.cli import _views
@@ -35,7 +37,9 @@ def test_many_labels_show_the_weakest_and_say_so() -> None:
     assert _per_class_table(_per_class(5), "dev").row_count == 5
 
 
-def test_without_a_test_split_the_dev_scores_are_called_optimistic() -> None:
+def test_without_a_test_split_the_dev_scores_are_called_optimistic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     scores = SimpleNamespace(to_json=lambda: {"accuracy": 0.9, "macro_f1": 0.8, **_per_class(3)})
     metrics = SimpleNamespace(
         best_epoch=1, epochs_run=1, train_seconds=1.0, calibration=None, decision=None,
@@ -43,11 +47,19 @@ def test_without_a_test_split_the_dev_scores_are_called_optimistic() -> None:
     )  # fmt: skip
     result = SimpleNamespace(metrics=metrics, history=[], run_dir="runs/x")
     out, err = io.StringIO(), io.StringIO()
-    saved = (_views.out.file, _views.err.file)
-    _views.out.file, _views.err.file = out, err
-    try:
-        _views._show_training_result(result)
-    finally:
-        _views.out.file, _views.err.file = saved
+    monkeypatch.setattr(_views.out, "_file", out)  # rich's own slot: None means sys.stdout
+    monkeypatch.setattr(_views.err, "_file", err)
+    _views._show_training_result(result)
     assert "Per class (dev)" in out.getvalue() and "chose the epoch" in out.getvalue()
     assert "optimistic" in err.getvalue()
+
+
+def test_the_demo_says_which_settings_it_changed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fenlei.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--set", "train.epochs=1"]) == 0
+    shown = capsys.readouterr().out
+    said = "demo: preset linear with --set model.char_ngram_min=3 --set train.batch_size=32"
+    assert said in shown

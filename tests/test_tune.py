@@ -74,13 +74,13 @@ def main_quietly(args: list[str]) -> int:
 
     buffer = io.StringIO()
     console = cli.out  # the commands' console, shared by every cli module
-    file, width = console.file, console.width
-    console.file, console.width = buffer, 200
+    file, width = console._file, console._width  # rich's own slots (None: follow sys.stdout)
+    console._file, console._width = buffer, 200
     try:
         with redirect_stdout(buffer):
             code = cli.main(args)
     finally:
-        console.file, console.width = file, width
+        console._file, console._width = file, width
     _LAST_OUTPUT[0] = buffer.getvalue()
     return code
 

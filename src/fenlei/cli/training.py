@@ -233,6 +233,12 @@ def demo(
 
     small_data = list(DEMO_LINEAR_SETTINGS) if preset == "linear" else []
     cfg = load_config(preset, [*small_data, *(set_ or [])])
+    if small_data:  # say what the demo changed, so the same command line reproduces it
+        out.print(
+            f"demo: preset {preset} with {' '.join(f'--set {s}' for s in small_data)} "
+            "(small, short, typo-laden texts)",
+            highlight=False,
+        )
     check(cfg)
     splits = prepare_splits(
         cfg.data,
