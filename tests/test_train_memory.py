@@ -115,3 +115,47 @@ def test_gradients_are_freed_after_each_step(  # type: ignore[no-untyped-def]
     result = train_run(cfg, prepare_splits(cfg.data, bundled["train"], bundled["dev"]), tmp_path)
     assert held and not any(held)
     assert all(p.grad is None for p in result.predictor.model.parameters())
+
+
+def test_inference_batches_hold_at_most_max_tokens() -> None:
+    from fenlei.models import length_sorted_batches
+
+    lengths = [128, 3, 128, 60, 7, 128, 64, 1]
+    batches = length_sorted_batches(lengths, batch_size=4, max_tokens=256)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) * max(lengths[i] for i in b) <= 256 for b in batches)
+    assert [len(b) for b in batches] == [2, 2, 4]  # 128,128 | 128,64 | 60,7,3,1
+    assert length_sorted_batches([500], batch_size=4, max_tokens=100) == [[0]]  # one at least
+    assert [len(b) for b in length_sorted_batches(lengths, 4)] == [4, 4]  # no cap
+
+
+def test_capped_scoring_gives_the_same_logits_and_stays_under_the_cap(
+    tiny_transformer_dir: Path,
+) -> None:
+    from fenlei.models import batched_logits
+    from fenlei.models.transformer import TransformerClassifier
+
+    torch.manual_seed(0)
+    model = TransformerClassifier.from_pretrained(
+        str(tiny_transformer_dir), n_outputs=3, dropout=0.0
+    ).eval()
+    id_lists = [torch.randint(5, 300, (n,)).tolist() for n in (40, 3, 17, 40, 9, 25)]
+    shapes: list[tuple[int, int]] = []
+    forward = model.forward
+
+    def spy(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        shapes.append(tuple(ids.shape))  # type: ignore[arg-type]
+        return forward(ids, mask)
+
+    whole = batched_logits(model, id_lists, pad_id=0)
+    model.forward = spy  # type: ignore[method-assign]
+    capped = batched_logits(model, id_lists, pad_id=0, max_tokens=64)
+    torch.testing.assert_close(capped, whole, atol=1e-5, rtol=1e-5)
+    assert len(shapes) > 1 and all(b * n <= 64 or b == 1 for b, n in shapes)
+
+
+def test_transformer_families_cap_their_scoring_batches() -> None:
+    from fenlei.models import REGISTRY
+
+    capped = {name for name, family in REGISTRY.items() if family.batch_tokens is not None}
+    assert capped == {"transformer.v1", "transformer.v2"}

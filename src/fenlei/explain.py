@@ -252,7 +252,13 @@ def explain(
     encoded = encoder.encode_with_offsets(list(texts))
     _check_tokens(encoded)
     device = next(model.parameters()).device
-    logits = batched_logits(model, [e.ids for e in encoded], pad_id=encoder.pad_id, device=device)
+    logits = batched_logits(
+        model,
+        [e.ids for e in encoded],
+        pad_id=encoder.pad_id,
+        max_tokens=family.batch_tokens,
+        device=device,
+    )
     probs = to_probs(logits, multi_label=multi_label)
     explain_one = _exact if family.attribution is not None else _integrated
     out = []

@@ -282,6 +282,16 @@ def _version(manifest: Mapping[str, Any]) -> str:
     return f"{manifest.get('fenlei_version', __version__)}+{sha}"
 
 
+def _family_batch_tokens(architecture: str | None) -> int | None:
+    """The family's cap on padded tokens per model call (None: unknown family, no cap)."""
+    if architecture is None:
+        return None
+    try:
+        return family_of(architecture).batch_tokens
+    except ConfigError:  # a module built outside the registry
+        return None
+
+
 class Predictor:
     """Batched inference over a trained model.
 
@@ -336,6 +346,7 @@ class Predictor:
         self.run = run
         self.architecture = architecture or (run.config.model.architecture if run else None)
         self.backend: str = getattr(model, "backend", "torch")
+        self._batch_tokens = _family_batch_tokens(self.architecture)
         self._explainer: nn.Module | None = None  # a shadow of the torch model, made once
         self._explain_lock = threading.Lock()
 
@@ -444,6 +455,7 @@ class Predictor:
             ids,
             pad_id=self.encoder.pad_id,
             batch_size=batch_size or self.batch_size,
+            max_tokens=self._batch_tokens,
             device=self.device,
         )
         return out.numpy()

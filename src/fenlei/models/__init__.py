@@ -223,10 +223,27 @@ def to_probs(logits: torch.Tensor, *, multi_label: bool) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first), for inference."""
+def length_sorted_batches(
+    lengths: Sequence[int], batch_size: int, max_tokens: int | None = None
+) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), for inference.
+
+    A batch holds at most ``batch_size`` texts and, when ``max_tokens`` is given, at most that
+    many padded tokens (its first, longest text's length times its size; at least one text).
+
+    Example:
+        >>> length_sorted_batches([3, 100, 5, 100], batch_size=4, max_tokens=200)
+        [[1, 3], [2, 0]]
+    """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, start = [], 0
+    while start < len(order):
+        size = batch_size
+        if max_tokens is not None:
+            size = max(1, min(batch_size, max_tokens // max(1, lengths[order[start]])))
+        batches.append(order[start : start + size])
+        start += size
+    return batches
 
 
 @torch.inference_mode()
@@ -236,15 +253,19 @@ def batched_logits(
     *,
     pad_id: int,
     batch_size: int = 256,
+    max_tokens: int | None = None,
     device: torch.device | None = None,
 ) -> torch.Tensor:
     """Logits (N, n_outputs) for token-id lists, batched by length so padding costs little.
 
-    The model must be in eval mode; results come back in input order, on the CPU.
+    The model must be in eval mode; results come back in input order, on the CPU. A batch
+    holds at most ``batch_size`` texts and ``max_tokens`` padded tokens (the family's
+    ``batch_tokens``).
     """
     device = device or torch.device("cpu")
     chunks: dict[int, torch.Tensor] = {}
-    for batch in length_sorted_batches([len(ids) for ids in id_lists], batch_size):
+    lengths = [len(ids) for ids in id_lists]
+    for batch in length_sorted_batches(lengths, batch_size, max_tokens):
         ids, mask = pad_ids([id_lists[i] for i in batch], pad_id)
         out = model(ids.to(device), mask.to(device)).float().cpu()
         for row, i in enumerate(batch):

@@ -53,6 +53,10 @@ class Family:
         pretrained: wraps a pretrained encoder (needs ``model.pretrained`` and the encoder's
             own tokenizer, ``encoder.kind=pretrained``).
         serve_chunk: texts per model call when served on a CPU (None: the eval batch size).
+        batch_tokens: at most this many padded tokens per inference batch (dev scoring,
+            prediction, explanation); inference activations grow with batch × length (and
+            attention with length²), so a cap keeps scoring's peak memory below training's.
+            None: batches of ``batch_size`` texts whatever their length.
         windows: reads a long text as pooled windows (``encoder.long_text=chunks``); False
             for bag models, whose logits average over the tokens anyway: a longer
             ``encoder.max_length`` reads the whole text at less cost.
@@ -80,6 +84,7 @@ class Family:
     sparse_table: bool = False
     pretrained: bool = False
     serve_chunk: int | None = None
+    batch_tokens: int | None = None
     windows: bool = True
     calibrate: bool = True
     bf16_cpu: Callable[[nn.Module], AbstractContextManager[Any]] | None = None

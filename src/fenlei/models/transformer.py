@@ -240,12 +240,18 @@ _SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
 }
 
 
+# A training step of the minilm preset: 32 texts of up to 128 tokens. Scoring 256 texts at
+# once held about 4x a step's activations and set the run's peak memory (docs/benchmarks.md,
+# "Training memory"); at this cap dev scoring and prediction stay below a training step.
+BATCH_TOKENS = 32 * 128
+
 TRANSFORMER_V1 = Family(
     name="transformer.v1",
     build=build,
     reads=frozenset({"pretrained", "dropout", "freeze_embeddings"}),
     pretrained=True,
     serve_chunk=8,  # MiniLM on CPU: 8 length-sorted texts per call beat 1 and 32
+    batch_tokens=BATCH_TOKENS,
     bf16_cpu=bf16_cpu,
     gradient_checkpointing=gradient_checkpointing,
     token_embedding=token_embedding,
@@ -259,6 +265,7 @@ TRANSFORMER_V2 = Family(
     reads=frozenset({"pretrained", "dropout", "freeze_embeddings"}),
     pretrained=True,
     serve_chunk=8,
+    batch_tokens=BATCH_TOKENS,
     bf16_cpu=bf16_cpu,
     gradient_checkpointing=gradient_checkpointing,
     token_embedding=token_embedding,

@@ -132,6 +132,7 @@ class _Context:
     progress: ProgressReporter | None
     use_amp: bool
     dist: Dist
+    batch_tokens: int | None = None  # the family's cap on padded tokens per scoring batch
 
     def autocast(self) -> AbstractContextManager[Any]:
         # bf16 autocast needs no gradient scaler (its exponent range is fp32's).
@@ -162,6 +163,7 @@ def _context(
         progress=progress,
         use_amp=use_mixed_precision(cfg, device, family),
         dist=dist,
+        batch_tokens=family.batch_tokens,
     )
 
 
@@ -235,7 +237,7 @@ def _run_epoch(
     started = time.perf_counter()
     train_loss = ctx.dist.mean(_train_epoch(stepped or model, data, batches, ctx, state))
     with ctx.autocast():
-        scores = dev_metrics(model, dev, ctx.loss, rule, ctx.device)
+        scores = dev_metrics(model, dev, ctx.loss, rule, ctx.device, max_tokens=ctx.batch_tokens)
     value = ctx.dist.mean(scores[cfg.monitor])  # every rank takes the same decision
     is_best = improved(cfg.monitor, value, state.best)
     if is_best:
@@ -287,7 +289,9 @@ class _Epochs:
             stop = call_epoch_hook(self.on_epoch, record, self.ctx.dist)
             snap = self._checkpoint(record, stop)
             if record.is_best:
-                best = copy_weights(self.model, snap)
+                ending = stop or state.finished(cfg.epochs, cfg.patience)
+                # the last epoch's weights are the model's own: no copy to hold beside them
+                best = dict(self.model.state_dict()) if ending else copy_weights(self.model, snap)
             if self.ctx.progress is not None:
                 self.ctx.progress.epoch_end(record)
             if stop:
@@ -367,6 +371,8 @@ def fit_by_gradient(
         raise
     if writer is not None:
         writer.close(flush=False)
+    for opt in ctx.optimizers:  # freed now, not when the garbage collector finds the
+        opt.state.clear()  # scheduler-optimizer cycle: scoring and the report reuse it
     weights = best_weights(run_dir, memory) if cfg.restore_best else None
     if weights:
         model.load_state_dict(weights)

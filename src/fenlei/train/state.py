@@ -124,6 +124,8 @@ def dev_metrics(
     loss_fn: Loss,
     rule: DecisionRule,
     device: torch.device,
+    *,
+    max_tokens: int | None = None,
 ) -> dict[str, float]:
     """Dev loss, accuracy and macro-F1, the labels chosen by ``rule`` (its threshold).
 
@@ -131,7 +133,9 @@ def dev_metrics(
     several windows is scored by its pooled logits, as prediction scores it.
     """
     model.eval()
-    logits = batched_logits(model, dev.ids, pad_id=dev.pad_id, batch_size=256, device=device)
+    logits = batched_logits(
+        model, dev.ids, pad_id=dev.pad_id, batch_size=256, max_tokens=max_tokens, device=device
+    )
     if dev.windows is not None:
         logits = dev.windows.pool_logits(logits)
     targets = dev.targets.to(device)
