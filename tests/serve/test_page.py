@@ -66,9 +66,12 @@ def test_page_classifies_text_and_draws_bars(
     page.fill("#text", "hi, my parcel still hasn't arrived, where is it?")
     page.click("#classify")
     page.wait_for_selector(".bar-row")
-    rows = page.locator(".bar-row")
     n_labels = len(server.state.models["intents"].predictor.labels)
-    assert rows.count() == n_labels
+    assert n_labels > 5
+    assert page.locator(".bar-row").count() == 5  # the top-k control's default
+    page.select_option("#top-k", str(n_labels))  # "all 12": classifies again
+    page.wait_for_function(f"document.querySelectorAll('.bar-row').length === {n_labels}")
+    rows = page.locator(".bar-row")
     widths = [
         float(rows.nth(i).locator(".bar").evaluate("el => parseFloat(el.style.width)"))
         for i in range(n_labels)
@@ -167,4 +170,54 @@ def test_markup_in_texts_and_labels_never_runs(
     shown = [page.locator(".why .hl").nth(i).inner_text() for i in range(3)]
     assert shown == MARKUP  # shown as the text it is
     assert labels[0] in page.inner_text("#results") or labels[1] in page.inner_text("#results")
+    page.close()
+
+
+def test_top_k_control_limits_the_bars_and_lists_every_choice(
+    browser: Any, start_server: StartServer, serve_run: Path
+) -> None:
+    server = start_server({"intents": serve_run})
+    page = _offline_page(browser, server, [])
+    _classify(page, server, "where is my parcel?\nI want a refund", per_line=True)
+    page.wait_for_selector(".bar-row")
+    n_labels = len(server.state.models["intents"].predictor.labels)
+    options = page.locator("#top-k option")
+    values = [options.nth(i).get_attribute("value") for i in range(options.count())]
+    assert values == ["1", "3", "5", "10", str(n_labels)]
+    page.select_option("#top-k", "3")
+    page.wait_for_function("document.querySelectorAll('.bar-row').length === 6")  # 2 texts x 3
+    assert [page.locator(".result").nth(i).locator(".bar-row").count() for i in (0, 1)] == [3, 3]
+    page.close()
+
+
+def test_an_error_clears_the_results_of_the_request_before(
+    browser: Any, start_server: StartServer, serve_run: Path
+) -> None:
+    server = start_server({"intents": serve_run}, max_chars=40)
+    page = _offline_page(browser, server, [])
+    _classify(page, server, "where is my parcel?")
+    page.wait_for_selector(".bar-row")
+    page.fill("#text", "this text is far longer than the forty characters allowed here")
+    page.click("#classify")
+    page.wait_for_selector("#status .error")
+    assert "max_chars" in page.inner_text("#status")
+    assert page.locator("#results .result").count() == 0  # no bars left from the first text
+    page.close()
+
+
+def test_chinese_texts_and_labels_are_marked_for_the_cjk_font_stack(
+    browser: Any, start_server: StartServer, serve_run: Path
+) -> None:
+    server = start_server({"intents": serve_run})
+    page = _offline_page(browser, server, [])
+    _classify(page, server, "我要退款\nwhere is my parcel?", per_line=True)
+    page.wait_for_function("document.querySelectorAll('.why .hl').length === 2")
+    texts = page.locator(".result .text")
+    assert [texts.nth(i).get_attribute("lang") for i in (0, 1)] == ["zh", None]
+    assert page.locator(".why .hl").nth(0).get_attribute("lang") == "zh"
+    zh_font = texts.nth(0).evaluate("el => getComputedStyle(el).fontFamily")
+    en_font = texts.nth(1).evaluate("el => getComputedStyle(el).fontFamily")
+    assert zh_font.startswith('"PingFang SC"') and "Noto Sans CJK SC" in zh_font
+    assert en_font.startswith("system-ui") and "Noto Sans CJK SC" in en_font  # CJK fallback
+    assert page.evaluate("document.documentElement.lang") == "en"
     page.close()
