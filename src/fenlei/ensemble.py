@@ -234,6 +234,7 @@ class EnsemblePredictor:
             run_dir=self.run_dir,
             data=infos[0].data,
             members={n: float(w) for n, w in zip(self.names, self.weights, strict=True)},
+            max_unknown_rate=min(i.max_unknown_rate for i in infos),
         )
 
 

@@ -205,6 +205,8 @@ class PredictorInfo:
         run_dir: the run folder (None when built from objects).
         data: how the run's tables are read (columns, label separator); None without a run.
         members: an ensemble's member names and their weights (empty for one model).
+        max_unknown_rate: the run's ``encoder.max_unknown_rate``: a served batch whose texts
+            are on average more unknown tokens than this is counted and logged as a warning.
     """
 
     labels: tuple[str, ...]
@@ -221,6 +223,7 @@ class PredictorInfo:
     run_dir: Path | None = None
     data: DataConfig | None = None
     members: dict[str, float] = field(default_factory=dict)
+    max_unknown_rate: float = 0.5
 
 
 class ServablePredictor(Protocol):
@@ -271,6 +274,7 @@ def _about_run(run: LoadedRun) -> dict[str, Any]:
         "kind": str(run.manifest.get("kind", "single")),
         "run_dir": run.run_dir,
         "data": run.config.data,
+        "max_unknown_rate": run.config.encoder.max_unknown_rate,
     }
 
 

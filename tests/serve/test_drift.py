@@ -144,3 +144,31 @@ def test_monitor_reuses_the_statistics_of_a_scored_batch(
     again.observe(texts, scored.probs)
     assert measured == [len(texts)]
     assert reused.psi_values() == again.psi_values()
+
+
+def _sample(metrics: str, name: str) -> float:
+    line = next((ln for ln in metrics.splitlines() if ln.startswith(name)), None)
+    return 0.0 if line is None else float(line.split()[-1])
+
+
+def test_batches_of_unknown_tokens_are_counted_and_logged(
+    start_server: StartServer, serve_run: Path, bundled: dict[str, Dataset], caplog
+) -> None:  # type: ignore[no-untyped-def]
+    server = start_server({"intents": serve_run}, max_chars=1000)
+    known = bundled["dev"].texts[:16]
+    _send(server, known)
+    with server.client() as c:
+        before = c.get("/metrics").text
+    assert _sample(before, 'fenlei_unknown_token_share_count{model="intents"}') == len(known)
+    assert _sample(before, 'fenlei_unknown_token_batches_total{model="intents"}') == 0
+    with caplog.at_level("WARNING", logger="fenlei.serve.app"):
+        _send(server, _shifted(32))  # two requests, each a batch of unreadable texts
+    with server.client() as c:
+        after = c.get("/metrics").text
+    assert _sample(after, 'fenlei_unknown_token_batches_total{model="intents"}') >= 2
+    assert _sample(after, 'fenlei_unknown_token_share_bucket{le="0.9",model="intents"}') == len(
+        known
+    )  # every shifted text is over 90% unknown tokens
+    warnings = [r.getMessage() for r in caplog.records if "unknown to its vocabulary" in r.message]
+    assert len(warnings) == 1  # one line per model and minute, however many batches
+    assert warnings[0].startswith("model intents: ") and "max_unknown_rate is 50%" in warnings[0]

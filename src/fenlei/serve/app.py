@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -173,27 +174,47 @@ def _workers(info: PredictorInfo, settings: ServeSettings) -> int:
     return max(1, min(4, (os.cpu_count() or 1) // (settings.threads or 1)))
 
 
+UNKNOWN_WARNING_EVERY_S = 60.0  # at most one log line per model and minute
+
+
 def _batch_function(
     name: str,
     predictor: ServablePredictor,
     chunk: int,
     metrics: ServeMetrics,
     drift: DriftMonitor | None,
+    max_unknown_rate: float,
 ) -> Callable[[list[str]], np.ndarray]:
     """texts -> probabilities (N, C), observed for /metrics and drift in the same worker
-    thread. With a drift monitor the predictor scores and measures the texts in one pass
-    (:meth:`~fenlei.predict.Predictor.score`), so a batch is tokenized once."""
+    thread. The predictor scores and measures the texts in one pass
+    (:meth:`~fenlei.predict.Predictor.score`), so a batch is tokenized once; a batch that is
+    mostly unknown tokens is counted and logged (as training refuses such data)."""
     labels = predictor.labels
+    last_warning = [-UNKNOWN_WARNING_EVERY_S]
+
+    def warn_unknown(rates: np.ndarray) -> None:
+        now = time.monotonic()
+        if now - last_warning[0] < UNKNOWN_WARNING_EVERY_S:
+            return
+        last_warning[0] = now
+        logger.warning(
+            "model %s: %.0f%% of the tokens of a batch of %d text(s) are unknown to its "
+            "vocabulary (encoder.max_unknown_rate is %.0f%%): the texts may be in a language "
+            "or script the model was not trained on, and its predictions are guesses "
+            "(see fenlei_unknown_token_batches_total)",
+            name,
+            100 * float(np.mean(rates)),
+            len(rates),
+            100 * max_unknown_rate,
+        )
 
     def run(texts: list[str]) -> np.ndarray:
-        if drift is None:
-            probs = predictor.predict_proba(texts, batch_size=chunk)
-            stats = None
-        else:
-            scored = predictor.score(texts, batch_size=chunk)
-            probs, stats = scored.probs, scored.stats
+        scored = predictor.score(texts, batch_size=chunk)
+        probs, stats = scored.probs, scored.stats
         try:
             metrics.observe_batch(name, labels, texts, probs)
+            if metrics.observe_unknown(name, stats.unknown_rate, max_unknown_rate):
+                warn_unknown(stats.unknown_rate)
             if drift is not None:
                 drift.observe(texts, probs, stats=stats)
         except Exception:  # monitoring must never fail a prediction
@@ -211,7 +232,9 @@ def _serve_model(name: str, predictor: ServablePredictor, state: ServeState) -> 
     )
     batch_hist = metrics.batch_size.labels(name)
     batcher = MicroBatcher(
-        _batch_function(name, predictor, _chunk_size(info, settings), metrics, drift),
+        _batch_function(
+            name, predictor, _chunk_size(info, settings), metrics, drift, info.max_unknown_rate
+        ),
         max_batch_size=settings.max_batch_size,
         max_batch_chars=settings.max_batch_chars,
         max_wait_ms=settings.max_wait_ms,

@@ -36,6 +36,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _LENGTH_BUCKETS = (10, 25, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+_SHARE_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 0.9, 1.0)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -87,6 +88,20 @@ class ServeMetrics:
             buckets=_LENGTH_BUCKETS,
             registry=r,
         )
+        self.unknown_share = Histogram(
+            "fenlei_unknown_token_share",
+            "Share of a text's tokens that the model's vocabulary reads as unknown",
+            ["model"],
+            buckets=_SHARE_BUCKETS,
+            registry=r,
+        )
+        self.unknown_batches = Counter(
+            "fenlei_unknown_token_batches",
+            "Model calls whose texts were on average more unknown tokens than the run's "
+            "encoder.max_unknown_rate (texts in a language or script the model cannot read)",
+            ["model"],
+            registry=r,
+        )
         self.drift_psi = Gauge(
             "fenlei_drift_psi",
             "Population stability index, recent traffic vs training",
@@ -109,6 +124,19 @@ class ServeMetrics:
         hist = self.input_chars.labels(model)
         for text in texts:
             hist.observe(len(text))
+
+    def observe_unknown(self, model: str, unknown_rate: np.ndarray, limit: float) -> bool:
+        """Record each text's unknown-token share; count the batch (and return True) when
+        their mean is over ``limit``."""
+        if len(unknown_rate) == 0:
+            return False
+        hist = self.unknown_share.labels(model)
+        for rate in unknown_rate:
+            hist.observe(float(rate))
+        over = float(np.mean(unknown_rate)) > limit
+        if over:
+            self.unknown_batches.labels(model).inc()
+        return over
 
     def render(self) -> bytes:
         """The exposition text of every collector."""
