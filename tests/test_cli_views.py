@@ -37,6 +37,27 @@ def test_many_labels_show_the_weakest_and_say_so() -> None:
     assert _per_class_table(_per_class(5), "dev").row_count == 5
 
 
+def test_the_data_table_names_each_split_and_sums_up_many_labels(tmp_path: Path) -> None:
+    from fenlei.data import Dataset
+
+    def dataset(name: str, n_labels: int) -> Dataset:
+        texts = [f"text {i}" for i in range(3 * n_labels)]
+        labels = [f"label{i % n_labels:02d}" for i in range(3 * n_labels)]
+        return Dataset.from_lists(texts, labels, source=str(tmp_path / "very" / "long" / name))
+
+    def splits(train: Dataset, dev: Dataset) -> SimpleNamespace:
+        return SimpleNamespace(train=train, dev=dev, test=None)
+
+    many = _render(_views._summary_table(splits(dataset("a.csv", 40), dataset("b.csv", 40))))
+    assert "40 labels: 3 (label00) to 3 (label00) rows each" in many
+    assert "label39" not in many  # not one line per label
+    rows = [line for line in many.splitlines() if "a.csv" in line or "b.csv" in line]
+    cells = [[c.strip() for c in row.split("│")[1:3]] for row in rows]
+    assert cells == [["train", "a.csv"], ["dev", "b.csv"]]
+    few = _render(_views._summary_table(splits(dataset("c.csv", 3), dataset("d.csv", 3))))
+    assert "label00 3, label01 3, label02 3" in few
+
+
 def test_without_a_test_split_the_dev_scores_are_called_optimistic(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

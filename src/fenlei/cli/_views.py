@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
@@ -11,18 +12,51 @@ from fenlei.cli._app import (
     err,
     out,
 )
+from fenlei.data import summarize
 
 __all__: list[str] = []
 
 
-def _summary_table(summaries: list[Any]) -> Table:
+LABEL_COUNTS_SHOWN = 8  # more labels: one summary line per split instead of every count
+
+
+def _label_counts(counts: dict[str, int]) -> str:
+    """Every label's count, or for many labels how many there are and the smallest and
+    largest (77 labels printed a 77-line cell per split)."""
+    if len(counts) <= LABEL_COUNTS_SHOWN:
+        return ", ".join(f"{k} {v}" for k, v in counts.items())
+    low, high = min(counts, key=counts.__getitem__), max(counts, key=counts.__getitem__)
+    return f"{len(counts)} labels: {counts[low]} ({low}) to {counts[high]} ({high}) rows each"
+
+
+def _file_name(source: str) -> str:
+    """``/long/path/train.csv [dev split]`` -> ``train.csv [dev split]``: the part that
+    differs between rows (a truncated full path read the same for every split)."""
+    path, bracket, rest = source.partition(" [")
+    return Path(path).name + (f" [{rest}" if bracket else "")
+
+
+def _summary_table(splits: Any) -> Table:
+    """Rows, label counts and text lengths of each split, named train/dev/test."""
     table = Table(title="Data", show_lines=False)
-    for col in ("split", "rows", "labels", "chars (min / median / p95 / max)"):
-        table.add_column(col)
-    for s in summaries:
-        counts = ", ".join(f"{k} {v}" for k, v in s.label_counts.items())
+    table.add_column("split")
+    table.add_column("from", overflow="fold")
+    table.add_column("rows", justify="right")
+    table.add_column("labels")
+    table.add_column("chars min / median / p95 / max")
+    for role in ("train", "dev", "test"):
+        dataset = getattr(splits, role)
+        if dataset is None:
+            continue
+        s = summarize(dataset)
         lengths = f"{s.chars_min} / {s.chars_median:.0f} / {s.chars_p95:.0f} / {s.chars_max}"
-        table.add_row(escape(s.source), str(s.rows), escape(counts), lengths)
+        table.add_row(
+            role,
+            escape(_file_name(s.source)),
+            str(s.rows),
+            escape(_label_counts(s.label_counts)),
+            lengths,
+        )
     return table
 
 

@@ -50,7 +50,7 @@ def _run_training(
 
     threads = training_threads(cfg.train.threads)
     configure_torch(threads=threads.count, seed=cfg.train.seed)
-    out.print(_summary_table(splits.summaries()))
+    out.print(_summary_table(splits))
     out.print(f"torch threads: {threads.count} ({threads.reason})", highlight=False)
     return train_run(
         cfg,
