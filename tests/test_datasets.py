@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from fenlei import datasets
+from fenlei import datasets, download
 from fenlei.cli import main
 from fenlei.errors import DataError
 
@@ -210,7 +210,7 @@ def test_oversized_file_without_a_length_is_cut_at_the_published_size(
     server.send_length = False  # the client learns the size only by reading
     server.files["SST-2.zip"] = sst2 + bytes(32 << 20)  # more than any socket buffers hold
     written: list[int] = []
-    real_copy = datasets._copy_capped
+    real_copy = download._copy_capped
 
     def spy(*args: Any) -> int:
         try:
@@ -218,7 +218,7 @@ def test_oversized_file_without_a_length_is_cut_at_the_published_size(
         finally:
             written.append(args[1].tell())
 
-    monkeypatch.setattr(datasets, "_copy_capped", spy)
+    monkeypatch.setattr(download, "_copy_capped", spy)
     with pytest.raises(datasets.DownloadError, match=f"sends more than the {len(sst2):,} bytes"):
         datasets.get("sst2", cache=tmp_path, base_url=server.url)
     assert written and written[0] <= len(sst2)  # never wrote past the published size
