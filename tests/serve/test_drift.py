@@ -161,7 +161,7 @@ def test_batches_of_unknown_tokens_are_counted_and_logged(
         before = c.get("/metrics").text
     assert _sample(before, 'fenlei_unknown_token_share_count{model="intents"}') == len(known)
     assert _sample(before, 'fenlei_unknown_token_batches_total{model="intents"}') == 0
-    with caplog.at_level("WARNING", logger="fenlei.serve.app"):
+    with caplog.at_level("WARNING", logger="fenlei.serve.loading"):
         _send(server, _shifted(32))  # two requests, each a batch of unreadable texts
     with server.client() as c:
         after = c.get("/metrics").text
