@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_model
+from torch import nn
 
 from fenlei.artifact import (
     RUN_KIND,
@@ -105,6 +106,7 @@ def _check_family(architecture: str, *, int8: bool, prune: PruneSpec | None) -> 
 
 
 def _write_bag(staging: Path, model: Bag, spec_json: dict[str, Any]) -> None:
+    assert isinstance(model, nn.Module)  # a CompactBag is a module too
     atomic_write(staging / "model.safetensors", lambda tmp: save_model(model, str(tmp)))
     text = json.dumps(spec_json, indent=2, ensure_ascii=False) + "\n"
     atomic_write_text(staging / "model_config.json", text)

@@ -26,9 +26,7 @@ from torch import nn
 from fenlei.config import ModelConfig
 from fenlei.errors import ConfigError
 from fenlei.models import ModelSpec, build_model
-from fenlei.models.compact import FeatureMap, Int8EmbeddingBag
-from fenlei.models.linear import BagOfNgrams
-from fenlei.models.nbsvm import NBLogistic
+from fenlei.models.compact import CompactBag, FeatureMap, Int8EmbeddingBag
 
 __all__ = [
     "BAG_FAMILIES",
@@ -44,7 +42,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BAG_FAMILIES = ("linear.v1", "linear.v2", "nbsvm.v1")
-Bag = BagOfNgrams | NBLogistic
+Bag = CompactBag
 
 
 @dataclass(frozen=True)
@@ -85,13 +83,20 @@ def parse_prune(text: str) -> PruneSpec:
 
 def bag_table(model: Bag) -> nn.EmbeddingBag | Int8EmbeddingBag:
     """The model's table: ``embed`` of ``linear``, ``table`` of ``nbsvm``."""
-    return model.embed if isinstance(model, BagOfNgrams) else model.table
+    return model.bag_table
 
 
 def table_weight(model: Bag) -> torch.Tensor:
     """The model's table as float32 (rows, width), padding row last."""
     weight: torch.Tensor = bag_table(model).weight
     return weight.detach().float()
+
+
+def _feature_map(model: Bag) -> FeatureMap:
+    """A pruned model's map from feature keys to its table's rows."""
+    fmap = getattr(model, "feature_map", None)
+    assert isinstance(fmap, FeatureMap), "only a pruned table (kept rows) has a feature map"
+    return fmap
 
 
 @torch.no_grad()
@@ -102,7 +107,7 @@ def row_keys(model: Bag) -> np.ndarray:
     """
     keys = np.full(model.pad_index, -1, dtype=np.int64)
     if model.kept is not None:
-        fmap: FeatureMap = model.feature_map
+        fmap = _feature_map(model)
         slot_keys = fmap.slot_keys.numpy().astype(np.int64)  # type: ignore[operator]
         slot_rows = fmap.slot_rows.numpy().astype(np.int64)  # type: ignore[operator]
         used = slot_keys >= 0
@@ -122,9 +127,7 @@ def row_keys(model: Bag) -> np.ndarray:
 @torch.no_grad()
 def _importance(model: Bag) -> np.ndarray:
     """How much each row (pad excluded) can move the logits: ``|head @ row|`` or ``|row|``."""
-    weight = table_weight(model)[: model.pad_index]
-    if isinstance(model, BagOfNgrams):
-        weight = weight @ model.head.weight.float().T  # (rows, C): the row's logit change
+    weight = model.row_logits(table_weight(model)[: model.pad_index])  # (rows, C)
     return weight.norm(dim=1).numpy()  # type: ignore[no-any-return]
 
 
@@ -147,8 +150,8 @@ def _placed_model(
     """
     new_spec = replace(spec, ngram_rows=None, kept_rows=len(keys), int8_table=int8)
     model = build_model(cfg, new_spec)
-    assert isinstance(model, BagOfNgrams | NBLogistic)
-    placed = model.feature_map.fill(keys)
+    assert isinstance(model, CompactBag)
+    placed = _feature_map(model).fill(keys)
     if len(placed) < len(keys):
         dropped = len(keys) - len(placed)
         logger.info("%d of %d keys found no slot and are dropped", dropped, len(keys))
@@ -177,11 +180,7 @@ def prune_bag(
     table = torch.zeros(len(keys) + 1, weight.shape[1])
     table[: len(old_rows)] = weight[torch.from_numpy(old_rows)]
     _load_table(bag_table(new), table)
-    if isinstance(model, BagOfNgrams) and isinstance(new, BagOfNgrams):
-        new.head.load_state_dict(model.head.state_dict())
-        _remap_chars(model, new, old_rows)
-    elif isinstance(model, NBLogistic) and isinstance(new, NBLogistic):
-        new.bias.copy_(model.bias)
+    new.copy_outputs(model, old_rows)  # type: ignore[arg-type]
     assert new.kept is not None
     return new.eval(), replace(spec, ngram_rows=None, kept_rows=new.kept, int8_table=int8)
 
@@ -192,13 +191,3 @@ def _load_table(table: nn.Module, weight: torch.Tensor) -> None:
     else:
         assert isinstance(table, nn.EmbeddingBag)
         table.weight.copy_(weight)
-
-
-def _remap_chars(model: BagOfNgrams, new: BagOfNgrams, old_rows: np.ndarray) -> None:
-    """Point the character n-gram table at the new rows (a dropped row -> padding)."""
-    if not model.use_chars:
-        return
-    where = torch.full((model.pad_index + 1,), new.pad_index, dtype=torch.long)
-    where[torch.from_numpy(old_rows)] = torch.arange(len(old_rows))
-    old: torch.Tensor = model.char_table  # type: ignore[assignment]
-    new.char_table.copy_(where[old])  # type: ignore[operator]

@@ -29,9 +29,7 @@ from fenlei.compress.prune import Bag, bag_table, table_weight
 from fenlei.config import ModelConfig
 from fenlei.errors import MissingExtraError
 from fenlei.models import ModelSpec, build_model
-from fenlei.models.compact import Int8EmbeddingBag
-from fenlei.models.linear import BagOfNgrams
-from fenlei.models.nbsvm import NBLogistic
+from fenlei.models.compact import CompactBag, Int8EmbeddingBag
 from fenlei.onnx import export_onnx
 
 __all__ = ["int8_bag", "int8_onnx"]
@@ -48,12 +46,12 @@ def int8_bag(model: Bag, cfg: ModelConfig, spec: ModelSpec) -> tuple[Bag, ModelS
     """
     new_spec = replace(spec, int8_table=True)
     new = build_model(cfg, new_spec)
-    assert isinstance(new, BagOfNgrams | NBLogistic)
-    prefix = ("embed.", "table.")
+    assert isinstance(new, CompactBag)
+    table = bag_table(new)
+    prefix = next(name for name, module in new.named_modules() if module is table) + "."
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(prefix)}
     missing = new.load_state_dict(state, strict=False).missing_keys
     assert all(k.startswith(prefix) for k in missing), missing
-    table = bag_table(new)
     assert isinstance(table, Int8EmbeddingBag)
     table.load_float(table_weight(model))
     return new.eval(), new_spec

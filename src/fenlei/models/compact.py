@@ -23,11 +23,21 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any, Protocol, Self, runtime_checkable
+
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["PROBES", "FeatureMap", "Int8EmbeddingBag", "quantize_rows", "slots_for"]
+__all__ = [
+    "PROBES",
+    "CompactBag",
+    "FeatureMap",
+    "Int8EmbeddingBag",
+    "quantize_rows",
+    "slots_for",
+]
 
 PROBES = 16  # slots tried per key (linear probing from a scrambled home slot)
 _SCRAMBLE = 2_654_435_761  # Knuth's multiplier: token ids are consecutive, homes must not be
@@ -148,3 +158,36 @@ class FeatureMap(nn.Module):
         self.slot_keys.copy_(torch.from_numpy(slot_keys.astype(np.int32)))  # type: ignore[operator]
         self.slot_rows.copy_(torch.from_numpy(rows.astype(np.int32)))  # type: ignore[operator]
         return placed
+
+
+@runtime_checkable
+class CompactBag(Protocol):
+    """What :mod:`fenlei.compress` needs of a bag model to prune and quantize its table
+    (``linear``'s :class:`~fenlei.models.linear.BagOfNgrams`, ``nbsvm``'s
+    :class:`~fenlei.models.nbsvm.NBLogistic`): each model says how its rows reach the logits
+    and what besides the table it carries, so the pruner names no model class."""
+
+    vocab_size: int
+    pad_index: int
+    kept: int | None  # rows of a pruned table, found through its ``feature_map``
+
+    @property
+    def bag_table(self) -> nn.EmbeddingBag | Int8EmbeddingBag:
+        """The table whose rows are pruned and quantized."""
+        ...
+
+    def row_logits(self, weight: torch.Tensor) -> torch.Tensor:
+        """(rows, C): what each row of ``weight`` (shaped like the table) adds to the logits."""
+        ...
+
+    def copy_outputs(self, source: nn.Module, old_rows: np.ndarray) -> None:
+        """Copy what ``source`` (the unpruned model) has besides its table, given that row
+        ``i`` of this model's table is row ``old_rows[i]`` of the source's."""
+        ...
+
+    # the nn.Module methods the compressor calls
+    def eval(self) -> Self: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def named_modules(self) -> Iterator[tuple[str, nn.Module]]: ...

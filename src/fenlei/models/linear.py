@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -269,6 +270,28 @@ class BagOfNgrams(nn.Module):
             nn.init.uniform_(self.embed.weight, -1.0 / dim, 1.0 / dim)
             with torch.no_grad():
                 self.embed.weight[self.pad_index].zero_()
+
+    @property
+    def bag_table(self) -> nn.EmbeddingBag | Int8EmbeddingBag:
+        """The embedding table (:class:`~fenlei.models.compact.CompactBag`)."""
+        return self.embed
+
+    def row_logits(self, weight: torch.Tensor) -> torch.Tensor:
+        """(rows, C): a row's change to the logits through the head."""
+        return weight @ self.head.weight.float().T
+
+    @torch.no_grad()
+    def copy_outputs(self, source: nn.Module, old_rows: np.ndarray) -> None:
+        """The head, and the character n-gram table pointed at the new rows (a dropped row
+        -> padding)."""
+        assert isinstance(source, BagOfNgrams)
+        self.head.load_state_dict(source.head.state_dict())
+        if not source.use_chars:
+            return
+        where = torch.full((source.pad_index + 1,), self.pad_index, dtype=torch.long)
+        where[torch.from_numpy(old_rows)] = torch.arange(len(old_rows))
+        old: torch.Tensor = source.char_table  # type: ignore[assignment]
+        self.char_table.copy_(where[old])  # type: ignore[operator]
 
     def keep_buckets(self, occupied: torch.Tensor) -> None:
         """Give each bucket in ``occupied`` (sorted, from :func:`occupied_buckets`) its row.

@@ -95,6 +95,21 @@ class NBLogistic(nn.Module):
         if rows is not None and kept is None:
             self.register_buffer("bucket_rows", torch.full((buckets,), self.pad_index))
 
+    @property
+    def bag_table(self) -> nn.EmbeddingBag | Int8EmbeddingBag:
+        """The weight table (:class:`~fenlei.models.compact.CompactBag`)."""
+        return self.table
+
+    def row_logits(self, weight: torch.Tensor) -> torch.Tensor:
+        """(rows, C): a row is its own change to the logits."""
+        return weight
+
+    @torch.no_grad()
+    def copy_outputs(self, source: nn.Module, old_rows: np.ndarray) -> None:
+        """The bias (the table is all there is besides it)."""
+        assert isinstance(source, NBLogistic)
+        self.bias.copy_(source.bias)
+
     def keep_buckets(self, occupied: torch.Tensor) -> None:
         """Give each bucket in ``occupied`` (sorted, from ``occupied_buckets``) its row."""
         if self.ngram_rows != len(occupied):
