@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -159,3 +160,36 @@ def test_transformer_families_cap_their_scoring_batches() -> None:
 
     capped = {name for name, family in REGISTRY.items() if family.batch_tokens is not None}
     assert capped == {"transformer.v1", "transformer.v2"}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_dev_metrics_agree_with_scikit_learn(seed: int) -> None:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from fenlei.train.state import accuracy_and_macro_f1
+
+    rng = np.random.default_rng(seed)
+    true = rng.integers(0, 5, 40)
+    pred = np.where(rng.random(40) < 0.6, true, rng.integers(0, 7, 40))  # labels 5, 6: never true
+    cases = [(true, pred), (true, np.zeros_like(true))]
+    multi_true, multi_pred = rng.integers(0, 2, (30, 4)), rng.integers(0, 2, (30, 4))
+    multi_true[:, 3] = 0  # a label nobody has
+    cases += [(multi_true, multi_pred), (multi_true, np.zeros_like(multi_true))]
+    for y, p in cases:
+        accuracy, macro_f1 = accuracy_and_macro_f1(y, p)
+        assert accuracy == pytest.approx(accuracy_score(y, p))
+        assert macro_f1 == pytest.approx(f1_score(y, p, average="macro", zero_division=0))
+
+
+def test_training_loads_neither_scikit_learn_nor_scipy() -> None:
+    # they held 140 MB of a MiniLM run's peak memory (docs/benchmarks.md, "Training memory");
+    # scoring, calibration and the report import them after training
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fenlei.pipeline, fenlei.cli, fenlei.train\n"
+        "print(sorted(m for m in ('sklearn', 'scipy', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -30,9 +30,6 @@ from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
-from sklearn.metrics import precision_recall_curve
 
 from fenlei.decision import DecisionRule
 from fenlei.errors import ArtifactError
@@ -88,6 +85,8 @@ def nll(logits: np.ndarray, targets: np.ndarray, *, multi_label: bool) -> float:
         >>> round(nll(np.array([[0.0, 0.0]]), np.array([1]), multi_label=False), 4)
         0.6931
     """
+    from scipy.special import log_softmax  # here, as scipy.optimize: training never needs them
+
     z = np.asarray(logits, dtype=np.float64)
     if _is_softmax(z, multi_label):
         picked = log_softmax(z, axis=1)[np.arange(len(z)), np.asarray(targets, dtype=int)]
@@ -148,6 +147,8 @@ def fit_temperature(
     if _all_right(z, y, multi_label):
         note = "every dev decision is right: nothing to calibrate against"
         return TemperatureFit(1.0, before, before, note)
+    from scipy.optimize import minimize_scalar
+
     result = minimize_scalar(
         lambda log_t: nll(z / math.exp(log_t), y, multi_label=multi_label),
         bounds=(math.log(_T_MIN), math.log(_T_MAX)),
@@ -231,6 +232,8 @@ def _label_threshold(
     scores: np.ndarray, truth: np.ndarray, min_precision: float | None
 ) -> tuple[float, float | None]:
     """(threshold, None) or (best-F1 threshold, highest precision) when the target is unmet."""
+    from sklearn.metrics import precision_recall_curve  # here: pandas and pyarrow come with it
+
     precision, recall, cuts = precision_recall_curve(truth, scores)
     precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
     total = precision + recall

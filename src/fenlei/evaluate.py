@@ -15,13 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    classification_report,
-    confusion_matrix,
-    f1_score,
-    roc_auc_score,
-)
 
 from fenlei.artifact import atomic_write
 from fenlei.calibrate import coverage_curve, reject_point
@@ -108,6 +101,14 @@ def score_probabilities(
     y_true = label_targets(dataset, names, rule.multi_label)
     y_pred = rule.predicted(probs)
     label_ids = list(range(len(names)))
+    from sklearn.metrics import (  # here, not at import: training never loads them
+        accuracy_score,
+        classification_report,
+        confusion_matrix,
+        f1_score,
+        roc_auc_score,
+    )
+
     report = classification_report(
         y_true,
         y_pred,

@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.metrics import precision_recall_curve
 
 from fenlei.calibrate import ECE_BINS
 from fenlei.evaluate import draw_history
@@ -124,6 +123,8 @@ def reliability_diagram(confidence: np.ndarray, correct: np.ndarray, split: str)
 def pr_curves(probs: np.ndarray, onehot: np.ndarray, labels: Sequence[str], split: str) -> bytes:
     """Precision against recall of the :data:`PR_CLASSES` most frequent classes (of the
     positive class alone for two labels)."""
+    from sklearn.metrics import precision_recall_curve  # here: pandas comes with it
+
     support = onehot.sum(axis=0)
     order = np.argsort(-support, kind="stable")
     classes = [1] if len(labels) == 2 and onehot.shape[1] == 2 else list(order[:PR_CLASSES])

@@ -11,8 +11,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
 from fenlei.decision import DecisionRule
@@ -142,8 +142,34 @@ def dev_metrics(
     loss = float(loss_fn(logits.to(device), targets))
     probs = to_probs(logits, multi_label=rule.multi_label).numpy()
     pred, true = rule.predicted(probs), dev.targets.label_indices()
-    return {
-        "loss": loss,
-        "accuracy": float(accuracy_score(true, pred)),
-        "macro_f1": float(f1_score(true, pred, average="macro", zero_division=0)),
-    }
+    accuracy, macro_f1 = accuracy_and_macro_f1(np.asarray(true), np.asarray(pred))
+    return {"loss": loss, "accuracy": accuracy, "macro_f1": macro_f1}
+
+
+def accuracy_and_macro_f1(true: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    """Accuracy and macro-F1 as scikit-learn's ``accuracy_score`` and ``f1_score(average=
+    "macro", zero_division=0)`` give them: label indices (N,), over the labels that occur in
+    either; or 0/1 indicators (N, C), exact-set accuracy and F1 over every column.
+
+    Not scikit-learn's own: importing ``sklearn.metrics`` (with the scipy, pandas and pyarrow
+    it loads) held 140 MB of a training run's peak memory for two numbers an epoch
+    (docs/benchmarks.md, "Training memory"); tests check both agree.
+
+    Example:
+        >>> accuracy_and_macro_f1(np.array([0, 1, 1]), np.array([0, 1, 0]))
+        (0.6666666666666666, 0.6666666666666666)
+    """
+    if true.ndim == 2:
+        accuracy = float(np.mean(np.all(true == pred, axis=1)))
+        hit, said = true.astype(bool), pred.astype(bool)
+        tp = (hit & said).sum(axis=0)
+        fp, fn = (~hit & said).sum(axis=0), (hit & ~said).sum(axis=0)
+    else:
+        accuracy = float(np.mean(true == pred))
+        labels = np.union1d(true, pred)
+        tp = np.array([np.sum((true == k) & (pred == k)) for k in labels])
+        fp = np.array([np.sum((true != k) & (pred == k)) for k in labels])
+        fn = np.array([np.sum((true == k) & (pred != k)) for k in labels])
+    denominator = 2 * tp + fp + fn  # F1 = 2PR / (P + R) = 2tp / (2tp + fp + fn)
+    f1 = np.divide(2 * tp, denominator, out=np.zeros(len(tp)), where=denominator > 0)
+    return accuracy, float(f1.mean()) if len(f1) else 0.0
