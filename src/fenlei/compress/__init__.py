@@ -32,6 +32,7 @@ from typing import Any
 from safetensors.torch import save_model
 from torch import nn
 
+from fenlei.after_training import PREDICTIONS_FILE
 from fenlei.artifact import (
     RUN_KIND,
     atomic_write,
@@ -48,7 +49,6 @@ from fenlei.evaluate import score_probabilities
 from fenlei.files import staged_folder
 from fenlei.loader import run_kind
 from fenlei.onnx import export_onnx
-from fenlei.pipeline import PREDICTIONS_FILE
 from fenlei.predict import ONNX_FILE, Predictor
 
 __all__ = ["AccuracyGateError", "CompressResult", "Measured", "PruneSpec", "compress"]

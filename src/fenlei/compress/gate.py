@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fenlei.after_training import SPLITS_FILE
 from fenlei.config import DataConfig
 from fenlei.data import Dataset, load_table
 from fenlei.errors import ConfigError, DataError, FenleiError
 from fenlei.evaluate import score_probabilities
-from fenlei.pipeline import SPLITS_FILE
 from fenlei.predict import Predictor
 
 __all__ = ["AccuracyGateError", "Measured", "check_gate", "dev_split", "measure"]
