@@ -29,9 +29,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +39,7 @@ from torch import nn
 from fenlei.artifact import LoadedRun, load_run
 from fenlei.calibrate import Calibration, read_calibration
 from fenlei.errors import ArtifactError, ConfigError
+from fenlei.files import staged_folder, umask_mode
 from fenlei.predict import Predictor
 
 __all__ = ["HF_ARCHITECTURE", "SAMPLE_TEXTS", "export_hf"]
@@ -301,9 +299,7 @@ def export_hf(run_dir: str | Path, out: str | Path, *, tolerance: float = 1e-4) 
     run = load_run(run_dir)
     _check_architecture(run)
     calibration = read_calibration(run.run_dir, len(run.labels))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staged_folder(target) as staging:
         _hf_model(run, calibration).save_pretrained(str(staging))
         _save_tokenizer(run, staging)
         (staging / "README.md").write_text(_card(run, calibration), encoding="utf-8")
@@ -312,21 +308,9 @@ def export_hf(run_dir: str | Path, out: str | Path, *, tolerance: float = 1e-4) 
             raise ArtifactError(
                 f"{target}: transformers differs from fenlei by {diff:.2e} > {tolerance}"
             )
-        if target.exists():
+        for path in staging.iterdir():  # safetensors creates owner-only files
+            path.chmod(umask_mode(folder=False))
+        if target.exists():  # an empty folder (checked above): the export takes its place
             target.rmdir()
-        _respect_umask(staging)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("wrote %s (max probability difference %.1e)", target, diff)
     return target
-
-
-def _respect_umask(folder: Path) -> None:
-    """mkdtemp and safetensors create owner-only files; give them the usual modes."""
-    mask = os.umask(0)
-    os.umask(mask)
-    folder.chmod(0o777 & ~mask)
-    for path in folder.iterdir():
-        path.chmod(0o666 & ~mask)
