@@ -5,6 +5,7 @@ labels set and fenlei's calibrated probabilities; other runs are refused in one 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,11 @@ def test_transformers_loads_the_folder_without_fenlei(v2_run: Path, tmp_path: Pa
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= {
         p.name for p in folder.iterdir()
     }
+    mask = os.umask(0)
+    os.umask(mask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~mask  # the umask, not mkdtemp's 0700
+    assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o666 & ~mask}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging
     (tmp_path / "load.py").write_text(_LOADER, encoding="utf-8")
     done = subprocess.run(
         [sys.executable, "-I", str(tmp_path / "load.py"), str(folder)],
