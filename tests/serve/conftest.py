@@ -124,3 +124,47 @@ def live(serve_run: Path) -> Iterator[LiveServer]:
     server = LiveServer(app).start()
     yield server
     server.stop()
+
+
+# ------------------------------------------------------------ headless chromium (offline)
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium driven by Playwright (never `playwright install`); skipped without it."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield browser
+        browser.close()
+
+
+def offline_page(
+    browser: Any, server: LiveServer, outside: list[str], timeout_ms: int = 10_000
+) -> Any:
+    """A new page whose requests outside ``server`` are blocked and listed in ``outside``."""
+    page = browser.new_page()
+    page.set_default_timeout(timeout_ms)
+
+    def route(r: Any) -> None:
+        if r.request.url.startswith(server.url):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    return page

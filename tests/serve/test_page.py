@@ -6,51 +6,12 @@ test fails if the page asks for one (no CDN).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import LiveServer, StartServer
-
-CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield browser
-        browser.close()
-
-
-def _offline_page(browser: Any, server: LiveServer, outside: list[str]) -> Any:
-    page = browser.new_page()
-    page.set_default_timeout(10_000)
-
-    def route(r: Any) -> None:
-        if r.request.url.startswith(server.url):
-            r.continue_()
-        else:
-            outside.append(r.request.url)
-            r.abort()
-
-    page.route("**/*", route)
-    return page
+from .conftest import LiveServer, StartServer, offline_page
 
 
 def test_page_classifies_text_and_draws_bars(
@@ -58,7 +19,7 @@ def test_page_classifies_text_and_draws_bars(
 ) -> None:
     server = start_server({"intents": serve_run, "second": serve_run})
     outside: list[str] = []
-    page = _offline_page(browser, server, outside)
+    page = offline_page(browser, server, outside)
     page.goto(server.url + "/")
     page.wait_for_selector("#model option", state="attached")
     assert page.locator("#model option").count() == 2
@@ -86,7 +47,7 @@ def test_page_classifies_text_and_draws_bars(
 def test_page_shows_server_errors(browser: Any, start_server: StartServer, serve_run: Path) -> None:
     server = start_server({"intents": serve_run}, max_chars=20)
     outside: list[str] = []
-    page = _offline_page(browser, server, outside)
+    page = offline_page(browser, server, outside)
     page.goto(server.url + "/")
     page.wait_for_selector("#model option", state="attached")
     page.fill("#text", "this text is far longer than twenty characters")
@@ -99,7 +60,7 @@ def test_page_shows_server_errors(browser: Any, start_server: StartServer, serve
 
 def test_page_with_token(browser: Any, start_server: StartServer, serve_run: Path) -> None:
     server = start_server({"intents": serve_run}, token="t0ken")
-    page = _offline_page(browser, server, [])
+    page = offline_page(browser, server, [])
     page.goto(server.url + "/")
     page.wait_for_selector("#status .error")  # /v1/models answered 401
     page.fill("#token", "t0ken")
@@ -125,7 +86,7 @@ def test_page_highlights_the_words_under_each_prediction(
 ) -> None:
     server = start_server({"intents": serve_run})
     outside: list[str] = []
-    page = _offline_page(browser, server, outside)
+    page = offline_page(browser, server, outside)
     text = "😀 my parcel still hasn't arrived, 快递到哪里了?"
     _classify(page, server, text)
     page.wait_for_selector(".why .tok")
@@ -159,7 +120,7 @@ def test_markup_in_texts_and_labels_never_runs(
     relabelled = Predictor(predictor.encoder, predictor.model, labels, run=predictor.run)
     server = start_server({"intents": relabelled})
     dialogs: list[str] = []
-    page = _offline_page(browser, server, [])
+    page = offline_page(browser, server, [])
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     _classify(page, server, "\n".join(MARKUP), per_line=True)
     page.wait_for_function("document.querySelectorAll('.why .hl').length === 3")
@@ -177,7 +138,7 @@ def test_top_k_control_limits_the_bars_and_lists_every_choice(
     browser: Any, start_server: StartServer, serve_run: Path
 ) -> None:
     server = start_server({"intents": serve_run})
-    page = _offline_page(browser, server, [])
+    page = offline_page(browser, server, [])
     _classify(page, server, "where is my parcel?\nI want a refund", per_line=True)
     page.wait_for_selector(".bar-row")
     n_labels = len(server.state.models["intents"].predictor.labels)
@@ -194,7 +155,7 @@ def test_an_error_clears_the_results_of_the_request_before(
     browser: Any, start_server: StartServer, serve_run: Path
 ) -> None:
     server = start_server({"intents": serve_run}, max_chars=40)
-    page = _offline_page(browser, server, [])
+    page = offline_page(browser, server, [])
     _classify(page, server, "where is my parcel?")
     page.wait_for_selector(".bar-row")
     page.fill("#text", "this text is far longer than the forty characters allowed here")
@@ -209,7 +170,7 @@ def test_chinese_texts_and_labels_are_marked_for_the_cjk_font_stack(
     browser: Any, start_server: StartServer, serve_run: Path
 ) -> None:
     server = start_server({"intents": serve_run})
-    page = _offline_page(browser, server, [])
+    page = offline_page(browser, server, [])
     _classify(page, server, "我要退款\nwhere is my parcel?", per_line=True)
     page.wait_for_function("document.querySelectorAll('.why .hl').length === 2")
     texts = page.locator(".result .text")
