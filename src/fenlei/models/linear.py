@@ -50,6 +50,7 @@ __all__ = [
     "ngram_buckets",
     "occupied_buckets",
     "spread_over_tokens",
+    "table_features",
     "token_contributions",
     "token_ngram_features",
     "used_buckets",
@@ -190,6 +191,26 @@ def token_ngram_features(
     return torch.cat(parts, dim=1)
 
 
+def table_features(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Feature ids (B, T') of a bag model's table (``linear``'s :class:`BagOfNgrams` or
+    ``nbsvm``'s ``NBLogistic``): its tokens and hashed n-grams, through a pruned table's
+    feature map when it kept only some rows; padding -> ``model.pad_index``."""
+    pruned = model.kept is not None
+    features = token_ngram_features(
+        ids,
+        mask,
+        vocab_size=model.vocab_size,
+        ngram=model.ngram,
+        buckets=model.buckets,
+        pad_index=-1 if pruned else model.pad_index,
+        bucket_rows=getattr(model, "bucket_rows", None),
+        mix=getattr(model, "mix_hash", True),
+    )
+    if pruned:  # keys (token id, or vocab_size + bucket) -> kept rows
+        return model.feature_map(features, model.pad_index)  # type: ignore[no-any-return]
+    return features
+
+
 def spread_over_tokens(values: torch.Tensor, length: int, ngram: int) -> torch.Tensor:
     """Per-token sums (T, C) of per-feature values (T', C) laid out as
     :func:`token_ngram_features` lays out one text's features: each token's own value, plus
@@ -313,19 +334,7 @@ class BagOfNgrams(nn.Module):
 
     def token_ngrams(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Feature ids (B, T') of tokens and hashed token n-grams; padding -> ``pad_index``."""
-        features = token_ngram_features(
-            ids,
-            mask,
-            vocab_size=self.vocab_size,
-            ngram=self.ngram,
-            buckets=self.buckets,
-            pad_index=-1 if self.kept is not None else self.pad_index,
-            bucket_rows=getattr(self, "bucket_rows", None),
-            mix=self.mix_hash,
-        )
-        if self.kept is not None:  # keys (token id, or vocab_size + bucket) -> kept rows
-            return self.feature_map(features, self.pad_index)  # type: ignore[no-any-return]
-        return features
+        return table_features(self, ids, mask)
 
     def _feature_sums(self, features: torch.Tensor) -> torch.Tensor:
         """Per-text sum of the feature vectors: (B, T') ids -> (B, D)."""

@@ -31,7 +31,7 @@ from fenlei.models.family import Family, TrainIds
 from fenlei.models.linear import (
     bucket_row_map,
     spread_over_tokens,
-    token_ngram_features,
+    table_features,
     used_buckets,
 )
 from fenlei.tokenize import pad_ids
@@ -123,18 +123,7 @@ class NBLogistic(nn.Module):
 
     def feature_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Feature ids (B, T') in position order, repeats kept; padding -> ``pad_index``."""
-        feats = token_ngram_features(
-            ids,
-            mask,
-            vocab_size=self.vocab_size,
-            ngram=self.ngram,
-            buckets=self.buckets,
-            pad_index=-1 if self.kept is not None else self.pad_index,
-            bucket_rows=getattr(self, "bucket_rows", None),
-        )
-        if self.kept is not None:  # keys (token id, or vocab_size + bucket) -> kept rows
-            return self.feature_map(feats, self.pad_index)  # type: ignore[no-any-return]
-        return feats
+        return table_features(self, ids, mask)
 
     def features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Feature ids (B, T') with each text's repeats (and padding) set to ``pad_index``."""
