@@ -49,17 +49,26 @@ def _dataset(path: Path) -> Any:
     return Dataset.from_lists(texts, labels, source=str(path))
 
 
-def _train(dataset: str, preset: str, threads: int) -> Any:
+def _train(
+    dataset: str,
+    preset: str,
+    threads: int,
+    *,
+    train_rows: int | None = None,
+    overrides: list[str] | None = None,
+) -> Any:
     from fenlei.config import load_config
     from fenlei.pipeline import prepare_splits, train_run
     from fenlei.runtime import configure_torch
 
-    cfg = load_config(preset, [f"train.threads={threads}", "eval.plots=false"])
+    settings = [f"train.threads={threads}", "eval.plots=false", "eval.report=false"]
+    cfg = load_config(preset, [*settings, *(overrides or [])])
     configure_torch(threads=threads, seed=cfg.train.seed)
     folder = DATA_ROOT / dataset
-    splits = prepare_splits(
-        cfg.data, _dataset(folder / "train.csv.gz"), None, _dataset(folder / "dev.csv.gz")
-    )
+    train = _dataset(folder / "train.csv.gz")
+    if train_rows is not None:  # the first rows (the sets' files are in no label order)
+        train = train.subset(range(min(train_rows, len(train))))
+    splits = prepare_splits(cfg.data, train, None, _dataset(folder / "dev.csv.gz"))
     start = time.perf_counter()
     result = train_run(cfg, splits, WORK / f"{dataset}-{preset}", overwrite=True)
     return result.predictor, splits.test, time.perf_counter() - start
@@ -123,14 +132,26 @@ def _accuracy(predictor: Any, data: Any) -> float:
     return round(float(np.mean(right)), 4)
 
 
-def faithfulness(datasets: list[str], presets: list[str], threads: int) -> dict[str, Any]:
+def faithfulness(
+    datasets: list[str],
+    presets: list[str],
+    threads: int,
+    *,
+    train_rows: int | None = None,
+    texts: int | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
     cells: dict[str, Any] = {}
     for dataset in datasets:
         for preset in presets:
-            predictor, test, train_seconds = _train(dataset, preset, threads)
-            cell = comprehensiveness(predictor, list(test.texts))
+            predictor, test, train_seconds = _train(
+                dataset, preset, threads, train_rows=train_rows, overrides=overrides
+            )
+            cell = comprehensiveness(predictor, list(test.texts)[:texts])
             cell["train_seconds"] = round(train_seconds, 1)
             cell["accuracy"] = _accuracy(predictor, test)
+            if train_rows is not None or overrides or texts is not None:
+                cell["reduced"] = {"train_rows": train_rows, "texts": texts, "set": overrides}
             cells[f"{dataset}/{preset}"] = cell
             print(f"{dataset}/{preset}: {cell}", flush=True)
     return cells
@@ -264,9 +285,19 @@ def main() -> None:
     parser.add_argument("--random-weights", help="folder with MiniLM's config.json, tokenizer")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--name", help="results file name (default explain_<what>.json)")
+    parser.add_argument("--train-rows", type=int, help="faithfulness: train on the first N rows")
+    parser.add_argument("--texts", type=int, help="faithfulness: explain the first N texts")
+    parser.add_argument("--set", action="append", default=[], help="preset override")
     args = parser.parse_args()
     if args.what == "faithfulness":
-        body = faithfulness(args.datasets.split(","), args.presets.split(","), args.threads)
+        body = faithfulness(
+            args.datasets.split(","),
+            args.presets.split(","),
+            args.threads,
+            train_rows=args.train_rows,
+            texts=args.texts,
+            overrides=args.set,
+        )
         name = "explain_faithfulness.json"
     else:
         body = latency(args.threads, args.repeats, args.random_weights, args.device)
