@@ -430,3 +430,29 @@ def test_label_mismatch_names_both_runs(
     assert not out.exists() and _leftovers(tmp_path) == []
     with pytest.raises(ConfigError, match="share one label set"):
         build_ensemble([runs["linear"], other], out, data=bundled["dev"])
+
+
+# ---------------------------------------------------------------- report
+
+
+def test_report_of_an_ensemble_scores_the_table_and_lists_its_members(
+    ens: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fenlei.data import load_table
+
+    folder = _copy(ens, tmp_path / "ens")
+    message = _user_error(capsys, ["report", str(folder), "--out", str(tmp_path / "r.html")])
+    assert "is an ensemble" in message and "--data TABLE" in message
+    assert not (tmp_path / "r.html").exists()
+    test = bundled_dataset_path("test")
+    args = ["report", str(folder), "--data", str(test), "--out", str(folder / "report.html")]
+    code, _, err = _cli(capsys, args)
+    assert code == 0, err
+    html = (folder / "report.html").read_text(encoding="utf-8")
+    assert "ensemble of 2 members" in html
+    assert "<code>linear</code>" in html and "<code>nbsvm</code>" in html  # members, weights
+    scored = open_predictor(folder)  # the report is in the manifest: the folder still verifies
+    table = load_table(test)
+    predicted = [p.label for p in scored.predict(table.texts)]
+    accuracy = np.mean([p == ex.labels[0] for p, ex in zip(predicted, table.examples, strict=True)])
+    assert f"accuracy {accuracy:.4f}" in html  # the ensemble's own score on the table

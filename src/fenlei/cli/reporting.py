@@ -14,7 +14,7 @@ __all__ = ["report"]
 
 @app.command()
 def report(
-    run: Annotated[Path, typer.Argument(help="A run folder (one model).")],
+    run: Annotated[Path, typer.Argument(help="A run folder (an ensemble needs --data).")],
     out_file: Annotated[
         Path,
         typer.Option("--out", "-o", help="HTML file to write (in RUN: added to its manifest)."),

@@ -54,7 +54,7 @@ def build_report(
     """Write the HTML report of the run folder ``run`` to ``out``.
 
     Args:
-        run: a finished one-model run folder.
+        run: a finished run folder (one model, or an ensemble with ``data``).
         out: the HTML file to write; inside ``run`` it is recorded in the run's manifest.
         data: a labelled table to score and show instead of the run's own dev/test split.
         issues: the ``.csv``/``.jsonl``/``.json`` of ``fenlei audit`` to show its top rows.
@@ -64,7 +64,8 @@ def build_report(
         The path written.
 
     Raises:
-        ArtifactError: ``run`` is missing, altered or an ensemble.
+        ArtifactError: ``run`` is missing or altered.
+        ConfigError: ``run`` is an ensemble and no ``data`` is given.
         DataError: ``data`` or ``issues`` is unreadable, or ``data`` has unknown labels.
 
     Example:
@@ -74,7 +75,6 @@ def build_report(
     path = write_html(inputs, out, limits)
     root = Path(run)
     if path.resolve().parent == root.resolve():  # a file in the folder must be in its manifest
-        loaded = inputs.predictor.run
-        assert loaded is not None
-        update_manifest(root, loaded.manifest, path.name)
+        assert inputs.manifest is not None
+        update_manifest(root, inputs.manifest, path.name)
     return path

@@ -25,7 +25,9 @@ from fenlei._version import __version__
 from fenlei.artifact import MANIFEST, atomic_write_text
 from fenlei.config import RunConfig
 from fenlei.data import Dataset, load_table
-from fenlei.errors import ArtifactError, DataError
+from fenlei.ensemble import KIND as ENSEMBLE_KIND
+from fenlei.ensemble import EnsemblePredictor, load_ensemble, read_json
+from fenlei.errors import ArtifactError, ConfigError, DataError
 from fenlei.evaluate import label_targets, score_probabilities
 from fenlei.plotting import data_uri
 from fenlei.predict import Predictor
@@ -93,10 +95,14 @@ class ReportInputs:
         model_bytes: size of the weights.
         calibration: ``metrics.json``'s calibration entry (temperature, ECE before/after).
         issues: a ``fenlei audit`` file to show.
+        parameters: the model's parameter count (an ensemble's: all its members').
+        members: an ensemble's member names and weights (empty for one model); ``cfg`` is
+            then its first member's configuration.
+        manifest: the verified manifest of the folder read (None while training writes it).
     """
 
     cfg: RunConfig
-    predictor: Predictor
+    predictor: Predictor | EnsemblePredictor
     history: list[EpochRecord]
     data: dict[str, Dataset]
     probs: dict[str, np.ndarray]
@@ -105,6 +111,9 @@ class ReportInputs:
     model_bytes: int = 0
     calibration: dict[str, Any] | None = None
     issues: Path | None = None
+    parameters: int = 0
+    members: dict[str, float] = field(default_factory=dict)
+    manifest: dict[str, Any] | None = None
 
     @property
     def shown(self) -> str | None:
@@ -183,15 +192,17 @@ def inputs_from_run(
             and the tables they came from).
         issues: a ``fenlei audit`` output to show.
 
+    An ensemble keeps no dev or test predictions of its own, so it needs ``data``; its
+    report shows its members and weights, and its first member's configuration.
+
     Raises:
-        ArtifactError: the folder is missing, altered or an ensemble.
+        ArtifactError: the folder is missing or altered.
+        ConfigError: an ensemble without ``data``.
         DataError: ``data`` is unreadable or has labels the model does not know.
     """
     root = Path(run_dir)
     if (root / "ensemble.json").is_file():
-        raise ArtifactError(
-            f"{root} is an ensemble; report one of its members: fenlei report {root}/members/NAME"
-        )
+        return _ensemble_inputs(root, data=data, issues=issues)
     predictor = Predictor.from_run(root, backend="torch")
     loaded = predictor.run
     assert loaded is not None
@@ -201,7 +212,7 @@ def inputs_from_run(
         table = load_table(data, loaded.config.data)
         name = Path(data).name
         splits[name] = table
-        label_targets(table, predictor.labels, predictor.multi_label)  # unknown labels, early
+        label_targets(table, predictor.labels, predictor.rule.multi_label)  # unknown labels, early
         probs[name] = predictor.predict_proba(table.texts)
     jsonl = root / "metrics.jsonl"
     history = read_history(jsonl) if jsonl.is_file() else []
@@ -216,6 +227,49 @@ def inputs_from_run(
         model_bytes=(root / "model.safetensors").stat().st_size,
         calibration=loaded.metrics.get("calibration"),
         issues=Path(issues) if issues is not None else None,
+        parameters=_parameters(predictor),
+        manifest=dict(loaded.manifest),
+    )
+
+
+def _parameters(predictor: Predictor) -> int:
+    return sum(p.numel() for p in predictor.model.parameters())  # type: ignore[union-attr]
+
+
+def _ensemble_inputs(
+    root: Path, *, data: str | Path | None, issues: str | Path | None
+) -> ReportInputs:
+    """A verified ensemble folder's report inputs: ``data`` scored by the ensemble."""
+    if data is None:
+        raise ConfigError(
+            f"{root} is an ensemble, which keeps no dev or test predictions of its own; "
+            f"pass a labelled table to score: fenlei report {root} --data TABLE"
+        )
+    ensemble = load_ensemble(root, backend="torch")
+    members = [m for m in ensemble.members if isinstance(m, Predictor)]  # each from its folder
+    assert len(members) == len(ensemble.members)
+    first = members[0].run
+    assert first is not None
+    table = load_table(data, first.config.data)
+    label_targets(table, ensemble.labels, ensemble.rule.multi_label)  # unknown labels, early
+    name = Path(data).name
+    manifest = read_json(root / MANIFEST)  # verified by load_ensemble just now
+    assert isinstance(manifest, dict) and manifest.get("kind") == ENSEMBLE_KIND
+    return ReportInputs(
+        cfg=first.config,
+        predictor=ensemble,
+        history=[],
+        data={name: table},
+        probs={name: ensemble.predict_proba(table.texts)},
+        files=dict(manifest.get("files", {})),
+        files_note=f"as {MANIFEST} lists them (verified when the report was made)",
+        model_bytes=sum(
+            (m.run.run_dir / "model.safetensors").stat().st_size for m in members if m.run
+        ),
+        issues=Path(issues) if issues is not None else None,
+        parameters=sum(_parameters(m) for m in members),
+        members=dict(zip(ensemble.names, map(float, ensemble.weights), strict=True)),
+        manifest=manifest,
     )
 
 
@@ -242,6 +296,7 @@ def training_inputs(
         "lists every file of the run with its sha256, this report included",
         model_bytes=int(weights),
         calibration=calibration,
+        parameters=_parameters(predictor),
     )
 
 
@@ -250,9 +305,10 @@ def _scores_section(inputs: ReportInputs, split: str, card: DataCard | None) -> 
     labels = predictor.labels
     probs, dataset = inputs.probs[split], inputs.data[split]
     scores = score_probabilities(probs, dataset, labels, predictor.rule)
-    targets = label_targets(dataset, labels, predictor.multi_label)
-    onehot = targets if predictor.multi_label else np.eye(len(labels), dtype=int)[targets]
-    confidence, correct, ece = calibration_points(probs, targets, multi_label=predictor.multi_label)
+    multi_label = predictor.rule.multi_label
+    targets = label_targets(dataset, labels, multi_label)
+    onehot = targets if multi_label else np.eye(len(labels), dtype=int)[targets]
+    confidence, correct, ece = calibration_points(probs, targets, multi_label=multi_label)
     out: dict[str, Any] = {
         "split": split,
         "scores": scores,
@@ -273,7 +329,7 @@ def _scores_section(inputs: ReportInputs, split: str, card: DataCard | None) -> 
 def _mistakes_section(inputs: ReportInputs, split: str, limits: ReportLimits) -> list[Any]:
     dataset = inputs.data[split]
     predictor = inputs.predictor
-    targets = label_targets(dataset, predictor.labels, predictor.multi_label)
+    targets = label_targets(dataset, predictor.labels, predictor.rule.multi_label)
     return mistakes(
         predictor,
         dataset.texts,
@@ -294,7 +350,6 @@ def _context(inputs: ReportInputs, limits: ReportLimits) -> dict[str, Any]:
     some = inputs.data[split] if split else next(iter(inputs.data.values()), None)
     texts = some.texts if some is not None else []
     issues = read_label_issues(inputs.issues) if inputs.issues is not None else None
-    params = sum(p.numel() for p in inputs.predictor.model.parameters())  # type: ignore[union-attr]
     context = {
         "version": __version__,
         "made": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -313,7 +368,8 @@ def _context(inputs: ReportInputs, limits: ReportLimits) -> dict[str, Any]:
         "calibration": inputs.calibration,
         "latency": latency(inputs.predictor, texts, limits.latency_seconds),
         "model_bytes": inputs.model_bytes,
-        "parameters": params,
+        "parameters": inputs.parameters,
+        "members": inputs.members,
         "config_json": json.dumps(inputs.cfg.model_dump(mode="json"), indent=2, ensure_ascii=False),
         "files": inputs.files,
         "files_note": inputs.files_note,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fenlei.calibrate import expected_calibration_error
+from fenlei.ensemble import EnsemblePredictor
 from fenlei.errors import DataError, FenleiError
 from fenlei.explain import Explanation
 from fenlei.predict import Predictor
@@ -135,7 +136,7 @@ def _wrong_rows(probs: np.ndarray, targets: np.ndarray, multi_label: bool) -> np
 
 
 def mistakes(
-    predictor: Predictor,
+    predictor: Predictor | EnsemblePredictor,
     texts: Sequence[str],
     true: Sequence[str],
     probs: np.ndarray,
@@ -151,7 +152,7 @@ def mistakes(
     out: list[Mistake] = []
     deadline = time.perf_counter() + explain_seconds
     can_explain = True
-    for row in _wrong_rows(probs, targets, predictor.multi_label)[:k]:
+    for row in _wrong_rows(probs, targets, predictor.rule.multi_label)[:k]:
         text = texts[row]
         explanation = None
         if can_explain and time.perf_counter() < deadline:
@@ -173,7 +174,9 @@ def mistakes(
     return out
 
 
-def latency(predictor: Predictor, texts: Sequence[str], budget: float = 1.5) -> dict[str, float]:
+def latency(
+    predictor: Predictor | EnsemblePredictor, texts: Sequence[str], budget: float = 1.5
+) -> dict[str, float]:
     """Median milliseconds of one text and of a batch of 64 on this machine (a few runs
     within ``budget`` seconds)."""
     one, batch = list(texts[:1]) or ["?"], list(texts[:64]) or ["?"]
