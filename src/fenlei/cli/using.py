@@ -226,7 +226,7 @@ def explain(
     from fenlei.config import DataConfig
     from fenlei.data import check_text
     from fenlei.errors import DataError
-    from fenlei.explain import Explainer, explain_file
+    from fenlei.explain_table import Explainer, explain_file
     from fenlei.loader import open_predictor
     from fenlei.runtime import configure_torch
 
