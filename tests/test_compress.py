@@ -25,6 +25,7 @@ from fenlei.data import bundled_dataset_path, load_table
 from fenlei.errors import ArtifactError, ConfigError
 from fenlei.loader import export_run, open_predictor
 from fenlei.models.compact import FeatureMap, Int8EmbeddingBag, quantize_rows
+from fenlei.onnx import export_onnx
 from fenlei.pipeline import prepare_splits, train_run
 from fenlei.predict import Predictor
 from fenlei.serve.app import create_app
@@ -257,6 +258,12 @@ def test_int8_onnx_run_folder_loads_and_serves(
     with TestClient(create_app({"int8": out}, ServeSettings())) as client:
         reply = client.post("/v1/models/int8/predict", json={"texts": texts[:2]})
         assert reply.status_code == 200, reply.text
+    if name == "lstm.v1":  # `fenlei export` must not replace the int8 model with an fp32 one
+        before = (out / "model.onnx").read_bytes()
+        with pytest.raises(ArtifactError, match="int8 model fenlei compress made"):
+            export_onnx(out)
+        assert (out / "model.onnx").read_bytes() == before
+        open_predictor(out)  # and the folder still verifies
 
 
 def test_pruning_an_lstm_is_refused(tmp_path: Path) -> None:

@@ -182,6 +182,18 @@ def _max_difference(run: LoadedRun, path: Path, texts: Sequence[str]) -> float:
     return float(np.abs(a - b).max())
 
 
+def _refuse_compressed(run: LoadedRun) -> None:
+    """An int8 ``model.onnx`` made by ``fenlei compress`` is the folder's model: exporting
+    would replace it with an fp32 trace of ``model.safetensors``."""
+    made = run.metrics.get("compress")
+    if isinstance(made, dict) and made.get("int8") and (run.run_dir / ONNX_FILE).is_file():
+        raise ArtifactError(
+            f"{run.run_dir / ONNX_FILE} is the int8 model fenlei compress made and is served "
+            "already; exporting again would replace it with the fp32 model (export the source "
+            f"run, {made.get('source')}, for that)"
+        )
+
+
 def export_onnx(
     run_dir: str | Path, *, texts: Sequence[str] = SAMPLE_TEXTS, tolerance: float = 1e-4
 ) -> Path:
@@ -206,6 +218,7 @@ def export_onnx(
             raise MissingExtraError(package, "serve", "ONNX export") from exc
     root = Path(run_dir)
     run = load_run(root)
+    _refuse_compressed(run)
     ids, mask = run.encoder.encode_batch(list(texts))
     path = root / ONNX_FILE
     metadata = onnx_metadata(run)
