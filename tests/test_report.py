@@ -24,7 +24,6 @@ from fenlei.report import REPORT_FILE, build_report
 from fenlei.report.card import data_card, language_of
 from fenlei.report.sections import read_label_issues, segments, top_confusions
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCRIPT_LABEL = 'x"><script>window.__pwned = "label"</script>'
 LABELS = ("好评", "<b>差评</b>", SCRIPT_LABEL)
 MARKUP = (
@@ -157,20 +156,6 @@ def test_no_report_skips_it(tmp_path: Path) -> None:
     argv = ["train", str(train), "--out", str(run), "--no-report", "--set", "eval.plots=false"]
     assert main([*argv, *(a for s in TINY for a in ("--set", s))]) == 0
     assert (run / "manifest.json").is_file() and not (run / REPORT_FILE).exists()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Any:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"]
-        )
-        yield browser
-        browser.close()
 
 
 def test_nothing_in_the_report_runs_in_chromium(markup_run: Path, browser: Any) -> None:
