@@ -215,3 +215,25 @@ def browser() -> Iterator[Any]:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         yield browser
         browser.close()
+
+
+def run_without_fenlei(script: Path, argument: str, texts: list[str]) -> dict[str, Any]:
+    """Run ``script ARGUMENT`` in an isolated interpreter (``-I``: no fenlei on the path) with
+    ``texts`` as JSON on stdin; its JSON output, after checking it never imported fenlei."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-I", str(script), argument],
+        input=json.dumps(texts),
+        capture_output=True,
+        text=True,
+        cwd=script.parent,
+        check=False,
+        timeout=1500,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    assert result["fenlei_imported"] is False
+    return result

@@ -4,10 +4,7 @@ labels set and fenlei's calibrated probabilities; other runs are refused in one 
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +15,7 @@ from fenlei.data import Dataset
 from fenlei.errors import ConfigError
 from fenlei.hf import export_hf
 from fenlei.predict import Predictor
+from tests.conftest import run_without_fenlei
 
 from .conftest import family_overrides
 from .test_cli_errors import run_cli, user_error
@@ -76,18 +74,7 @@ def test_transformers_loads_the_folder_without_fenlei(v2_run: Path, tmp_path: Pa
     assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o666 & ~mask}
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging
     (tmp_path / "load.py").write_text(_LOADER, encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, "-I", str(tmp_path / "load.py"), str(folder)],
-        input=json.dumps(TEXTS),
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        check=False,
-        timeout=1500,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    assert result["fenlei_imported"] is False
+    result = run_without_fenlei(tmp_path / "load.py", str(folder), TEXTS)
     predictor = Predictor.from_run(v2_run)
     assert predictor.calibration.temperature != 1.0  # folded into the head, exactly
     assert result["labels"] == list(predictor.labels)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from fenlei.classifier import TextClassifier
 from fenlei.data import Dataset
 from fenlei.onnx import METADATA_KEYS, export_onnx
 from fenlei.predict import Predictor
+from tests.conftest import run_without_fenlei
 
 from .conftest import family_overrides
 
@@ -88,18 +87,7 @@ def test_metadata_and_axis_names(exported: Path) -> None:
 
 def test_recipe_without_fenlei_gives_fenlei_probabilities(exported: Path, tmp_path: Path) -> None:
     (tmp_path / "driver.py").write_text(recipe() + _DRIVER, encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, "-I", "driver.py", str(exported / "model.onnx")],
-        input=json.dumps(TEXTS),
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        check=False,
-        timeout=1500,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    assert result["fenlei_imported"] is False
+    result = run_without_fenlei(tmp_path / "driver.py", str(exported / "model.onnx"), TEXTS)
     predictor = Predictor.from_run(exported, backend="torch")
     assert predictor.calibration.temperature != 1.0  # the temperature is part of the check
     assert len(predictor.encoder.encode_ids([LONG])[0]) == 16  # the cut is part of it too

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -259,16 +260,5 @@ TRANSFORMER_V1 = Family(
     search_space=_SEARCH_SPACE,
 )
 
-TRANSFORMER_V2 = Family(
-    name="transformer.v2",
-    build=build_v2,
-    reads=frozenset({"pretrained", "dropout", "freeze_embeddings"}),
-    pretrained=True,
-    serve_chunk=8,
-    batch_tokens=BATCH_TOKENS,
-    bf16_cpu=bf16_cpu,
-    gradient_checkpointing=gradient_checkpointing,
-    token_embedding=token_embedding,
-    spec_extras=spec_extras,
-    search_space=_SEARCH_SPACE,
-)
+# the same family but for its head and builder: the architecture's own classification head
+TRANSFORMER_V2 = replace(TRANSFORMER_V1, name="transformer.v2", build=build_v2)
