@@ -22,7 +22,15 @@ import torch
 
 from fenlei.errors import ConfigError
 
-__all__ = ["DEVICES", "Dist", "Threads", "configure_torch", "resolve_device", "training_threads"]
+__all__ = [
+    "DEVICES",
+    "Dist",
+    "Threads",
+    "configure_torch",
+    "limit_tokenizer_threads",
+    "resolve_device",
+    "training_threads",
+]
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -58,6 +66,21 @@ def configure_torch(
         torch.set_num_threads(threads)
     if seed is not None:
         torch.manual_seed(seed)
+
+
+def limit_tokenizer_threads(threads: int) -> None:
+    """Hold HF ``tokenizers``' thread pool to ``threads`` in this process.
+
+    Its batch encoding runs on a pool of one thread per core of the machine. A process that
+    shares the machine with others of its kind (a Ray actor or worker holding a CPU or two)
+    would otherwise oversubscribe the cores: two linear-model predictor actors on 2 cores
+    ran 25 % slower with the default pool than with one thread each (docs/scale-out.md).
+    Call it before the first tokenization (the pool is built then).
+    """
+    if threads <= 1:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    else:
+        os.environ["RAYON_NUM_THREADS"] = str(threads)
 
 
 @dataclass(frozen=True)

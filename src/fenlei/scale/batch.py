@@ -28,7 +28,7 @@ from fenlei.config import DataConfig
 from fenlei.decision import decide
 from fenlei.errors import ArtifactError, ConfigError, DataError
 from fenlei.loader import open_predictor
-from fenlei.runtime import configure_torch
+from fenlei.runtime import configure_torch, limit_tokenizer_threads
 from fenlei.scale.cluster import RayOptions, connect, user_error
 
 __all__ = ["OUTPUT_FORMATS", "PredictBatch", "predict_on_ray"]
@@ -48,6 +48,7 @@ class PredictBatch:
 
     def __init__(self, run_dir: str, text_cols: Sequence[str], joiner: str, threads: int):
         configure_torch(threads=threads)
+        limit_tokenizer_threads(threads)
         self.predictor = open_predictor(run_dir, threads=threads)
         self.text_cols, self.joiner = tuple(text_cols), joiner
 

@@ -37,7 +37,7 @@ from fenlei.models import check, family_of
 from fenlei.pipeline import Splits, TrainResult, prepare_splits, train_run
 from fenlei.predict import Predictor
 from fenlei.records import EpochRecord, RunMetrics, read_history
-from fenlei.runtime import Dist, configure_torch
+from fenlei.runtime import Dist, configure_torch, limit_tokenizer_threads
 from fenlei.scale.cluster import RayOptions, connect, storage_root, user_error
 from fenlei.train import EpochHook
 
@@ -139,6 +139,7 @@ def _worker(config: dict[str, Any]) -> None:
     dist = Dist(context.get_world_rank(), context.get_world_size())
     cfg = RunConfig.model_validate(config["cfg"])
     configure_torch(threads=cfg.train.threads or config["threads"], seed=cfg.train.seed)
+    limit_tokenizer_threads(cfg.train.threads or config["threads"])
     root = Path(config["run_dir"])
     resume, overwrite = bool(config["resume"]), bool(config["overwrite"])
     restored = ray.train.get_checkpoint()

@@ -37,9 +37,11 @@ def shares(n_trials: int | None, workers: int) -> list[int | None]:
 def _run_share(
     run: Callable[..., None], job: Any, share: int | None, worker: int, **kw: Any
 ) -> None:
-    from fenlei.runtime import configure_torch
+    from fenlei.runtime import configure_torch, limit_tokenizer_threads
 
-    configure_torch(threads=kw.pop("threads"))
+    threads = kw.pop("threads")
+    configure_torch(threads=threads)
+    limit_tokenizer_threads(threads)
     run(job, n_trials=share, worker=worker, **kw)
 
 
