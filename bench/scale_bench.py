@@ -11,8 +11,12 @@ rows, and the 1-minute load average before and after each row (the machine is sh
 
 Results go to ``bench/results/scale_*.json``; bench/report.py shows them.
 
+``predict --kill-after S``: the Ray row alone, with one predictor actor killed (SIGKILL) S
+seconds in: the job must still write every row, in order.
+
 Usage:
     .venv/bin/python -m bench.scale_bench predict [--rows 1000000]
+    .venv/bin/python -m bench.scale_bench predict --rows 100000 --kill-after 30
     .venv/bin/python -m bench.scale_bench train
 """
 
@@ -26,6 +30,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -66,20 +71,44 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _timed(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``cmd``; its wall time, its own process's peak RSS, the load around it."""
+def _predictor_actors() -> list[int]:
+    """Pids of Ray Data's predictor actors (their process title names the class)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if entry.name.isdigit() and b"PredictBatch" in cmdline:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def _timed(
+    cmd: list[str], env: dict[str, str] | None = None, kill_after: float | None = None
+) -> dict[str, Any]:
+    """Run ``cmd``; its wall time, its own process's peak RSS, the load around it. With
+    ``kill_after``, SIGKILL one predictor actor that many seconds in (recorded)."""
     load_before = os.getloadavg()[0]
     cpu_before = _children_cpu_s()
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=ROOT)
     peak = 0.0
+    killed: list[int] = []
     while proc.poll() is None:
         peak = max(peak, _peak_rss_mb(proc.pid) or 0.0)  # VmHWM only grows: read to the end
+        if kill_after is not None and not killed and time.perf_counter() - started > kill_after:
+            actors = _predictor_actors()
+            if actors:
+                os.kill(actors[0], signal.SIGKILL)
+                killed = [actors[0]]
         time.sleep(0.2)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed with {proc.returncode}")
+    extra = {} if kill_after is None else {"killed_actor_pids": killed, "kill_after_s": kill_after}
     return {
+        **extra,
         "command": " ".join(cmd).replace(sys.executable, "python"),
         "seconds": round(seconds, 1),
         "peak_rss_mb": round(peak, 1),
@@ -148,6 +177,30 @@ def predict_bench(rows: int, workers: int) -> dict[str, Any]:
     }
 
 
+def killed_worker_bench(rows: int, workers: int, kill_after: float) -> dict[str, Any]:
+    """Ray prediction with one predictor actor killed (SIGKILL) ``kill_after`` s in: the
+    job must finish with every row, in order."""
+    import pyarrow.parquet as pq
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    run, table = _linear_run(), _big_table(rows)
+    out = WORK / "ray-killed.parquet"
+    command = [*FENLEI, "predict", str(run), "--file", str(table), "--out", str(out)]
+    cell = _timed([*command, "--ray", "--workers", str(workers)], kill_after=kill_after)
+    ids = pq.read_table(out, columns=["id"])["id"].to_numpy()
+    cell["output_rows"] = len(ids)
+    cell["ids_in_order"] = bool((ids == range(len(ids))).all())
+    cell["rows_per_s"] = round(rows / cell["seconds"], 1)
+    return {
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": _machine(),
+        "input_rows": rows,
+        "workers": workers,
+        "ray_one_actor_killed": cell,
+        "survived": bool(cell["killed_actor_pids"]) and cell["output_rows"] == rows,
+    }
+
+
 def train_bench(workers: int) -> dict[str, Any]:
     """lstm on ChnSentiCorp: one local process against ``workers`` Ray workers."""
     WORK.mkdir(parents=True, exist_ok=True)
@@ -176,10 +229,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("what", choices=("predict", "train"))
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--kill-after",
+        type=float,
+        default=None,
+        help="predict: run only the Ray row, killing one predictor actor this many s in",
+    )
     args = parser.parse_args(argv)
     if shutil.which("taskset") is None and args.what == "predict":
         raise SystemExit("taskset (util-linux) is needed to pin the single process to one core")
-    if args.what == "predict":
+    if args.what == "predict" and args.kill_after is not None:
+        result = killed_worker_bench(args.rows, args.workers, args.kill_after)
+        name = f"scale_predict_{args.rows}_killed_worker.json"
+    elif args.what == "predict":
         result, name = predict_bench(args.rows, args.workers), f"scale_predict_{args.rows}.json"
     else:
         result, name = train_bench(args.workers), "scale_train_chnsenticorp_lstm.json"
