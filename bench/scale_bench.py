@@ -191,6 +191,12 @@ def killed_worker_bench(rows: int, workers: int, kill_after: float) -> dict[str,
     cell["output_rows"] = len(ids)
     cell["ids_in_order"] = bool((ids == range(len(ids))).all())
     cell["rows_per_s"] = round(rows / cell["seconds"], 1)
+    unbroken = WORK / "ray.parquet"  # the same rows through `predict` without a kill
+    if unbroken.is_file() and pq.ParquetFile(unbroken).metadata.num_rows == rows:
+        columns = ["predicted_label", "score"]
+        cell["same_predictions_as_unbroken_run"] = pq.read_table(out, columns=columns).equals(
+            pq.read_table(unbroken, columns=columns)
+        )
     return {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": _machine(),
