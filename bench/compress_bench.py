@@ -14,6 +14,7 @@ table, test accuracy of both, the ratios, the command). Timings run in this proc
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import RESULTS
+from bench.peers._common import read_table
 from fenlei.compress import compress
 from fenlei.data import load_table
 from fenlei.evaluate import score_probabilities
@@ -49,6 +51,20 @@ def _test_scores(run_dir: Path, backend: str, test: str, threads: int) -> dict[s
     }
 
 
+def _train_table(args: argparse.Namespace) -> Path | None:
+    """``--train``, or its first ``--train-rows`` rows (the rows a reduced source saw)."""
+    if args.train is None or args.train_rows is None:
+        return args.train
+    texts, labels = read_table(args.train)
+    path = WORK / f"{args.cell}-train{args.train_rows}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        writer.writerows(zip(texts[: args.train_rows], labels[: args.train_rows], strict=True))
+    return path
+
+
 def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     """Compress, score on test, and write the cell's JSON."""
     configure_torch(threads=args.threads)
@@ -63,6 +79,8 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
         data=args.data,
         max_drop=1.0,  # the bench records the trade; the gate's refusal is tested elsewhere
         threads=args.threads,
+        train=_train_table(args),
+        recover_epochs=args.recover_epochs,
     )
     src, new = result.source, result.compressed
     cell: dict[str, Any] = {
@@ -99,7 +117,10 @@ def main() -> None:
     parser.add_argument("--cell", required=True, help="name of the result file's cell")
     parser.add_argument("--source", type=Path, required=True, help="trained run folder")
     parser.add_argument("--int8", action="store_true")
-    parser.add_argument("--prune", default=None, help="rows=N or rows=F")
+    parser.add_argument("--prune", default=None, help="rows=N, rows=F or layers=K")
+    parser.add_argument("--train", type=Path, default=None, help="layers=K: recovery table")
+    parser.add_argument("--train-rows", type=int, default=None, help="first rows of --train")
+    parser.add_argument("--recover-epochs", type=int, default=1)
     parser.add_argument("--data", default=None, help="gate data (default: the run's dev split)")
     parser.add_argument("--test", default=None, help="labelled test table, scored for both")
     parser.add_argument("--threads", type=int, default=1)

@@ -97,7 +97,7 @@ def test_parse_prune(text: str) -> None:
     assert spec.count(100) == (10 if spec.rows else 50)
 
 
-@pytest.mark.parametrize("text", ["rows=0", "rows=-3", "rows=2.5", "layers=3", "rows="])
+@pytest.mark.parametrize("text", ["rows=0", "rows=-3", "rows=2.5", "heads=3", "layers=0", "rows="])
 def test_parse_prune_refuses(text: str) -> None:
     with pytest.raises(ConfigError, match="--prune takes rows=N"):
         parse_prune(text)
@@ -264,6 +264,96 @@ def test_int8_onnx_run_folder_loads_and_serves(
             export_onnx(out)
         assert (out / "model.onnx").read_bytes() == before
         open_predictor(out)  # and the folder still verifies
+
+
+# ---------------------------------------------------------------- transformer layers
+
+
+def _layers_of(run: Path) -> int:
+    spec = json.loads((run / "model_config.json").read_text(encoding="utf-8"))
+    return int(spec["transformer_config"]["num_hidden_layers"])
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_run(tmp_path_factory: pytest.TempPathFactory, tiny_transformer_dir: Path) -> Path:
+    """A tiny 2-layer transformer.v1 run (train and dev splits: the bundled files)."""
+    return _train("transformer.v1", tmp_path_factory.mktemp("bert") / "run", tiny_transformer_dir)
+
+
+def test_dropping_layers_writes_a_smaller_transformer_that_loads_predicts_and_serves(
+    tiny_bert_run: Path, tiny_transformer_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "one-layer"
+    result = compress(tiny_bert_run, out, prune="layers=1", max_drop=1.0)
+    assert _layers_of(tiny_bert_run) == 2 and _layers_of(out) == 1
+    about = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["compress"]
+    assert about["layers"]["kept"] == [0] and about["layers"]["of"] == 2
+    recovery = about["layers"]["recovery"]
+    assert recovery["initialised_from"] == str(tiny_bert_run)
+    assert recovery["transfer"]["labelled"] == len(load_table(bundled_dataset_path("train")))
+    assert [t["run"] for t in recovery["teachers"]] == [str(tiny_bert_run)]
+    # the config names the real pretrained encoder (not the temporary fine-tuned copy)
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))["model"]
+    assert config["pretrained"] == str(tiny_transformer_dir) and config["keep_layers"] == 1
+    assert result.compressed.n == len(load_table(bundled_dataset_path("dev")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one-layer"]  # no temporaries left
+    texts = load_table(bundled_dataset_path("dev")).texts[:4]
+    assert len(TextClassifier.load(out).predict(texts)) == 4
+    with TestClient(create_app({"small": out}, ServeSettings())) as client:
+        reply = client.post("/v1/models/small/predict", json={"texts": texts})
+        assert reply.status_code == 200, reply.text
+
+
+def test_dropping_layers_and_int8_from_the_cli(
+    tiny_bert_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "small"
+    args = ["compress", str(tiny_bert_run), "--out", str(out), "--prune", "layers=1"]
+    code, stdout, _ = _cli(capsys, [*args, "--int8", "--max-drop", "1", "--recover-epochs", "2"])
+    assert code == 0, stdout
+    assert "Source vs compressed" in stdout and "onnx" in stdout
+    assert _layers_of(out) == 1 and (out / "model.onnx").is_file()
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["train"]["epochs"] == 2
+    assert open_predictor(out).info().backend == "onnx"
+
+
+@pytest.mark.parametrize(
+    ("prune", "message"),
+    [
+        ("layers=2", "keeps all 2 layers"),
+        ("layers=3", "has 2 layers; keep 1..2"),
+        ("rows=10", "offers --prune layers=K and --int8"),
+    ],
+)
+def test_layer_requests_that_cannot_work_are_refused_and_leave_nothing(
+    tiny_bert_run: Path, tmp_path: Path, prune: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        compress(tiny_bert_run, tmp_path / "new", prune=prune)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dropping_layers_of_a_bag_model_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="offers --prune rows=N"):
+        compress(runs["nbsvm.v1"], tmp_path / "new", prune="layers=1")
+
+
+def test_keep_layers_trains_a_cut_down_transformer_v2(
+    tmp_path: Path, tiny_transformer_dir: Path
+) -> None:
+    preset, overrides = family_overrides("transformer.v2", tiny_transformer_dir)
+    cfg = load_config(preset, [*overrides, "model.keep_layers=1"])
+    train = load_table(bundled_dataset_path("train"), cfg.data)
+    train_run(cfg, prepare_splits(cfg.data, train), tmp_path / "run")
+    assert _layers_of(tmp_path / "run") == 1
+    assert len(open_predictor(tmp_path / "run").predict(["a text"])) == 1
+
+
+def test_parse_prune_reads_layers() -> None:
+    assert parse_prune("layers=3") == PruneSpec(layers=3)
+    with pytest.raises(ConfigError, match="layers=K"):
+        parse_prune("layers=0.5")
 
 
 def test_pruning_an_lstm_is_refused(tmp_path: Path) -> None:

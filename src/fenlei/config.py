@@ -29,6 +29,7 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "load_config",
+    "with_overrides",
 ]
 
 
@@ -147,6 +148,12 @@ class ModelConfig(_Section):
         "transformer).",
     )
     pretrained: str | None = Field(None, description="Encoder folder or hub id for transformer.v1.")
+    keep_layers: int | None = Field(
+        None,
+        ge=1,
+        description="Transformers: keep this many of the pretrained encoder's layers, evenly "
+        "spread from the first (DistilBERT's every other layer for half); None keeps all.",
+    )
     single_logit: bool = Field(
         False, description="Binary tasks: one sigmoid output (Keras Dense(1)) not softmax."
     )
@@ -536,3 +543,23 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, origin)) from exc
+
+
+def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """``cfg`` with ``section.key=value`` overrides applied, validated again; settings equal
+    to their defaults count as unset (so :func:`fenlei.models.check` accepts a run's config).
+
+    Raises:
+        ConfigError: unknown key or invalid value.
+
+    Example:
+        >>> with_overrides(load_config("lstm"), ["train.epochs=1"]).train.epochs
+        1
+    """
+    # only what differs from the defaults counts as set (pydantic's model_fields_set), as in
+    # a config loaded from a preset: a run folder's config.json sets every field
+    tree = apply_overrides(cfg.model_dump(exclude_defaults=True), overrides)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, "the overrides")) from exc

@@ -35,7 +35,7 @@ import numpy as np
 
 from fenlei.artifact import update_manifest, verify_manifest
 from fenlei.augment import augment_text
-from fenlei.config import DataConfig, RunConfig, load_config
+from fenlei.config import DataConfig, RunConfig, load_config, with_overrides
 from fenlei.data import Dataset, iter_texts, load_table
 from fenlei.decision import DecisionRule
 from fenlei.errors import ArtifactError, ConfigError, DataError
@@ -153,8 +153,11 @@ def _check_request(
             )
 
 
-def _student_config(student: str | Path, overrides: Sequence[str]) -> RunConfig:
-    cfg = load_config(student, list(overrides))
+def _student_config(student: str | Path | RunConfig, overrides: Sequence[str]) -> RunConfig:
+    if isinstance(student, RunConfig):
+        cfg = with_overrides(student, list(overrides))
+    else:
+        cfg = load_config(student, list(overrides))
     family = family_of(cfg.model.architecture)
     if not family.soft_targets:
         raise ConfigError(
@@ -180,7 +183,7 @@ def _open_teachers(runs: list[Path]) -> list[ServablePredictor]:
     return teachers
 
 
-def _check_labels(run: Path, teacher: ServablePredictor, splits: Splits, data: Path) -> None:
+def _check_labels(run: Path, teacher: ServablePredictor, splits: Splits, data: str) -> None:
     ours = splits.labels
     if set(ours.names) != set(teacher.labels) or ours.multi_label != teacher.rule.multi_label:
         raise ConfigError(
@@ -202,18 +205,20 @@ def _augmented(texts: Sequence[str], copies: int, seed: int) -> list[str]:
     return [augment_text(text, rng) for _ in range(copies) for text in texts]
 
 
-def _table(path: str | Path | None, cfg: DataConfig) -> Dataset | None:
-    return None if path is None else load_table(path, cfg)
+def _table(table: str | Path | Dataset | None, cfg: DataConfig) -> Dataset | None:
+    if table is None or isinstance(table, Dataset):
+        return table
+    return load_table(table, cfg)
 
 
 def distil(
     teachers: Sequence[str | Path],
     *,
-    data: str | Path,
+    data: str | Path | Dataset,
     out: str | Path,
-    student: str | Path = "linear",
-    dev: str | Path | None = None,
-    test: str | Path | None = None,
+    student: str | Path | RunConfig = "linear",
+    dev: str | Path | Dataset | None = None,
+    test: str | Path | Dataset | None = None,
     unlabelled: str | Path | None = None,
     temperature: float = 2.0,
     alpha: float = 0.5,
@@ -225,9 +230,11 @@ def distil(
 
     Args:
         teachers: one or more run folders of any kind (an ensemble too); several are averaged.
-        data: the labelled training table (read with the student's ``data.*`` settings).
+        data: the labelled training table (read with the student's ``data.*`` settings), or
+            a loaded :class:`~fenlei.data.Dataset`.
         out: the student's run folder; it must not exist.
-        student: a preset or TOML file of a loop-trained family (not ``nbsvm``).
+        student: a preset or TOML file of a loop-trained family (not ``nbsvm``), or a
+            resolved :class:`~fenlei.config.RunConfig`.
         dev: the dev table (default: split from ``data``); scores teacher and student.
         test: an optional test table, scored for the student's ``metrics.json``.
         unlabelled: an optional table of texts (labels not needed) the teachers label too.
@@ -256,10 +263,10 @@ def distil(
     _check_request(runs, target, temperature, alpha, augment)
     cfg = _student_config(student, overrides)
     models = _open_teachers(runs)
-    splits = prepare_splits(
-        cfg.data, load_table(data, cfg.data), _table(dev, cfg.data), _table(test, cfg.data)
-    )
-    _check_labels(runs[0], models[0], splits, Path(data))
+    train_table = _table(data, cfg.data)
+    assert train_table is not None
+    splits = prepare_splits(cfg.data, train_table, _table(dev, cfg.data), _table(test, cfg.data))
+    _check_labels(runs[0], models[0], splits, train_table.source)
     extra_unlabelled = [] if unlabelled is None else _unlabelled(Path(unlabelled), cfg.data)
     copies = _augmented(splits.train.texts, augment, cfg.train.seed)
     labels, multi = splits.labels.names, splits.labels.multi_label

@@ -47,7 +47,9 @@ def compress(
         str | None,
         typer.Option(
             "--prune",
-            help="linear, nbsvm: table rows to keep, rows=N or rows=F (a fraction, 0.05).",
+            help="linear, nbsvm: table rows to keep, rows=N or rows=F (a fraction, 0.05); "
+            "minilm (transformers): encoder layers to keep, layers=K, recovered by "
+            "distillation from the source.",
         ),
     ] = None,
     data: Annotated[
@@ -61,6 +63,17 @@ def compress(
     force: Annotated[
         bool, typer.Option("--force", help="Write the folder even when it loses more.")
     ] = False,
+    train: Annotated[
+        Path | None,
+        typer.Option(
+            "--train",
+            help="--prune layers=K: labelled table the recovery trains on (default: the "
+            "run's training split).",
+        ),
+    ] = None,
+    recover_epochs: Annotated[
+        int, typer.Option("--recover-epochs", help="--prune layers=K: epochs of recovery.")
+    ] = 1,
 ) -> None:
     """Write a smaller or faster copy of a run folder, if it keeps its accuracy.
 
@@ -70,13 +83,25 @@ def compress(
     Example: fenlei compress runs/nbsvm --out runs/nbsvm-small --int8 --prune rows=100000
 
     Example: fenlei compress runs/minilm --out runs/minilm-int8 --int8 --data dev.csv
+
+    Example: fenlei compress runs/minilm --out runs/minilm-3 --prune layers=3 --max-drop 0.015
     """
     from fenlei.compress import compress as run_compress
+    from fenlei.progress import RichProgress
     from fenlei.runtime import configure_torch
 
     configure_torch()
     result = run_compress(
-        run, out_dir, int8=int8, prune=prune, data=data, max_drop=max_drop, force=force
+        run,
+        out_dir,
+        int8=int8,
+        prune=prune,
+        data=data,
+        max_drop=max_drop,
+        force=force,
+        train=train,
+        recover_epochs=recover_epochs,
+        progress=RichProgress(),
     )
     out.print(_compress_table(result))
     drop = result.drop

@@ -23,6 +23,7 @@ import json
 import logging
 import shutil
 import sys
+import tempfile
 import time
 import types
 from dataclasses import dataclass
@@ -40,7 +41,14 @@ from fenlei.artifact import (
     verify_manifest,
     write_manifest,
 )
-from fenlei.compress.gate import AccuracyGateError, Measured, check_gate, dev_split, measure
+from fenlei.compress.gate import (
+    AccuracyGateError,
+    Measured,
+    check_gate,
+    measure,
+    recorded_split,
+)
+from fenlei.compress.layers import LayerDrop, drop_and_recover
 from fenlei.compress.prune import BAG_FAMILIES, Bag, PruneSpec, parse_prune, prune_bag
 from fenlei.compress.quantize import int8_bag, int8_onnx
 from fenlei.data import Dataset, load_table
@@ -50,12 +58,14 @@ from fenlei.files import staged_folder
 from fenlei.loader import run_kind
 from fenlei.onnx import export_onnx
 from fenlei.predict import ONNX_FILE, Predictor
+from fenlei.progress import ProgressReporter
 
 __all__ = ["AccuracyGateError", "CompressResult", "Measured", "PruneSpec", "compress"]
 
 logger = logging.getLogger(__name__)
 
 ONNX_FAMILIES = ("lstm.v1", "transformer.v1", "transformer.v2")
+LAYER_FAMILIES = ("transformer.v1", "transformer.v2")
 
 
 @dataclass(frozen=True)
@@ -80,7 +90,7 @@ def _check_request(
     if not 0.0 <= max_drop <= 1.0:
         raise ConfigError(f"--max-drop is an accuracy difference in [0, 1], not {max_drop}")
     if not int8 and prune is None:
-        raise ConfigError("nothing to do: pass --int8, --prune rows=N, or both")
+        raise ConfigError("nothing to do: pass --int8, --prune rows=N or layers=K, or both")
     if target.exists() or target.is_symlink():
         raise ArtifactError(f"{target} already exists; choose a new --out folder")
     if target.resolve().is_relative_to(source.resolve()):
@@ -93,15 +103,22 @@ def _check_request(
         )
 
 
-def _check_family(architecture: str, *, int8: bool, prune: PruneSpec | None) -> None:
-    if architecture in BAG_FAMILIES:
-        return
-    if architecture not in ONNX_FAMILIES:
+def _check_family(architecture: str, *, prune: PruneSpec | None) -> None:
+    if architecture not in (*BAG_FAMILIES, *ONNX_FAMILIES):
         raise ConfigError(f"compress does not know model.architecture={architecture}")
-    if prune is not None:
+    if prune is None:
+        return
+    if prune.kind == "rows" and architecture not in BAG_FAMILIES:
+        offer = "--prune layers=K and --int8" if architecture in LAYER_FAMILIES else "--int8 only"
         raise ConfigError(
-            f"--prune applies to {', '.join(BAG_FAMILIES)} (their tables); "
-            f"{architecture} offers --int8 only (docs/compression.md says why)"
+            f"--prune rows=N applies to {', '.join(BAG_FAMILIES)} (their tables); "
+            f"{architecture} offers {offer} (docs/compression.md says why)"
+        )
+    if prune.kind == "layers" and architecture not in LAYER_FAMILIES:
+        offer = "--prune rows=N" if architecture in BAG_FAMILIES else "--int8 only"
+        raise ConfigError(
+            f"--prune layers=K applies to {', '.join(LAYER_FAMILIES)} (their encoder layers); "
+            f"{architecture} offers {offer} (docs/compression.md says why)"
         )
 
 
@@ -136,12 +153,69 @@ def _make_model(staging: Path, source: Predictor, *, int8: bool, prune: PruneSpe
         export_onnx(staging)
 
 
-def _gate_data(source: Path, predictor: Predictor, data: str | Path | Dataset | None) -> Dataset:
+def _copy_and_compress(
+    staging: Path, source_dir: Path, source: Predictor, *, int8: bool, prune: PruneSpec | None
+) -> None:
+    """Fill ``staging`` with the source's copy and its compressed model."""
+    assert source.run is not None
+    shutil.copytree(
+        source_dir,
+        staging,
+        ignore=shutil.ignore_patterns(".*", "checkpoint"),
+        dirs_exist_ok=True,
+    )
+    if verify_manifest(staging)["files"] != source.run.manifest["files"]:
+        raise ArtifactError(f"{source_dir} changed while it was compressed; run it again")
+    _make_model(staging, source, int8=int8, prune=prune)
+
+
+def _table_or_split(
+    source: Path, predictor: Predictor, data: str | Path | Dataset | None, split: str
+) -> Dataset:
+    """``data`` read with the run's settings, or by default the run's recorded ``split``."""
     cfg = predictor.info().data
     assert cfg is not None  # loaded from a run folder
     if data is None:
-        return dev_split(source, cfg)
+        return recorded_split(source, cfg, split)
     return data if isinstance(data, Dataset) else load_table(data, cfg)
+
+
+def _layer_dropped_copy(
+    staging: Path,
+    source_dir: Path,
+    source: Predictor,
+    keep: int,
+    *,
+    train: Dataset,
+    dev: Dataset,
+    int8: bool,
+    epochs: int,
+    progress: ProgressReporter | None,
+) -> LayerDrop:
+    """Fill ``staging`` with the source cut to ``keep`` encoder layers and recovered by
+    distillation (:mod:`~fenlei.compress.layers`), int8 too when asked."""
+    with tempfile.TemporaryDirectory(prefix=f"{staging.name}.layers.", dir=staging.parent) as work:
+        dropped = drop_and_recover(
+            source_dir,
+            source,
+            keep,
+            train=train,
+            dev=dev,
+            work=Path(work),
+            epochs=epochs,
+            progress=progress,
+        )
+        shutil.copytree(
+            dropped.run_dir,
+            staging,
+            ignore=shutil.ignore_patterns(".*", "checkpoint"),
+            dirs_exist_ok=True,
+        )
+    write_manifest(staging)
+    if int8:
+        int8_onnx(staging)
+        write_manifest(staging)
+    return dropped
 
 
 def _metrics(staging: Path, result: dict[str, Any], dev_scores: dict[str, Any] | None) -> None:
@@ -168,6 +242,9 @@ def compress(
     max_drop: float = 0.01,
     force: bool = False,
     threads: int | None = None,
+    train: str | Path | Dataset | None = None,
+    recover_epochs: int = 1,
+    progress: ProgressReporter | None = None,
 ) -> CompressResult:
     """Write a compressed copy of the run folder ``run`` to ``out``, if it keeps its accuracy.
 
@@ -176,13 +253,19 @@ def compress(
         out: the new run folder; it must not exist.
         int8: int8 table rows (``linear``, ``nbsvm``) or an int8 ONNX model (``lstm``,
             ``transformer``).
-        prune: ``"rows=N"`` or ``"rows=F"`` (a fraction): table rows a bag model keeps.
+        prune: ``"rows=N"`` or ``"rows=F"`` (a fraction): table rows a bag model keeps;
+            ``"layers=K"``: encoder layers a transformer keeps, recovered by distilling the
+            source into the cut-down model (:mod:`~fenlei.compress.layers`).
         data: the labelled table (or Dataset) both models are measured on; default the
             run's own dev split (``splits.json``).
         max_drop: the largest accuracy loss accepted, in [0, 1].
         force: write the folder even when the loss is larger.
         threads: ONNX Runtime's intra-op threads while measuring (None: its default);
             PyTorch uses the process's setting (:func:`fenlei.runtime.configure_torch`).
+        train: ``layers=K`` only: the labelled table the recovery trains on; default the
+            run's own training split (``splits.json``).
+        recover_epochs: ``layers=K`` only: epochs of the recovery.
+        progress: ``layers=K`` only: receives the recovery's training progress.
 
     Returns:
         The folder and both models' accuracy, macro-F1, batch-1 p50, texts/s and size.
@@ -203,18 +286,29 @@ def compress(
     _check_request(source_dir, target, int8=int8, prune=spec, max_drop=max_drop)
     source = Predictor.from_run(source_dir, backend="torch", device="cpu")
     assert source.run is not None
-    _check_family(source.run.config.model.architecture, int8=int8, prune=spec)
-    dataset = _gate_data(source_dir, source, data)
+    _check_family(source.run.config.model.architecture, prune=spec)
+    if recover_epochs < 1:
+        raise ConfigError(f"--recover-epochs must be at least 1, not {recover_epochs}")
+    dataset = _table_or_split(source_dir, source, data, "dev")
+    layers = spec.layers if spec is not None else None
+    train_set = None if layers is None else _table_or_split(source_dir, source, train, "train")
     with staged_folder(target) as staging:
-        shutil.copytree(
-            source_dir,
-            staging,
-            ignore=shutil.ignore_patterns(".*", "checkpoint"),
-            dirs_exist_ok=True,
-        )
-        if verify_manifest(staging)["files"] != source.run.manifest["files"]:
-            raise ArtifactError(f"{source_dir} changed while it was compressed; run it again")
-        _make_model(staging, source, int8=int8, prune=spec)
+        dropped = None
+        if layers is not None:
+            assert train_set is not None
+            dropped = _layer_dropped_copy(
+                staging,
+                source_dir,
+                source,
+                layers,
+                train=train_set,
+                dev=dataset,
+                int8=int8,
+                epochs=recover_epochs,
+                progress=progress,
+            )
+        else:
+            _copy_and_compress(staging, source_dir, source, int8=int8, prune=spec)
         new = Predictor.from_run(staging, backend="auto", device="cpu", threads=threads)
         before = measure(source, dataset, name="source", run_dir=source_dir)
         after = measure(new, dataset, name="compressed", run_dir=staging)
@@ -228,6 +322,8 @@ def compress(
             "forced": force and before.accuracy - after.accuracy > max_drop,
             "models": [before.to_json(), after.to_json()],
         }
+        if dropped is not None:
+            about["layers"] = dropped.to_json()
         dev_scores = None
         if data is None:
             probs = new.predict_proba(dataset.texts)

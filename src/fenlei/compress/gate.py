@@ -28,7 +28,14 @@ from fenlei.errors import ConfigError, DataError, FenleiError
 from fenlei.evaluate import score_probabilities
 from fenlei.predict import Predictor
 
-__all__ = ["AccuracyGateError", "Measured", "check_gate", "dev_split", "measure"]
+__all__ = [
+    "AccuracyGateError",
+    "Measured",
+    "check_gate",
+    "dev_split",
+    "measure",
+    "recorded_split",
+]
 
 LATENCY_TEXTS = 100  # texts timed one at a time (the median is reported)
 THROUGHPUT_TEXTS = 512  # texts timed in batches of THROUGHPUT_BATCH
@@ -131,37 +138,44 @@ def check_gate(source: Measured, new: Measured, *, max_drop: float, force: bool)
         )
 
 
-def dev_split(run_dir: Path, cfg: DataConfig) -> Dataset:
-    """The run's dev split as it was at training: ``splits.json``'s source and rows.
+def recorded_split(run_dir: Path, cfg: DataConfig, name: str = "dev") -> Dataset:
+    """The run's ``name`` split (``train``, ``dev``) as it was at training: ``splits.json``'s
+    source table and row numbers.
 
     Raises:
-        ConfigError: the run folder has no ``splits.json`` or its source table is gone
-            (then pass ``--data``).
+        ConfigError: the run folder has no ``splits.json``, the split came from memory
+            (``fit(X, y)``) or its source table is gone (then pass the table).
         DataError: the source table changed (a recorded row is missing).
     """
+    option = "--data DEV" if name == "dev" else f"--{name} {name.upper()}"
     path = run_dir / SPLITS_FILE
     if not path.is_file():
-        raise ConfigError(f"{run_dir} records no dev split ({SPLITS_FILE}); pass --data DEV")
+        raise ConfigError(f"{run_dir} records no {name} split ({SPLITS_FILE}); pass {option}")
     try:
-        dev = json.loads(path.read_text(encoding="utf-8"))["dev"]
-        source, rows = str(dev["source"]), [int(r) for r in dev["rows"]]
+        split = json.loads(path.read_text(encoding="utf-8"))[name]
+        source, rows = str(split["source"]), [int(r) for r in split["rows"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{path} cannot be read ({exc}); pass --data DEV") from exc
+        raise ConfigError(f"{path} cannot be read ({exc}); pass {option}") from exc
     source = _SPLIT_SUFFIX.sub("", source)  # a split made from the training table
     if not Path(source).is_file():
         raise ConfigError(
-            f"{run_dir}'s dev split came from {source}, which is not there; pass --data DEV"
+            f"{run_dir}'s {name} split came from {source}, which is not a file here; pass {option}"
         )
     table = load_table(source, cfg)
     by_row = {ex.source_row: ex for ex in table.examples}
     missing = [r for r in rows if r not in by_row]
     if missing:
         raise DataError(
-            f"row {missing[0]} of the dev split is not in the table any more; pass --data DEV",
+            f"row {missing[0]} of the {name} split is not in the table any more; pass {option}",
             path=source,
         )
     return Dataset(
         tuple(by_row[r] for r in rows),
-        source=f"{source} [dev split]",
+        source=f"{source} [{name} split]",
         multi_label=table.multi_label,
     )
+
+
+def dev_split(run_dir: Path, cfg: DataConfig) -> Dataset:
+    """The run's dev split as it was at training (:func:`recorded_split`)."""
+    return recorded_split(run_dir, cfg, "dev")

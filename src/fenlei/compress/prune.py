@@ -7,11 +7,12 @@ The kept rows are renumbered and found through a :class:`~fenlei.models.compact.
 (a token id, or ``vocab_size + bucket`` of an n-gram -> row); a dropped token or n-gram maps
 to nothing and leaves the bag, as an n-gram never seen in training does.
 
-Transformers and LSTMs are not pruned here (docs/compression.md says why).
+Transformers drop encoder layers instead (:mod:`~fenlei.compress.layers`); LSTMs are not
+pruned (docs/compression.md says why).
 
 Example:
     >>> parse_prune("rows=50000")
-    PruneSpec(rows=50000, fraction=None)
+    PruneSpec(rows=50000, fraction=None, layers=None)
 """
 
 from __future__ import annotations
@@ -47,10 +48,17 @@ Bag = CompactBag
 
 @dataclass(frozen=True)
 class PruneSpec:
-    """How many table rows a pruned bag model keeps: a count, or a fraction of its rows."""
+    """What pruning keeps: table rows of a bag model (a count, or a fraction of its rows),
+    or encoder layers of a transformer."""
 
     rows: int | None = None
     fraction: float | None = None
+    layers: int | None = None
+
+    @property
+    def kind(self) -> str:
+        """``layers`` (a transformer's encoder) or ``rows`` (a bag model's table)."""
+        return "layers" if self.layers is not None else "rows"
 
     def count(self, available: int) -> int:
         """Rows to keep out of ``available``."""
@@ -60,25 +68,34 @@ class PruneSpec:
         return max(1, round(self.fraction * available))
 
 
+_USAGE = (
+    "--prune takes rows=N (table rows to keep, e.g. rows=50000), rows=F (a fraction, 0.05) "
+    "or layers=K (encoder layers a transformer keeps, e.g. layers=3)"
+)
+
+
 def parse_prune(text: str) -> PruneSpec:
-    """``rows=N`` (keep N table rows) or ``rows=F`` with 0 < F < 1 (keep that fraction).
+    """``rows=N`` (keep N table rows), ``rows=F`` with 0 < F < 1 (keep that fraction) or
+    ``layers=K`` (keep K encoder layers).
 
     Raises:
         ConfigError: any other form (the message shows the accepted ones).
     """
-    key, _, value = text.partition("=")
-    usage = "--prune takes rows=N (rows to keep, e.g. rows=50000) or rows=F (a fraction, 0.05)"
-    if key.strip() != "rows" or not value.strip():
-        raise ConfigError(f"{usage}, not {text!r}")
+    key, _, value = (part.strip() for part in text.partition("="))
+    if key not in ("rows", "layers") or not value:
+        raise ConfigError(f"{_USAGE}, not {text!r}")
     try:
         number = float(value)
     except ValueError as exc:
-        raise ConfigError(f"{usage}, not {text!r}") from exc
-    if 0 < number < 1:
+        raise ConfigError(f"{_USAGE}, not {text!r}") from exc
+    whole = number >= 1 and number == int(number)
+    if key == "layers" and whole:
+        return PruneSpec(layers=int(number))
+    if key == "rows" and 0 < number < 1:
         return PruneSpec(fraction=number)
-    if number >= 1 and number == int(number):
+    if key == "rows" and whole:
         return PruneSpec(rows=int(number))
-    raise ConfigError(f"{usage}, not {text!r}")
+    raise ConfigError(f"{_USAGE}, not {text!r}")
 
 
 def bag_table(model: Bag) -> nn.EmbeddingBag | Int8EmbeddingBag:

@@ -36,6 +36,8 @@ __all__ = [
     "TransformerClassifier",
     "build",
     "build_v2",
+    "drop_layers",
+    "kept_layers",
 ]
 
 
@@ -174,6 +176,50 @@ class SequenceClassifier(_HFModule):
         return self.model(input_ids=ids, attention_mask=mask).logits  # type: ignore[no-any-return]
 
 
+def kept_layers(total: int, keep: int) -> list[int]:
+    """Which of ``total`` encoder layers ``keep`` of them are: evenly spread from the first
+    (for half, every other layer, as DistilBERT initialises its student).
+
+    Example:
+        >>> kept_layers(6, 3), kept_layers(12, 4), kept_layers(6, 6)
+        ([0, 2, 4], [0, 3, 6, 9], [0, 1, 2, 3, 4, 5])
+    """
+    if not 1 <= keep <= total:
+        raise ConfigError(
+            f"model.keep_layers={keep} but the encoder has {total} layers; keep 1..{total}"
+        )
+    return [i * total // keep for i in range(keep)]
+
+
+def drop_layers(model: nn.Module, keep: int) -> list[int]:
+    """Keep ``keep`` of the encoder's layers (:func:`kept_layers`), in place; the model's HF
+    config then says so, so a saved run folder rebuilds the smaller encoder. Returns the
+    indices kept.
+
+    Raises:
+        ConfigError: the encoder has no ``encoder.layer`` list (BERT-style encoders have one)
+            or fewer than ``keep`` layers.
+    """
+    hf: Any = _plain(model).hf_model()
+    base = getattr(hf, "base_model", hf)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ConfigError(
+            f"model.keep_layers needs a BERT-style encoder (encoder.layer); "
+            f"{type(base).__name__} has none"
+        )
+    keep_at = kept_layers(len(layers), keep)
+    base.encoder.layer = nn.ModuleList([layers[i] for i in keep_at])
+    hf.config.num_hidden_layers = keep
+    return keep_at
+
+
+def _maybe_drop_layers(model: nn.Module, cfg: ModelConfig) -> nn.Module:
+    if cfg.keep_layers is not None:
+        drop_layers(model, cfg.keep_layers)
+    return model
+
+
 def build(
     cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None, train_ids: TrainIds
 ) -> nn.Module:
@@ -188,9 +234,10 @@ def build(
         )
     if cfg.pretrained is None:
         raise ConfigError("model.architecture=transformer.v1 needs model.pretrained")
-    return TransformerClassifier.from_pretrained(
+    model = TransformerClassifier.from_pretrained(
         cfg.pretrained, n_outputs=spec.n_outputs, dropout=cfg.dropout
     )
+    return _maybe_drop_layers(model, cfg)
 
 
 def build_v2(
@@ -201,9 +248,10 @@ def build_v2(
         return SequenceClassifier.from_config(spec.transformer_config)
     if cfg.pretrained is None:
         raise ConfigError("model.architecture=transformer.v2 needs model.pretrained")
-    return SequenceClassifier.from_pretrained(
+    model = SequenceClassifier.from_pretrained(
         cfg.pretrained, n_outputs=spec.n_outputs, dropout=cfg.dropout
     )
+    return _maybe_drop_layers(model, cfg)
 
 
 def _plain(model: nn.Module) -> _HFModule:
@@ -249,7 +297,7 @@ BATCH_TOKENS = 32 * 128
 TRANSFORMER_V1 = Family(
     name="transformer.v1",
     build=build,
-    reads=frozenset({"pretrained", "dropout", "freeze_embeddings"}),
+    reads=frozenset({"pretrained", "dropout", "freeze_embeddings", "keep_layers"}),
     pretrained=True,
     serve_chunk=8,  # MiniLM on CPU: 8 length-sorted texts per call beat 1 and 32
     batch_tokens=BATCH_TOKENS,
