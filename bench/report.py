@@ -661,48 +661,78 @@ def _long_text() -> list[str]:
     return out
 
 
+_TRAIN_JOBS = {  # result file -> what was trained
+    "scale_train_chnsenticorp_lstm.json": "lstm on ChnSentiCorp",
+    "scale_train_sms_spam_minilm.json": "minilm (1 epoch) on the harness's sms_spam split",
+}
+
+
+def _scale_predict(paths: list[Path]) -> list[str]:
+    out = [
+        "Batch prediction with the linear model (`python -m bench.scale_bench predict`; "
+        "docs/scale-out.md): single-process `fenlei predict --file` pinned to one core "
+        "against `--ray --workers 2` (Ray's start-up included). Goal: ≥ 1.6x the "
+        "throughput, driver peak RSS ≤ 1 GB, output rows = input rows. The 1-minute load "
+        "average before/after each row says how shared the 2-core machine was. Rows per "
+        "CPU s counts the command's reaped child processes: it undercounts Ray, whose "
+        "cluster processes are not all reaped through the driver.",
+        "",
+        "| when | rows | mode | s | rows/s | rows per CPU s | driver peak RSS MB "
+        "| output rows | load |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for path in paths:
+        run = json.loads(path.read_text("utf-8"))
+        for mode, key in (("1 process, 1 core", "single_one_core"), ("Ray, 2 actors", "ray")):
+            c = run[key]
+            out.append(
+                f"| {run['when']} | {run['input_rows']:,} | {mode} | {c['seconds']} | "
+                f"{c['rows_per_s']:,.0f} | {c.get('rows_per_cpu_s', '–')} | "
+                f"{c['peak_rss_mb']:,.0f} | {c['output_rows']:,} "
+                f"| {c['load_1m_before']}/{c['load_1m_after']} |"
+            )
+        out.append(f"| | | speed-up | {run['speedup']}x | | | | | |")
+    out.append("")
+    for path in paths:
+        run = json.loads(path.read_text("utf-8"))
+        out.append(f"- {run['when']}: {run['note']}.")
+    return [*out, ""]
+
+
+def _scale_killed(paths: list[Path]) -> list[str]:
+    out = []
+    for path in paths:
+        run = json.loads(path.read_text("utf-8"))
+        c = run["ray_one_actor_killed"]
+        same = c.get("same_predictions_as_unbroken_run")
+        out.append(
+            f"- {run['when']}: {run['input_rows']:,} rows on Ray with one of "
+            f"{run['workers']} predictor actors killed (SIGKILL) {c['kill_after_s']:.0f} s in "
+            f"(`predict --kill-after`): {'finished' if run['survived'] else 'FAILED'}, "
+            f"{c['output_rows']:,} rows written in {c['seconds']} s"
+            + ("" if same is None else f", predictions identical to an unbroken run: {same}")
+            + "."
+        )
+    return [*out, ""] if out else []
+
+
 def _scale_out() -> list[str]:
-    """Rows of bench/scale_bench.py: batch prediction on Ray against one process, and
-    data-parallel training against a local run."""
-    predict_paths = sorted(RESULTS.glob("scale_predict_*.json"))
-    train_path = RESULTS / "scale_train_chnsenticorp_lstm.json"
-    if not predict_paths and not train_path.is_file():
+    """Rows of bench/scale_bench.py: batch prediction on Ray against one process (and with
+    a killed actor), and data-parallel training against a local run."""
+    paths = sorted(RESULTS.glob("scale_predict_*.json"))
+    killed = [p for p in paths if p.stem.endswith("_killed_worker")]
+    predict_paths = [p for p in paths if p not in killed]
+    train_paths = [RESULTS / name for name in _TRAIN_JOBS if (RESULTS / name).is_file()]
+    if not paths and not train_paths:
         return []
     out = ["## Scale-out on Ray", ""]
     if predict_paths:
+        out += _scale_predict(predict_paths)
+    out += _scale_killed(killed)
+    for path in train_paths:
+        run = json.loads(path.read_text("utf-8"))
         out += [
-            "Batch prediction with the linear model (`python -m bench.scale_bench predict`; "
-            "docs/scale-out.md): single-process `fenlei predict --file` pinned to one core "
-            "against `--ray --workers 2` (Ray's start-up included). Goal: ≥ 1.6x the "
-            "throughput, driver peak RSS ≤ 1 GB, output rows = input rows. The 1-minute load "
-            "average before/after each row says how shared the 2-core machine was. Rows per "
-            "CPU s counts the command's reaped child processes: it undercounts Ray, whose "
-            "cluster processes are not all reaped through the driver.",
-            "",
-            "| when | rows | mode | s | rows/s | rows per CPU s | driver peak RSS MB "
-            "| output rows | load |",
-            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
-        ]
-        for path in predict_paths:
-            run = json.loads(path.read_text("utf-8"))
-            for mode, key in (("1 process, 1 core", "single_one_core"), ("Ray, 2 actors", "ray")):
-                c = run[key]
-                out.append(
-                    f"| {run['when']} | {run['input_rows']:,} | {mode} | {c['seconds']} | "
-                    f"{c['rows_per_s']:,.0f} | {c.get('rows_per_cpu_s', '–')} | "
-                    f"{c['peak_rss_mb']:,.0f} | {c['output_rows']:,} "
-                    f"| {c['load_1m_before']}/{c['load_1m_after']} |"
-                )
-            out.append(f"| | | speed-up | {run['speedup']}x | | | | | |")
-        out.append("")
-        for path in predict_paths:
-            run = json.loads(path.read_text("utf-8"))
-            out.append(f"- {run['when']}: {run['note']}.")
-        out.append("")
-    if train_path.is_file():
-        run = json.loads(train_path.read_text("utf-8"))
-        out += [
-            "lstm on ChnSentiCorp, one local process against "
+            f"{_TRAIN_JOBS[path.name]}, one local process against "
             f"`fenlei train --ray --workers {run['workers']}` (goal: dev accuracy within 0.5 "
             f"point): local {run['local']['dev_accuracy']:.4f} in {run['local']['seconds']} s, "
             f"Ray {run['ray']['dev_accuracy']:.4f} in {run['ray']['seconds']} s, gap "

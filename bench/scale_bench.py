@@ -6,8 +6,9 @@
 the driver's peak RSS (``VmHWM`` of the command's own process), output rows against input
 rows, and the 1-minute load average before and after each row (the machine is shared).
 
-``train``: lstm on ChnSentiCorp, one local process against ``fenlei train --ray --workers
-2``: dev accuracy of each (goal: within 0.5 point).
+``train``: lstm on ChnSentiCorp (``--job lstm-chnsenticorp``) or one epoch of minilm on the
+harness's sms_spam split (``--job minilm-sms_spam``), one local process against ``fenlei
+train --ray --workers 2``, one thread each: dev accuracy of each (goal: within 0.5 point).
 
 Results go to ``bench/results/scale_*.json``; bench/report.py shows them.
 
@@ -17,7 +18,7 @@ seconds in: the job must still write every row, in order.
 Usage:
     .venv/bin/python -m bench.scale_bench predict [--rows 1000000]
     .venv/bin/python -m bench.scale_bench predict --rows 100000 --kill-after 30
-    .venv/bin/python -m bench.scale_bench train
+    .venv/bin/python -m bench.scale_bench train [--job minilm-sms_spam]
 """
 
 from __future__ import annotations
@@ -207,15 +208,33 @@ def killed_worker_bench(rows: int, workers: int, kill_after: float) -> dict[str,
     }
 
 
-def train_bench(workers: int) -> dict[str, Any]:
-    """lstm on ChnSentiCorp: one local process against ``workers`` Ray workers."""
+def _train_job(job: str) -> tuple[Path, Path, list[str]]:
+    """(train table, dev table, preset and settings) of a correctness job."""
+    if job == "lstm-chnsenticorp":
+        folder = DATA / "chnsenticorp"
+        return folder / "train.csv.gz", folder / "dev.csv.gz", ["--preset", "lstm"]
+    from bench.harness import DATASETS, prepare_dataset
+
+    files = prepare_dataset(DATASETS["sms_spam"])["files"]  # the harness's 70/10/20 split
+    settings = ["--preset", "minilm", "--set", "train.epochs=1"]
+    return Path(files["train"]["path"]), Path(files["valid"]["path"]), settings
+
+
+TRAIN_JOBS = {  # job -> result file
+    "lstm-chnsenticorp": "scale_train_chnsenticorp_lstm.json",
+    "minilm-sms_spam": "scale_train_sms_spam_minilm.json",
+}
+
+
+def train_bench(workers: int, job: str = "lstm-chnsenticorp") -> dict[str, Any]:
+    """One local process against ``workers`` Ray workers on ``job`` (each one thread)."""
     WORK.mkdir(parents=True, exist_ok=True)
-    train, dev = DATA / "chnsenticorp" / "train.csv.gz", DATA / "chnsenticorp" / "dev.csv.gz"
-    base = [*FENLEI, "train", str(train), "--dev", str(dev), "--preset", "lstm"]
+    train, dev, settings = _train_job(job)
+    base = [*FENLEI, "train", str(train), "--dev", str(dev), *settings]
     base += ["--set", "eval.plots=false", "--set", "train.threads=1", "--overwrite"]
     cells: dict[str, Any] = {}
     for name, extra in (("local", []), ("ray", ["--ray", "--workers", str(workers)])):
-        out = WORK / f"chn-lstm-{name}"
+        out = WORK / f"{job}-{name}"
         cells[name] = _timed([*base, "-o", str(out), *extra])
         metrics = json.loads((out / "metrics.json").read_text("utf-8"))
         cells[name]["dev_accuracy"] = metrics["dev"]["accuracy"]
@@ -223,6 +242,7 @@ def train_bench(workers: int) -> dict[str, Any]:
     return {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": _machine(),
+        "job": job,
         "workers": workers,
         **cells,
         "gap_points": round(gap, 2),
@@ -235,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("what", choices=("predict", "train"))
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--job", choices=tuple(TRAIN_JOBS), default="lstm-chnsenticorp")
     parser.add_argument(
         "--kill-after",
         type=float,
@@ -250,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "predict":
         result, name = predict_bench(args.rows, args.workers), f"scale_predict_{args.rows}.json"
     else:
-        result, name = train_bench(args.workers), "scale_train_chnsenticorp_lstm.json"
+        result, name = train_bench(args.workers, args.job), TRAIN_JOBS[args.job]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / name).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=1))
