@@ -9,6 +9,9 @@ rows, and the 1-minute load average before and after each row (the machine is sh
 ``train``: lstm on ChnSentiCorp (``--job lstm-chnsenticorp``) or one epoch of minilm on the
 harness's sms_spam split (``--job minilm-sms_spam``), one local process against ``fenlei
 train --ray --workers 2``, one thread each: dev accuracy of each (goal: within 0.5 point).
+``train --kill-after S``: the Ray run alone with one training worker killed (SIGKILL) S
+seconds in; Ray Train restarts from the last checkpoint (goal: it finishes, within 0.5 point
+of the unbroken Ray run, with a run folder that verifies).
 
 Results go to ``bench/results/scale_*.json``; bench/report.py shows them.
 
@@ -19,6 +22,7 @@ Usage:
     .venv/bin/python -m bench.scale_bench predict [--rows 1000000]
     .venv/bin/python -m bench.scale_bench predict --rows 100000 --kill-after 30
     .venv/bin/python -m bench.scale_bench train [--job minilm-sms_spam]
+    .venv/bin/python -m bench.scale_bench train --kill-after 300
 """
 
 from __future__ import annotations
@@ -72,24 +76,29 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _predictor_actors() -> list[int]:
-    """Pids of Ray Data's predictor actors (their process title names the class)."""
+def _ray_processes(title: bytes) -> list[int]:
+    """Pids of Ray worker processes whose title holds ``title`` (Ray names them after the
+    actor's class: ``PredictBatch`` for prediction, ``RayTrainWorker`` for training)."""
     pids = []
     for entry in Path("/proc").iterdir():
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if entry.name.isdigit() and b"PredictBatch" in cmdline:
+        if entry.name.isdigit() and title in cmdline:
             pids.append(int(entry.name))
     return sorted(pids)
 
 
 def _timed(
-    cmd: list[str], env: dict[str, str] | None = None, kill_after: float | None = None
+    cmd: list[str],
+    env: dict[str, str] | None = None,
+    kill_after: float | None = None,
+    victim: bytes = b"PredictBatch",
 ) -> dict[str, Any]:
     """Run ``cmd``; its wall time, its own process's peak RSS, the load around it. With
-    ``kill_after``, SIGKILL one predictor actor that many seconds in (recorded)."""
+    ``kill_after``, SIGKILL the last-started Ray process titled ``victim`` that many seconds
+    in (recorded)."""
     load_before = os.getloadavg()[0]
     cpu_before = _children_cpu_s()
     started = time.perf_counter()
@@ -99,10 +108,10 @@ def _timed(
     while proc.poll() is None:
         peak = max(peak, _peak_rss_mb(proc.pid) or 0.0)  # VmHWM only grows: read to the end
         if kill_after is not None and not killed and time.perf_counter() - started > kill_after:
-            actors = _predictor_actors()
+            actors = _ray_processes(victim)
             if actors:
-                os.kill(actors[0], signal.SIGKILL)
-                killed = [actors[0]]
+                os.kill(actors[-1], signal.SIGKILL)
+                killed = [actors[-1]]
         time.sleep(0.2)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
@@ -249,6 +258,38 @@ def train_bench(workers: int, job: str = "lstm-chnsenticorp") -> dict[str, Any]:
     }
 
 
+def killed_train_bench(workers: int, job: str, kill_after: float) -> dict[str, Any]:
+    """``job`` on Ray with one training worker killed (SIGKILL) ``kill_after`` s in, against
+    the unbroken Ray run of the job's result file: Ray Train restarts the workers from the
+    last checkpoint; the job must finish with a run folder that verifies."""
+    from fenlei.artifact import verify_manifest
+
+    unbroken = json.loads((RESULTS / TRAIN_JOBS[job]).read_text("utf-8"))
+    train, dev, settings = _train_job(job)
+    out = WORK / f"{job}-ray-killed"
+    cmd = [*FENLEI, "train", str(train), "--dev", str(dev), *settings, "-o", str(out)]
+    cmd += ["--set", "eval.plots=false", "--set", "train.threads=1", "--overwrite"]
+    cmd += ["--ray", "--workers", str(workers), "--max-failures", "1"]
+    cell = _timed(cmd, kill_after=kill_after, victim=b"RayTrainWorker")
+    metrics = json.loads((out / "metrics.json").read_text("utf-8"))
+    verify_manifest(out)  # raises on a corrupt folder
+    cell["dev_accuracy"] = metrics["dev"]["accuracy"]
+    cell["epochs_run"], cell["best_epoch"] = metrics["epochs_run"], metrics["best_epoch"]
+    cell["train_seconds"] = metrics["train_seconds"]
+    gap = abs(cell["dev_accuracy"] - unbroken["ray"]["dev_accuracy"]) * 100
+    return {
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": _machine(),
+        "job": job,
+        "workers": workers,
+        "ray_one_worker_killed": cell,
+        "unbroken_ray_dev_accuracy": unbroken["ray"]["dev_accuracy"],
+        "gap_points": round(gap, 2),
+        "run_folder_verifies": True,
+        "survived": bool(cell["killed_actor_pids"]),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run one benchmark and save its JSON under bench/results/."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -260,7 +301,8 @@ def main(argv: list[str] | None = None) -> None:
         "--kill-after",
         type=float,
         default=None,
-        help="predict: run only the Ray row, killing one predictor actor this many s in",
+        help="run only the Ray row, killing one predictor actor (predict) or training "
+        "worker (train) this many s in",
     )
     args = parser.parse_args(argv)
     if shutil.which("taskset") is None and args.what == "predict":
@@ -270,6 +312,9 @@ def main(argv: list[str] | None = None) -> None:
         name = f"scale_predict_{args.rows}_killed_worker.json"
     elif args.what == "predict":
         result, name = predict_bench(args.rows, args.workers), f"scale_predict_{args.rows}.json"
+    elif args.kill_after is not None:
+        result = killed_train_bench(args.workers, args.job, args.kill_after)
+        name = TRAIN_JOBS[args.job].replace(".json", "_killed_worker.json")
     else:
         result, name = train_bench(args.workers, args.job), TRAIN_JOBS[args.job]
     RESULTS.mkdir(parents=True, exist_ok=True)
