@@ -4,7 +4,9 @@ It trains a MiniLM-sized, randomly initialised BERT on the bundled dataset on th
 (``train.device=cuda``, bf16 autocast), checks that ``metrics.jsonl`` says ``bf16-mixed`` and
 that it learned, predicts the test split on the GPU and on the CPU and compares the
 probabilities, and times one text per call against batches of 32 on the GPU (what dynamic
-batching in ``fenlei serve`` buys there). Results go to ``gpu_check.json`` under ``--out``.
+batching in ``fenlei serve`` buys there); where ray is installed, Ray Train's ``use_gpu`` path
+trains the same job with one worker per GPU (one, and two when there are two GPUs). Results go
+to ``gpu_check.json`` under ``--out``.
 
 On the device machine (its python3 holds CUDA PyTorch, transformers, scikit-learn, rich, typer,
 matplotlib; pydantic travels as wheels, see /work/.library/device/README.md)::
@@ -62,6 +64,34 @@ def _texts_per_second(predictor: Any, texts: list[str], batch: int) -> float:
     return len(texts) / (time.perf_counter() - started)
 
 
+def _ray_train_on_gpu(cfg: Any, folder: Path, gpus: int) -> dict[str, Any]:
+    """Ray Train's ``use_gpu`` path: one worker holding one GPU trains the same job (NCCL
+    process group, the model on ``cuda``); its dev accuracy and precision per epoch. With
+    two or more GPUs, also two workers (DDP over NCCL). ``gpus=0``: the dry run's CPU worker."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        return {"measured": False, "why": "ray is not installed on this machine"}
+    from fenlei.data import bundled_dataset_path
+    from fenlei.scale import RayOptions
+    from fenlei.scale.training import Tables, train_on_ray
+
+    tables = Tables(train=bundled_dataset_path("train"), dev=bundled_dataset_path("dev"))
+    result: dict[str, Any] = {"measured": True}
+    for workers in (1, 2) if gpus >= 2 else (1,):
+        options = RayOptions(workers=workers, cpus_per_worker=1, gpus_per_worker=min(gpus, 1))
+        started = time.perf_counter()
+        train_on_ray(cfg, tables, folder / f"ray-{workers}", options=options)
+        lines = (folder / f"ray-{workers}" / "metrics.jsonl").read_text().splitlines()
+        history = [json.loads(line) for line in lines]
+        result[f"workers_{workers}"] = {
+            "seconds": time.perf_counter() - started,
+            "precision": [h["precision"] for h in history],
+            "dev_accuracy": [h["dev"]["accuracy"] for h in history],
+        }
+    return result
+
+
 def main() -> None:
     """Run the check and write ``gpu_check.json``."""
     from fenlei.config import load_config
@@ -113,6 +143,8 @@ def main() -> None:
             result["gpu_texts_per_s_batch32"] / result["gpu_texts_per_s_batch1"]
         )
         del run
+        gpus = torch.cuda.device_count() if dev == "cuda" else 0
+        result["ray_train_gpu"] = _ray_train_on_gpu(cfg, Path(tmp), gpus)
     result["ok"] = (
         all(p == "bf16-mixed" for p in result["precision"])
         and result["dev_accuracy"][-1] > 2 / 12  # above chance over 12 intents
