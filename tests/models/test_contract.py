@@ -142,6 +142,17 @@ def test_token_embedding_is_the_table_the_model_uses(family: str, family_setting
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_every_trainable_parameter_gets_a_gradient(family: str, family_settings) -> None:  # type: ignore[no-untyped-def]
+    # DistributedDataParallel (fenlei train --ray) refuses a trainable parameter that one
+    # backward pass leaves without a gradient (transformer.v1's unused [CLS] pooler did)
+    model = _build(family, family_settings)
+    model.train()
+    model(*_batch()).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_freezing_stops_the_token_embedding(family: str, family_settings) -> None:  # type: ignore[no-untyped-def]
     found = family_of(family)
     if "freeze_embeddings" not in found.reads:

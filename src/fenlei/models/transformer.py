@@ -86,6 +86,13 @@ class TransformerClassifier(_HFModule):
     def __init__(self, encoder: nn.Module, *, hidden_size: int, n_outputs: int, dropout: float):
         super().__init__()
         self.encoder = encoder
+        # Mean pooling never reads the encoder's [CLS] pooler, so it gets no gradient: the
+        # optimizer skipped it anyway, but DistributedDataParallel refuses parameters that
+        # receive none (`fenlei train --ray` failed on its first step). Frozen, it stays in
+        # the state dict, so run folders keep loading.
+        pooler = getattr(encoder, "pooler", None)
+        if isinstance(pooler, nn.Module):
+            pooler.requires_grad_(False)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, n_outputs)
 
