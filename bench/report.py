@@ -740,6 +740,20 @@ def _scale_out() -> list[str]:
             f"{run['ray']['load_1m_before']}).",
             "",
         ]
+        killed = path.with_name(path.stem + "_killed_worker.json")
+        if killed.is_file():
+            k = json.loads(killed.read_text("utf-8"))
+            c = k["ray_one_worker_killed"]
+            out += [
+                f"Fault tolerance, the same job on Ray with one of {k['workers']} training "
+                f"workers SIGKILLed {c['kill_after_s']:.0f} s in (`train --kill-after`; goal: "
+                "it finishes within 0.5 point of an unbroken run, no corrupt run folder): "
+                f"{'finished' if k['survived'] else 'FAILED'} in {c['seconds']} s, dev "
+                f"accuracy {c['dev_accuracy']:.4f} against {k['unbroken_ray_dev_accuracy']:.4f} "
+                f"unbroken (gap {k['gap_points']} points), {c['epochs_run']} epochs, run folder "
+                f"verifies: {k['run_folder_verifies']} ({k['when']}).",
+                "",
+            ]
     return out
 
 
@@ -845,6 +859,34 @@ def _label_audit() -> list[str]:
         )
     out.append("")
     return out
+
+
+def _split_default() -> list[str]:
+    """Rows of bench/split_default.py: what an internal test split costs and buys."""
+    path = RESULTS / "split_default.json"
+    if not path.is_file():
+        return []
+    run = json.loads(path.read_text("utf-8"))
+    out = [
+        "## The default split of one training file",
+        "",
+        "`python -m bench.split_default` (docs/data.md): the `linear` preset trained on each "
+        "set's training file split 80/10/10 (train/dev/internal test) and 90/10 (train/dev), "
+        "five split seeds each, every model scored on the set's real test file. Cost: mean "
+        "real-test accuracy lost by holding back the test split; errors: mean absolute "
+        "difference of each variant's own estimate from the real-test accuracy. All in points.",
+        "",
+        "| set | seeds | cost of the test split | internal test's error | dev's error (90/10) "
+        "| dev's optimism (90/10) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for dataset, row in sorted(run["summary"].items()):
+        seeds = len({c["seed"] for c in run["cells"] if c["dataset"] == dataset})
+        out.append(
+            f"| {dataset} | {seeds} | {row['cost_points']} | {row['internal_test_error_points']} "
+            f"| {row['dev_error_points']} | {row['dev_optimism_points']:+} |"
+        )
+    return [*out, ""]
 
 
 def _compression() -> list[str]:
@@ -1064,6 +1106,7 @@ def write_report() -> Path:
         *_label_audit(),
         *_long_text(),
         *_scale_out(),
+        *_split_default(),
         *_compression(),
         *_distillation(),
         "## Serving",
