@@ -280,12 +280,19 @@ def test_usage_mistakes_are_one_error_line_too(
     assert line.endswith("-h`)")  # where to look, instead of click's boxed usage text
 
 
-def test_version_and_short_help(capsys: pytest.CaptureFixture[str]) -> None:
+def test_version_and_short_help(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import typer.completion
+
     from fenlei import __version__
 
     code, out, _ = run_cli(capsys, ["--version"])
     assert code == 0 and out.strip() == f"fenlei {__version__}"
     code, out, _ = run_cli(capsys, ["predict", "-h"])
     assert code == 0 and "Usage: fenlei predict" in out
-    code, out, _ = run_cli(capsys, ["--show-completion", "bash"])
+    # --show-completion is a flag: typer finds the shell among the parent processes, and a
+    # test run detached from any shell (nohup ... &) has none, so name it here
+    monkeypatch.setattr(typer.completion, "_get_shell_name", lambda: "bash")
+    code, out, _ = run_cli(capsys, ["--show-completion"])
     assert code == 0 and "_fenlei_completion" in out
