@@ -174,6 +174,16 @@ def _reject_table(reject: dict[str, Any]) -> Table:
     return table
 
 
+def _test_title(metrics: Any) -> str:
+    """"Test", saying so when the rows were held back from the training table."""
+    suffix = " [test split]"
+    for source, counts in metrics.data.items():
+        if source.endswith(suffix):
+            table = escape(source[: -len(suffix)])
+            return f"Test ({counts.rows} rows held back from {table}: data.test_fraction)"
+    return "Test"
+
+
 def _show_training_result(result: Any) -> None:
     metrics = result.metrics
     history = result.history
@@ -187,12 +197,13 @@ def _show_training_result(result: Any) -> None:
     _show_fitted(metrics)
     out.print(_metrics_table(metrics.dev.to_json(), "Dev (chose the epoch and calibration)"))
     if metrics.test is not None:
-        out.print(_metrics_table(metrics.test.to_json(), "Test"))
+        out.print(_metrics_table(metrics.test.to_json(), _test_title(metrics)))
         out.print(_per_class_table(metrics.test.to_json(), "test"))
     else:
         out.print(_per_class_table(metrics.dev.to_json(), "dev"))
         err.print(
             "[yellow]note:[/yellow] no test split: the dev scores picked this model, so they "
-            "are optimistic; give --test FILE (or data.test_fraction > 0) for an unbiased score"
+            "are optimistic; give --test FILE (or --set data.test_fraction=0.1 to hold back "
+            "10 % of the data) for an unbiased score"
         )
     out.print(f"run folder: [bold]{escape(str(result.run_dir))}[/bold]")
