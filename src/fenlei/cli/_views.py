@@ -175,7 +175,7 @@ def _reject_table(reject: dict[str, Any]) -> Table:
 
 
 def _test_title(metrics: Any) -> str:
-    """"Test", saying so when the rows were held back from the training table."""
+    """The test table's title; it names the training table its rows were held back from."""
     suffix = " [test split]"
     for source, counts in metrics.data.items():
         if source.endswith(suffix):
