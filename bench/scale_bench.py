@@ -61,6 +61,11 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _stamp() -> dict[str, Any]:
+    """When and where a result was measured (the head of every result file)."""
+    return {"when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": _machine()}
+
+
 def _peak_rss_mb(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -176,8 +181,7 @@ def predict_bench(rows: int, workers: int) -> dict[str, Any]:
         cell["rows_per_s"] = round(rows / cell["seconds"], 1)
         cell["rows_per_cpu_s"] = round(rows / max(cell["cpu_s"], 1e-9), 1)
     return {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": _machine(),
+        **_stamp(),
         "input_rows": rows,
         "workers": workers,
         "single_one_core": single,
@@ -208,8 +212,7 @@ def killed_worker_bench(rows: int, workers: int, kill_after: float) -> dict[str,
             pq.read_table(unbroken, columns=columns)
         )
     return {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": _machine(),
+        **_stamp(),
         "input_rows": rows,
         "workers": workers,
         "ray_one_actor_killed": cell,
@@ -249,8 +252,7 @@ def train_bench(workers: int, job: str = "lstm-chnsenticorp") -> dict[str, Any]:
         cells[name]["dev_accuracy"] = metrics["dev"]["accuracy"]
     gap = abs(cells["local"]["dev_accuracy"] - cells["ray"]["dev_accuracy"]) * 100
     return {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": _machine(),
+        **_stamp(),
         "job": job,
         "workers": workers,
         **cells,
@@ -278,8 +280,7 @@ def killed_train_bench(workers: int, job: str, kill_after: float) -> dict[str, A
     cell["train_seconds"] = metrics["train_seconds"]
     gap = abs(cell["dev_accuracy"] - unbroken["ray"]["dev_accuracy"]) * 100
     return {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": _machine(),
+        **_stamp(),
         "job": job,
         "workers": workers,
         "ray_one_worker_killed": cell,
