@@ -45,7 +45,7 @@ def main() -> None:
     threads = int(os.environ.get("BENCH_THREADS", "2"))
     overrides = [f"train.threads={threads}", "eval.plots=false", *opts.get("overrides", [])]
     cfg = load_config(opts["preset"], overrides)
-    configure_torch(threads=threads, seed=cfg.train.seed)
+    configure_torch(threads=threads, seed=cfg.train.seed, training=True)
     train = _dataset(task["train"], task.get("train_limit"))
     splits = prepare_splits(cfg.data, train, _dataset(task["valid"]), _dataset(task["test"]))
     run_dir = Path(task["workdir"]) / "run"

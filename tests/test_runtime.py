@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import fenlei.runtime as runtime
@@ -29,3 +31,29 @@ def test_a_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_real_load_average_gives_at_least_one_thread() -> None:
     assert training_threads(None).count >= 1
+
+
+def test_large_blocks_are_mmapped_under_glibc() -> None:
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt's mmap threshold is glibc's")
+    assert runtime.mmap_large_blocks() is True
+
+
+def test_training_entry_points_fix_the_mmap_threshold(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # the training memory fix (docs/benchmarks.md): `fenlei train` and fit set it, prediction
+    # does not (its latency would pay an mmap per large block)
+    from fenlei.cli import main
+    from fenlei.data import bundled_dataset_path
+
+    calls: list[int] = []
+    monkeypatch.setattr(runtime, "mmap_large_blocks", lambda *a: calls.append(1) or True)
+    data = str(bundled_dataset_path("train"))
+    tiny = ["--set", "model.buckets=2000", "--set", "encoder.vocab_size=600"]
+    assert main(["train", data, "--set", "train.epochs=1", *tiny, "-o", str(tmp_path / "r")]) == 0
+    assert calls == [1]
+    assert main(["predict", str(tmp_path / "r"), "hello"]) == 0
+    assert calls == [1]

@@ -220,7 +220,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         splits = prepare_splits(
             cfg.data.model_copy(update={"test_fraction": 0.0}), train, dev, None
         )
-        configure_torch(threads=training_threads(cfg.train.threads).count)
+        configure_torch(threads=training_threads(cfg.train.threads).count, training=True)
         self._forget_temporary_run()
         run_dir = Path(self.run_dir) if self.run_dir else self._temporary_run_dir()
         progress = RichProgress(cfg.train.monitor) if self.verbose else None

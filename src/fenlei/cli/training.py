@@ -49,7 +49,7 @@ def _run_training(
     from fenlei.runtime import configure_torch, training_threads
 
     threads = training_threads(cfg.train.threads)
-    configure_torch(threads=threads.count, seed=cfg.train.seed)
+    configure_torch(threads=threads.count, seed=cfg.train.seed, training=True)
     out.print(_summary_table(splits))
     out.print(f"torch threads: {threads.count} ({threads.reason})", highlight=False)
     return train_run(

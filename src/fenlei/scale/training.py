@@ -138,7 +138,9 @@ def _worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     dist = Dist(context.get_world_rank(), context.get_world_size())
     cfg = RunConfig.model_validate(config["cfg"])
-    configure_torch(threads=cfg.train.threads or config["threads"], seed=cfg.train.seed)
+    configure_torch(
+        threads=cfg.train.threads or config["threads"], seed=cfg.train.seed, training=True
+    )
     limit_tokenizer_threads(cfg.train.threads or config["threads"])
     root = Path(config["run_dir"])
     resume, overwrite = bool(config["resume"]), bool(config["overwrite"])
