@@ -469,8 +469,9 @@ def _training_memory() -> list[str]:
         "measured on such a CPU yet.",
         "",
         "| label | dataset | rows (train) | precision | fenlei peak MiB | HF Trainer peak MiB "
-        "| ratio | target | fenlei / HF accuracy | settings | machine, load | when |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | --- | --- | --- | --- | --- |",
+        "| ratio | target | fenlei / HF accuracy | fenlei / HF train s | settings "
+        "| machine, load | when |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | --- | --- | --- | --- | --- | --- |",
     ]
     for path in paths:
         r = json.loads(path.read_text("utf-8"))
@@ -482,12 +483,13 @@ def _training_memory() -> list[str]:
         hf_peak = f"{hf['peak_rss_mib']:,.0f}" if hf else "–"
         verdict = ("met" if fen["peak_rss_mib"] <= hf["peak_rss_mib"] else "missed") if hf else "–"
         acc = f"{fen['accuracy']:.3f} / {hf['accuracy']:.3f}" if hf else f"{fen['accuracy']:.3f}"
+        secs = f"{fen['train_seconds']:.0f} / {hf['train_seconds']:.0f}" if hf else "–"
         sets = ", ".join(f"`{o}`" for o in fen["options"].get("overrides", [])) or "–"
         m = r["machine"]
         out.append(
             f"| {r['label']} | {r['dataset']} | {r['rows']['train']:,} | {fen['precision']} | "
             f"{fen['peak_rss_mib']:,.0f} | {hf_peak} | "
-            f"{ratio} | {verdict} | {acc} | {sets} | {m['cpu']}, {m['loadavg'][0]:.1f} | "
+            f"{ratio} | {verdict} | {acc} | {secs} | {sets} | {m['cpu']}, {m['loadavg'][0]:.1f} | "
             f"{r['when'][:16]} |"
         )
     notes = sorted({r for r in (json.loads(p.read_text("utf-8")).get("note") for p in paths) if r})

@@ -28,6 +28,7 @@ from fenlei.errors import ArtifactError, ConfigError, DataError, NotFittedError
 from fenlei.evaluate import evaluate
 from fenlei.files import staged_folder
 from fenlei.loader import open_predictor
+from fenlei.models import wants_low_memory
 from fenlei.pipeline import prepare_splits, train_run
 from fenlei.predict import Prediction, Predictor, ServablePredictor
 from fenlei.progress import RichProgress
@@ -220,7 +221,9 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         splits = prepare_splits(
             cfg.data.model_copy(update={"test_fraction": 0.0}), train, dev, None
         )
-        configure_torch(threads=training_threads(cfg.train.threads).count, training=True)
+        configure_torch(
+            threads=training_threads(cfg.train.threads).count, training=wants_low_memory(cfg)
+        )
         self._forget_temporary_run()
         run_dir = Path(self.run_dir) if self.run_dir else self._temporary_run_dir()
         progress = RichProgress(cfg.train.monitor) if self.verbose else None

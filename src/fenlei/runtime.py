@@ -91,8 +91,8 @@ def configure_torch(
         flush_denormal: treat denormal floats as zero; the LSTM backward pass slows 5-12x on
             denormals on x86 CPUs (../shared/MODELS.md's "denormal trap").
         seed: seed torch's global generator (model initialisation, dropout).
-        training: the process is about to train: fix glibc's mmap threshold
-            (:func:`mmap_large_blocks`), which lowers a transformer run's peak memory.
+        training: the process is about to train a model that wants low memory: fix glibc's
+            mmap threshold (:func:`mmap_large_blocks`); see :func:`fenlei.models.wants_low_memory`.
     """
     if training:
         mmap_large_blocks()

@@ -82,7 +82,7 @@ def distil(
     from fenlei.progress import RichProgress
     from fenlei.runtime import configure_torch
 
-    configure_torch(training=True)
+    configure_torch()
     result = run_distil(
         teachers,
         data=data,

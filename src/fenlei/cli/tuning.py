@@ -123,7 +123,7 @@ def tune(
     from fenlei.tuning.study import quiet_optuna
 
     quiet_optuna()  # one line per trial is ours
-    configure_torch(training=True)
+    configure_torch()
 
     def show(trial: Any, best: Any) -> None:
         line = escape(_trial_line(trial, best, metric, latency_budget))

@@ -36,6 +36,7 @@ __all__ = [
     "freeze_token_embeddings",
     "n_outputs",
     "to_probs",
+    "wants_low_memory",
 ]
 
 
@@ -84,6 +85,14 @@ def family_of(architecture: str) -> Family:
 
 # model.* settings every family honours (the head's shape is chosen outside the family)
 FAMILY_AGNOSTIC = frozenset({"architecture", "single_logit"})
+
+
+def wants_low_memory(cfg: RunConfig) -> bool:
+    """Whether training ``cfg`` should fix glibc's mmap threshold
+    (:func:`fenlei.runtime.mmap_large_blocks`): ``train.low_memory`` for a pretrained
+    (transformer) family, whose activations set its peak memory; never for the others, whose
+    steps would pay an mmap per large block for little memory."""
+    return cfg.train.low_memory and family_of(cfg.model.architecture).pretrained
 
 
 def check(cfg: RunConfig) -> None:

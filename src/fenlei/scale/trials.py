@@ -40,7 +40,7 @@ def _run_share(
     from fenlei.runtime import configure_torch, limit_tokenizer_threads
 
     threads = kw.pop("threads")
-    configure_torch(threads=threads, training=True)
+    configure_torch(threads=threads)
     limit_tokenizer_threads(threads)
     run(job, n_trials=share, worker=worker, **kw)
 
