@@ -18,7 +18,7 @@ import torch._dynamo
 from bench.peers import _common as c
 from fenlei.config import load_config
 from fenlei.data import Dataset
-from fenlei.models import wants_low_memory
+from fenlei.models import training_mmap_threshold
 from fenlei.pipeline import prepare_splits, train_run
 from fenlei.runtime import configure_torch
 
@@ -46,7 +46,9 @@ def main() -> None:
     threads = int(os.environ.get("BENCH_THREADS", "2"))
     overrides = [f"train.threads={threads}", "eval.plots=false", *opts.get("overrides", [])]
     cfg = load_config(opts["preset"], overrides)
-    configure_torch(threads=threads, seed=cfg.train.seed, training=wants_low_memory(cfg))
+    configure_torch(
+        threads=threads, seed=cfg.train.seed, mmap_threshold=training_mmap_threshold(cfg)
+    )
     train = _dataset(task["train"], task.get("train_limit"))
     splits = prepare_splits(cfg.data, train, _dataset(task["valid"]), _dataset(task["test"]))
     run_dir = Path(task["workdir"]) / "run"

@@ -44,22 +44,24 @@ def test_large_blocks_are_mmapped_under_glibc() -> None:
 def test_only_transformer_training_fixes_the_mmap_threshold(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # the training memory fix (docs/benchmarks.md) costs a transformer run 1.35-1.75x the
-    # time for a quarter less peak memory: opt-in; other families and prediction never pay it
+    # a fixed threshold (docs/benchmarks.md, "Training memory") bounds a transformer run's peak
+    # memory for a few % of its time (train.low_memory: a quarter less for 1.35-1.75x);
+    # other families and prediction never pay an mmap per large block
     from fenlei.cli import main
     from fenlei.config import load_config
     from fenlei.data import bundled_dataset_path
-    from fenlei.models import wants_low_memory
+    from fenlei.models import training_mmap_threshold
 
-    assert not wants_low_memory(load_config("minilm"))  # off by default: 1.35-1.75x slower
-    assert wants_low_memory(load_config("minilm", ["train.low_memory=true"]))
-    assert not wants_low_memory(load_config("lstm", ["train.low_memory=true"]))
+    assert training_mmap_threshold(load_config("minilm")) == runtime.MMAP_THRESHOLD_TRAINING
+    low = load_config("minilm", ["train.low_memory=true"])
+    assert training_mmap_threshold(low) == runtime.MMAP_THRESHOLD_LOW_MEMORY
+    assert training_mmap_threshold(load_config("lstm", ["train.low_memory=true"])) is None
     calls: list[int] = []
-    monkeypatch.setattr(runtime, "mmap_large_blocks", lambda *a: calls.append(1) or True)
-    runtime.configure_torch(training=True)
-    assert calls == [1]
+    monkeypatch.setattr(runtime, "mmap_large_blocks", lambda t: calls.append(t) or True)
+    runtime.configure_torch(mmap_threshold=4096)
+    assert calls == [4096]
     data = str(bundled_dataset_path("train"))
     tiny = ["--set", "model.buckets=2000", "--set", "encoder.vocab_size=600"]
     assert main(["train", data, "--set", "train.epochs=1", *tiny, "-o", str(tmp_path / "r")]) == 0
     assert main(["predict", str(tmp_path / "r"), "hello"]) == 0
-    assert calls == [1]  # linear training and prediction left it alone
+    assert calls == [4096]  # linear training and prediction left it alone

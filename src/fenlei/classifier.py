@@ -28,7 +28,7 @@ from fenlei.errors import ArtifactError, ConfigError, DataError, NotFittedError
 from fenlei.evaluate import evaluate
 from fenlei.files import staged_folder
 from fenlei.loader import open_predictor
-from fenlei.models import wants_low_memory
+from fenlei.models import training_mmap_threshold
 from fenlei.pipeline import prepare_splits, train_run
 from fenlei.predict import Prediction, Predictor, ServablePredictor
 from fenlei.progress import RichProgress
@@ -222,7 +222,8 @@ class TextClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             cfg.data.model_copy(update={"test_fraction": 0.0}), train, dev, None
         )
         configure_torch(
-            threads=training_threads(cfg.train.threads).count, training=wants_low_memory(cfg)
+            threads=training_threads(cfg.train.threads).count,
+            mmap_threshold=training_mmap_threshold(cfg),
         )
         self._forget_temporary_run()
         run_dir = Path(self.run_dir) if self.run_dir else self._temporary_run_dir()

@@ -26,6 +26,8 @@ from fenlei.errors import ConfigError
 
 __all__ = [
     "DEVICES",
+    "MMAP_THRESHOLD_LOW_MEMORY",
+    "MMAP_THRESHOLD_TRAINING",
     "Dist",
     "Threads",
     "configure_torch",
@@ -55,18 +57,26 @@ def resolve_device(name: str) -> torch.device:
 
 # glibc's mallopt() parameter for the mmap threshold (malloc.h: M_MMAP_THRESHOLD)
 _M_MMAP_THRESHOLD = -3
-TRAINING_MMAP_THRESHOLD = 128 * 1024  # bytes: glibc's own starting value, then kept fixed
+# bytes; glibc starts at 128 KiB and raises the threshold as blocks are freed. Fixed at 16 MiB
+# for a transformer's training (its attention and activation blocks of many batch shapes):
+# MiniLM on 2,000 sms_spam texts peaked at 2,216 MiB instead of 2,360 and on 500 IMDB reviews
+# at 2,161 instead of 2,312-2,353, for no measured time; 4 MiB gave 2,047 and 1,886 MiB for
+# 1.07x and 1.2x the time; 128 KiB (train.low_memory) 1,801 MiB for 1.35-1.75x.
+MMAP_THRESHOLD_TRAINING = 16 * 1024 * 1024
+MMAP_THRESHOLD_LOW_MEMORY = 128 * 1024
 
 
-def mmap_large_blocks(threshold: int = TRAINING_MMAP_THRESHOLD) -> bool:
+def mmap_large_blocks(threshold: int = MMAP_THRESHOLD_TRAINING) -> bool:
     """Have glibc serve every allocation of ``threshold`` bytes or more with its own mmap,
     returned to the system when freed; False where that cannot be set (not glibc).
 
     Training allocates activations of many sizes (length-bucketed batches). glibc starts
-    with this threshold but raises it, up to 32 MiB, each time such a block is freed, so
+    at 128 KiB but raises its threshold, up to 32 MiB, each time such a block is freed, so
     activations soon come from the heap, where freed blocks of one size are kept and are
-    not reused for another: a MiniLM run on 2,000 sms_spam texts peaked at 2,299 MiB RSS,
-    and at 1,817 MiB with the threshold fixed here (docs/benchmarks.md, "Training memory").
+    not reused for another. Fixing it returns large freed blocks to the system; each costs an
+    mmap and its page faults when it is allocated again, so the lower the threshold, the less
+    memory and the more time (figures at :data:`MMAP_THRESHOLD_TRAINING`; docs/benchmarks.md,
+    "Training memory").
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -82,7 +92,7 @@ def configure_torch(
     threads: int | None = None,
     flush_denormal: bool = True,
     seed: int | None = None,
-    training: bool = False,
+    mmap_threshold: int | None = None,
 ) -> None:
     """Set process-wide torch state; for entry points only (CLI, facade, server).
 
@@ -91,11 +101,12 @@ def configure_torch(
         flush_denormal: treat denormal floats as zero; the LSTM backward pass slows 5-12x on
             denormals on x86 CPUs (../shared/MODELS.md's "denormal trap").
         seed: seed torch's global generator (model initialisation, dropout).
-        training: the process is about to train a model that wants low memory: fix glibc's
-            mmap threshold (:func:`mmap_large_blocks`); see :func:`fenlei.models.wants_low_memory`.
+        mmap_threshold: the process is about to train a model whose peak memory is its
+            activations: fix glibc's mmap threshold at this many bytes
+            (:func:`mmap_large_blocks`); see :func:`fenlei.models.training_mmap_threshold`.
     """
-    if training:
-        mmap_large_blocks()
+    if mmap_threshold is not None:
+        mmap_large_blocks(mmap_threshold)
     torch.set_flush_denormal(flush_denormal)
     if threads is not None:
         torch.set_num_threads(threads)

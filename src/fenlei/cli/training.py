@@ -44,13 +44,15 @@ __all__ = ["DEMO_LINEAR_SETTINGS", "DEMO_TEXTS", "demo", "train"]
 def _run_training(
     cfg: Any, splits: Any, out_dir: Path, *, resume: bool, overwrite: bool, track: str | None = None
 ) -> Any:
-    from fenlei.models import wants_low_memory
+    from fenlei.models import training_mmap_threshold
     from fenlei.pipeline import train_run
     from fenlei.progress import RichProgress
     from fenlei.runtime import configure_torch, training_threads
 
     threads = training_threads(cfg.train.threads)
-    configure_torch(threads=threads.count, seed=cfg.train.seed, training=wants_low_memory(cfg))
+    configure_torch(
+        threads=threads.count, seed=cfg.train.seed, mmap_threshold=training_mmap_threshold(cfg)
+    )
     out.print(_summary_table(splits))
     out.print(f"torch threads: {threads.count} ({threads.reason})", highlight=False)
     return train_run(

@@ -22,6 +22,7 @@ from fenlei.models.linear import LINEAR_V1, LINEAR_V2
 from fenlei.models.lstm import LSTM_V1
 from fenlei.models.nbsvm import NBSVM_V1
 from fenlei.models.transformer import TRANSFORMER_V1, TRANSFORMER_V2
+from fenlei.runtime import MMAP_THRESHOLD_LOW_MEMORY, MMAP_THRESHOLD_TRAINING
 from fenlei.tokenize import pad_ids
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
     "freeze_token_embeddings",
     "n_outputs",
     "to_probs",
-    "wants_low_memory",
+    "training_mmap_threshold",
 ]
 
 
@@ -87,12 +88,15 @@ def family_of(architecture: str) -> Family:
 FAMILY_AGNOSTIC = frozenset({"architecture", "single_logit"})
 
 
-def wants_low_memory(cfg: RunConfig) -> bool:
-    """Whether training ``cfg`` should fix glibc's mmap threshold
-    (:func:`fenlei.runtime.mmap_large_blocks`): ``train.low_memory`` for a pretrained
-    (transformer) family, whose activations set its peak memory; never for the others, whose
-    steps would pay an mmap per large block for little memory."""
-    return cfg.train.low_memory and family_of(cfg.model.architecture).pretrained
+def training_mmap_threshold(cfg: RunConfig) -> int | None:
+    """The glibc mmap threshold (bytes) for training ``cfg``, or None to leave glibc's own
+    (:func:`fenlei.runtime.mmap_large_blocks`). A pretrained (transformer) family's peak
+    memory is its activations: 16 MiB by default, 128 KiB with ``train.low_memory`` (less
+    memory, 1.35-1.75x the time); the other families' steps would pay an mmap per large block
+    for little memory."""
+    if not family_of(cfg.model.architecture).pretrained:
+        return None
+    return MMAP_THRESHOLD_LOW_MEMORY if cfg.train.low_memory else MMAP_THRESHOLD_TRAINING
 
 
 def check(cfg: RunConfig) -> None:

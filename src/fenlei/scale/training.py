@@ -33,7 +33,7 @@ from fenlei.artifact import CHECKPOINT_DIR, STATE_FILE
 from fenlei.config import RunConfig
 from fenlei.data import load_table
 from fenlei.errors import ArtifactError
-from fenlei.models import check, family_of, wants_low_memory
+from fenlei.models import check, family_of, training_mmap_threshold
 from fenlei.pipeline import Splits, TrainResult, prepare_splits, train_run
 from fenlei.predict import Predictor
 from fenlei.records import EpochRecord, RunMetrics, read_history
@@ -141,7 +141,7 @@ def _worker(config: dict[str, Any]) -> None:
     configure_torch(
         threads=cfg.train.threads or config["threads"],
         seed=cfg.train.seed,
-        training=wants_low_memory(cfg),
+        mmap_threshold=training_mmap_threshold(cfg),
     )
     limit_tokenizer_threads(cfg.train.threads or config["threads"])
     root = Path(config["run_dir"])
