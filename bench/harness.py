@@ -414,19 +414,52 @@ def run_cell(
     threads: int = 2,
 ) -> dict[str, Any]:
     """Run one cell in a child process and save its result (status ``done`` or ``failed``)."""
-    dspec, sspec = DATASETS[dataset], SYSTEMS[system]
+    dspec = DATASETS[dataset]
     split_record = prepare_dataset(dspec)
-    files = split_record["files"]
-    workdir = WORK / "cells" / f"{dataset}__{system}"
+    files = {part: split_record["files"][part]["path"] for part in ("train", "valid", "test")}
+    record = {
+        "dataset": dataset,
+        **run_task(
+            system,
+            files,
+            dspec.lang,
+            WORK / "cells" / f"{dataset}__{system}",
+            timeout=timeout,
+            train_limit=train_limit,
+            extra=extra,
+            threads=threads,
+            name=dataset,
+        ),
+    }
+    _atomic_json(cell_path(dataset, system), record)
+    return record
+
+
+def run_task(
+    system: str,
+    files: dict[str, str],
+    lang: str,
+    workdir: Path,
+    *,
+    timeout: float | None = None,
+    train_limit: int | None = None,
+    extra: dict[str, Any] | None = None,
+    threads: int = 2,
+    name: str = "task",
+) -> dict[str, Any]:
+    """Run ``system`` on the ``train``/``valid``/``test`` files in a child process.
+
+    The record (status ``done``, ``failed`` or ``not run``) has the test metrics, train time,
+    latency, size and peak RSS; nothing is saved (callers keep the record where they want).
+    """
+    sspec = SYSTEMS[system]
     workdir.mkdir(parents=True, exist_ok=True)
     options = {**sspec.options, **(extra or {})}
     task = {
-        "dataset": dataset,
+        "dataset": name,
         "system": system,
-        "lang": dspec.lang,
-        "train": files["train"]["path"],
-        "valid": files["valid"]["path"],
-        "test": files["test"]["path"],
+        "lang": lang,
+        **{part: files[part] for part in ("train", "valid", "test")},
         "workdir": str(workdir),
         "options": options,
         "train_limit": train_limit,
@@ -454,9 +487,10 @@ def run_cell(
     }
     log = workdir / "log.txt"
     started = time.time()
-    before = machine()
+    from bench.peers._common import read_table
+
+    _, gold = read_table(files["test"])
     record: dict[str, Any] = {
-        "dataset": dataset,
         "system": system,
         "label": sspec.label or system,
         "family": sspec.family,
@@ -464,8 +498,8 @@ def run_cell(
         "train_limit": train_limit,
         "command": " ".join(cmd),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "machine": before,
-        "split": split_record["files"]["test"]["rows"],
+        "machine": machine(),
+        "split": len(gold),
         "threads": threads,
     }
     try:
@@ -480,8 +514,7 @@ def run_cell(
                 text=True,
                 check=False,
             )
-        fh_text = proc.stdout
-        last = [ln for ln in fh_text.splitlines() if ln.strip()][-1:] or ["{}"]
+        last = [ln for ln in proc.stdout.splitlines() if ln.strip()][-1:] or ["{}"]
         if proc.returncode != 0:
             raise RuntimeError(f"exit code {proc.returncode}: " + _tail(log))
         out = json.loads(last[0])
@@ -493,15 +526,10 @@ def run_cell(
             reason=f"time box ({timeout:.0f} s) exceeded",
             partial_epochs=epochs,
         )
-        _atomic_json(cell_path(dataset, system), record)
         return record
     except (RuntimeError, json.JSONDecodeError, IndexError) as exc:
         record.update(status="failed", reason=str(exc)[-2000:])
-        _atomic_json(cell_path(dataset, system), record)
         return record
-    from bench.peers._common import read_table
-
-    _, gold = read_table(files["test"]["path"])
     lat = out.pop("latency_ms")
     preds = out.pop("predictions")
     record.update(
@@ -518,7 +546,6 @@ def run_cell(
         details=out,
         load_after=[round(x, 2) for x in os.getloadavg()],
     )
-    _atomic_json(cell_path(dataset, system), record)
     return record
 
 

@@ -6,6 +6,7 @@ with no file, or saved as not run, is listed with the reason. Run ``python -m be
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -891,6 +892,106 @@ def _split_default() -> list[str]:
     return [*out, ""]
 
 
+DEFAULT_SETS = (
+    "intents12",
+    "en6-100",
+    "en6-300",
+    "en6-1000",
+    "zh4-100",
+    "zh4-300",
+    "zh4-1000",
+    "sms_spam",
+    "chnsenticorp",
+    "waimai_10k",
+)
+DEFAULT_PEERS = {
+    "sklearn-svm": "TF-IDF + LinearSVC",
+    "fasttext": "fastText, 10 epochs",
+    "fasttext-25": "fastText, 25 epochs",
+}
+
+
+def _done_accuracy(cells: dict[str, dict[str, Any]], system: str) -> float | None:
+    cell = cells.get(system)
+    return cell["accuracy"] if cell and cell.get("status") == "done" else None
+
+
+def _defaults() -> list[str]:
+    """Rows of bench/defaults_bench.py: each preset's defaults against the better baseline."""
+    runs = {
+        name: json.loads(path.read_text("utf-8"))
+        for name in DEFAULT_SETS
+        if (path := RESULTS / f"defaults_{name}.json").is_file()
+    }
+    if not runs:
+        return []
+    presets = [
+        p
+        for p in ("linear", "nbsvm", "lstm", "minilm")
+        if any(p in r["cells"] for r in runs.values())
+    ]
+    out = [
+        "## Defaults on small many-class data",
+        "",
+        "`python -m bench.defaults_bench` (README, Presets): each preset with its defaults "
+        "against TF-IDF + LinearSVC and fastText (bigrams; 10 and 25 epochs), one thread each, "
+        "on sets built from the bundled data and the five benchmark sets: `intents12` (the "
+        "bundled support intents, English and Chinese), `en6-K` (one label per set and label "
+        "of imdb, sst2 and sms_spam: 6 labels, K training texts each, fewer where a label has "
+        "fewer) and `zh4-K` (chnsenticorp and waimai_10k: 4 labels), and the harness's splits "
+        "of three benchmark sets. The peers read Chinese and `intents12` one character per "
+        "token (TF-IDF: character 1-3-grams). Target (issue 15): every preset's defaults "
+        "within 0.5 point of the better of TF-IDF + LinearSVC and fastText. Gap in points.",
+        "",
+        "| set | labels | train rows | "
+        + " | ".join(DEFAULT_PEERS.values())
+        + " | "
+        + " | ".join(f"{p} (gap)" for p in presets)
+        + " |",
+        "| --- | ---: | ---: | " + " | ".join("---:" for _ in [*DEFAULT_PEERS, *presets]) + " |",
+    ]
+    for name, run in runs.items():
+        acc = functools.partial(_done_accuracy, run["cells"])
+        peers = [a for s in DEFAULT_PEERS if (a := acc(s)) is not None]
+        best = max(peers, default=None)
+        shown = []
+        for p in presets:
+            a = acc(p)
+            shown.append(
+                "–"
+                if a is None
+                else f"{a:.4f} ({100 * (a - best):+.1f})"
+                if best is not None
+                else f"{a:.4f}"
+            )
+        out.append(
+            f"| {name} | {run.get('labels', '')} | {run['rows']['train']:,} | "
+            + " | ".join(_f(acc(s)) if acc(s) is not None else "–" for s in DEFAULT_PEERS)
+            + " | "
+            + " | ".join(shown)
+            + " |"
+        )
+    variants = sorted(
+        {s for r in runs.values() for s in r["cells"] if "+" in s},
+        key=lambda s: (s.split("+")[0], s),
+    )
+    if variants:
+        out += [
+            "",
+            "Settings tried on the way (accuracy; `--set` overrides of the preset):",
+            "",
+            "| system | " + " | ".join(runs) + " |",
+            "| --- | " + " | ".join("---:" for _ in runs) + " |",
+        ]
+        for v in variants:
+            row = []
+            for run in runs.values():
+                a = _done_accuracy(run["cells"], v)
+                row.append(_f(a) if a is not None else "–")
+            out.append(f"| `{v}` | " + " | ".join(row) + " |")
+    return [*out, ""]
+
+
 def _compression() -> list[str]:
     """Rows of bench/compress_bench.py: each compressed run folder against its source."""
     paths = sorted(RESULTS.glob("compress_*.json"))
@@ -1109,6 +1210,7 @@ def write_report() -> Path:
         *_long_text(),
         *_scale_out(),
         *_split_default(),
+        *_defaults(),
         *_compression(),
         *_distillation(),
         "## Serving",

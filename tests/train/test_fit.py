@@ -204,3 +204,40 @@ def test_training_on_cuda_without_a_gpu_is_a_config_error(toy: _Toy) -> None:
     cfg = toy.cfg.train.model_copy(update={"device": "cuda"})
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         fit(toy.model(), toy.family, toy.data, toy.dev, cfg)
+
+
+class _Steps:
+    """A progress reporter that keeps each epoch's number of steps."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        self.steps.append(steps)
+
+    def step(self, loss: float) -> None:
+        pass
+
+    def epoch_end(self, record: EpochRecord) -> None:
+        pass
+
+
+def test_small_data_trains_in_smaller_batches(toy: _Toy) -> None:
+    # the linear preset's train.min_steps_per_epoch=32: 300 texts in batches of 32, not 128
+    # (docs/benchmarks.md, "Defaults on small many-class data")
+    assert toy.cfg.train.batch_size == 128
+    for update, steps in (({}, 10), ({"min_steps_per_epoch": None}, 3)):
+        seen = _Steps()
+        cfg = toy.cfg.train.model_copy(update={"epochs": 1, **update})
+        fit(toy.model(), toy.family, toy.data, toy.dev, cfg, progress=seen)
+        assert seen.steps == [steps]
+
+
+def test_the_head_learns_at_its_own_rate(toy: _Toy) -> None:
+    model = toy.model()
+    head = model.head.weight.detach().clone()
+    table = model.embed.weight.detach().clone()
+    cfg = toy.cfg.train.model_copy(update={"epochs": 1, "head_lr": 1e-12, "clip_grad_norm": None})
+    run = fit(model, toy.family, toy.data, toy.dev, cfg)
+    assert torch.allclose(run.model.head.weight, head, atol=1e-9)  # frozen in effect
+    assert not torch.allclose(run.model.embed.weight, table)  # the rest trained

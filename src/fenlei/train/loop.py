@@ -43,7 +43,7 @@ from fenlei.train.objective import Loss, Targets
 from fenlei.train.shapes import few_shapes
 from fenlei.train.state import EpochHook, LoopState, Run, call_epoch_hook, dev_metrics, improved
 
-__all__ = ["fit_by_gradient", "use_mixed_precision"]
+__all__ = ["batch_for_data", "fit_by_gradient", "use_mixed_precision"]
 
 
 def _split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -64,11 +64,47 @@ def _optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimize
     # parameters 17 ms per step instead of 107 ms; HF Trainer uses it by default too.
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in dense)
     optimizers: list[torch.optim.Optimizer] = [
-        opt_cls(dense, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+        opt_cls(
+            _lr_groups(model, dense, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused
+        )
     ]
     if sparse:
         optimizers.append(_sparse_optimizer(sparse, cfg))
     return optimizers
+
+
+def batch_for_data(cfg: TrainConfig, rows: int) -> int:
+    """``train.batch_size``, halved (not below 32) while an epoch of ``rows`` texts would
+    take fewer than ``train.min_steps_per_epoch`` steps.
+
+    Example:
+        >>> from fenlei.config import load_config
+        >>> cfg = load_config("linear").train
+        >>> batch_for_data(cfg, 900), batch_for_data(cfg, 3_000), batch_for_data(cfg, 60_000)
+        (32, 64, 128)
+    """
+    batch = cfg.batch_size
+    floor = min(batch, 32)
+    while cfg.min_steps_per_epoch and batch // 2 >= floor:
+        if math.ceil(rows / batch) >= cfg.min_steps_per_epoch:
+            break
+        batch //= 2
+    return batch
+
+
+def _lr_groups(
+    model: nn.Module, dense: list[nn.Parameter], cfg: TrainConfig
+) -> list[dict[str, Any]]:
+    """The dense parameters as optimizer groups: the head's own at ``train.head_lr``."""
+    head = getattr(model, "head", None)
+    if cfg.head_lr is None or not isinstance(head, nn.Module):
+        return [{"params": dense}]
+    in_head = {id(p) for p in head.parameters()}
+    groups: list[dict[str, Any]] = [
+        {"params": [p for p in dense if id(p) not in in_head]},
+        {"params": [p for p in dense if id(p) in in_head], "lr": cfg.head_lr},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 def _sparse_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -348,6 +384,7 @@ def fit_by_gradient(
 ) -> Run:
     """Train ``model`` by gradient steps; see :func:`fenlei.train.fit` for the arguments."""
     dist = dist or Dist()
+    cfg = cfg.model_copy(update={"batch_size": batch_for_data(cfg, len(data))})
     model.to(device)
     ctx = _context(model, family, data, cfg, loss, device, progress, dist)
     state = LoopState()
