@@ -189,7 +189,7 @@ class TrainConfig(_Section):
         ge=1,
         description="Small data: halve train.batch_size (not below 32) until an epoch has at "
         "least this many steps; none = always train.batch_size. The linear preset sets 32: "
-        "on 400-1,800 training texts batch 32 instead of 128 gained 3-14 points "
+        "on 400-1,800 training texts batch 32 instead of 128 gained 5-14 points "
         "(docs/benchmarks.md, 'Defaults on small many-class data').",
     )
     optimizer: Literal["adam", "adamw"] = Field("adamw", description="Optimizer.")
