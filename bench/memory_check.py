@@ -136,6 +136,18 @@ def run_system(
     }
 
 
+def _mmap_threshold(overrides: list[str]) -> str:
+    """The glibc mmap threshold fenlei's MiniLM training sets with these overrides."""
+    from fenlei.config import load_config
+    from fenlei.models import training_mmap_threshold
+
+    threshold = training_mmap_threshold(load_config("minilm", overrides))
+    if threshold is None:  # the environment's, which run_system sets for both systems
+        return "4 GiB (environment)"
+    mib, kib = divmod(threshold, 1024 * 1024)
+    return f"{mib} MiB" if not kib else f"{threshold // 1024} KiB"
+
+
 def main() -> None:
     """Parse the command line, run each system, write the result file."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -171,6 +183,7 @@ def main() -> None:
         "when": when,
         "machine": machine(),
         "note": args.note,
+        "fenlei_mmap_threshold": _mmap_threshold(args.set),
         "systems": results,
     }
     _atomic_json(RESULTS / f"training_memory_{args.label}.json", record)

@@ -469,10 +469,17 @@ def _training_memory() -> list[str]:
         "freeing gradients after each step are the fixes for that path, and they are not "
         "measured on such a CPU yet.",
         "",
-        "| label | dataset | rows (train) | precision | fenlei peak MiB | HF Trainer peak MiB "
+        "Both systems run with the harness's `MALLOC_MMAP_THRESHOLD_=4294967296` (glibc never "
+        "mmaps; ../shared/MODELS.md's advice for long sequences). fenlei mmap threshold: what "
+        "fenlei's training sets over it (since 31167cf 16 MiB by default, 128 KiB with "
+        "`train.low_memory=true`; before it, nothing unless low_memory). Rows before 31167cf "
+        "are kept as measured.",
+        "",
+        "| label | dataset | rows (train) | precision | fenlei mmap threshold "
+        "| fenlei peak MiB | HF Trainer peak MiB "
         "| ratio | target | fenlei / HF accuracy | fenlei / HF train s | settings "
         "| machine, load | when |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | ---: | --- | --- | ---: | ---: | ---: | --- | --- | --- | --- | --- | --- |",
     ]
     for path in paths:
         r = json.loads(path.read_text("utf-8"))
@@ -487,9 +494,11 @@ def _training_memory() -> list[str]:
         secs = f"{fen['train_seconds']:.0f} / {hf['train_seconds']:.0f}" if hf else "–"
         sets = ", ".join(f"`{o}`" for o in fen["options"].get("overrides", [])) or "–"
         m = r["machine"]
+        low = "`train.low_memory=true`" in sets
+        threshold = r.get("fenlei_mmap_threshold") or ("128 KiB" if low else "4 GiB (environment)")
         out.append(
             f"| {r['label']} | {r['dataset']} | {r['rows']['train']:,} | {fen['precision']} | "
-            f"{fen['peak_rss_mib']:,.0f} | {hf_peak} | "
+            f"{threshold} | {fen['peak_rss_mib']:,.0f} | {hf_peak} | "
             f"{ratio} | {verdict} | {acc} | {secs} | {sets} | {m['cpu']}, {m['loadavg'][0]:.1f} | "
             f"{r['when'][:16]} |"
         )

@@ -29,6 +29,7 @@ TINY = [
     "train.lr=0.05",
     "train.epochs=8",
     "train.patience=null",
+    "train.min_steps_per_epoch=null",  # batches of 128: one step per epoch on these 60 rows
 ]
 WORDS = {
     "pos": ["great", "lovely", "superb", "wonderful", "fine", "enjoyable"],

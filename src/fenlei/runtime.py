@@ -61,7 +61,8 @@ _M_MMAP_THRESHOLD = -3
 # for a transformer's training (its attention and activation blocks of many batch shapes):
 # MiniLM on 2,000 sms_spam texts peaked at 2,216 MiB instead of 2,360 and on 500 IMDB reviews
 # at 2,161 instead of 2,312-2,353, for no measured time; 4 MiB gave 2,047 and 1,886 MiB for
-# 1.07x and 1.2x the time; 128 KiB (train.low_memory) 1,801 MiB for 1.35-1.75x.
+# 1.07x and 1.2x the time; 128 KiB (train.low_memory) 1,801 MiB for 1.35-1.75x. (All against
+# the benchmark's MALLOC_MMAP_THRESHOLD_=4 GiB, which HF Trainer ran under too.)
 MMAP_THRESHOLD_TRAINING = 16 * 1024 * 1024
 MMAP_THRESHOLD_LOW_MEMORY = 128 * 1024
 
