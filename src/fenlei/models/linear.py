@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fenlei.models.compact import FeatureMap, Int8EmbeddingBag
-from fenlei.models.family import Builder, Family, TrainIds
+from fenlei.models.family import BagTable, Builder, Family, TrainIds
 
 if TYPE_CHECKING:
     from fenlei.config import ModelConfig
@@ -49,6 +49,7 @@ __all__ = [
     "fnv1a",
     "ngram_buckets",
     "occupied_buckets",
+    "plain_bag",
     "spread_over_tokens",
     "table_features",
     "token_contributions",
@@ -448,6 +449,21 @@ def token_contributions(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tens
     return per_token, model.head.bias.detach().clone()
 
 
+def plain_bag(model: nn.Module) -> BagTable | None:
+    """The table as a plain bag (the fused training step), or None for a model with
+    character n-grams (a second, weighted bag) or a compressed table."""
+    assert isinstance(model, BagOfNgrams)
+    if model.use_chars or model.kept is not None or not isinstance(model.embed, nn.EmbeddingBag):
+        return None
+
+    def head(means: torch.Tensor) -> torch.Tensor:
+        return model.head(model.dropout(means))  # type: ignore[no-any-return]
+
+    return BagTable(
+        features=model.token_ngrams, weight=model.embed.weight, pad=model.pad_index, head=head
+    )
+
+
 def spec_extras(model: nn.Module) -> dict[str, Any]:
     """``ngram_rows``: the n-gram rows the table kept (absent: one row per bucket)."""
     assert isinstance(model, BagOfNgrams)
@@ -476,6 +492,7 @@ def _family(name: str, build: Builder) -> Family:
         token_embedding=token_embedding,
         attribution=token_contributions,
         spec_extras=spec_extras,
+        plain_bag=plain_bag,
         search_space=_SEARCH_SPACE,
     )
 

@@ -42,6 +42,7 @@ from fenlei.train.data import TrainData
 from fenlei.train.objective import Loss, Targets
 from fenlei.train.shapes import few_shapes
 from fenlei.train.state import EpochHook, LoopState, Run, call_epoch_hook, dev_metrics, improved
+from fenlei.train.table_step import FusedTableStep, fused_table_step
 
 __all__ = ["batch_for_data", "fit_by_gradient", "use_mixed_precision"]
 
@@ -169,6 +170,13 @@ class _Context:
     use_amp: bool
     dist: Dist
     batch_tokens: int | None = None  # the family's cap on padded tokens per scoring batch
+    table_step: FusedTableStep | None = None  # a bag model's compiled table step
+
+    def forward(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The training forward: through the fused table step when there is one."""
+        if self.table_step is not None:
+            return self.table_step.logits(ids, mask)
+        return model(ids.to(self.device), mask.to(self.device))  # type: ignore[no-any-return]
 
     def autocast(self) -> AbstractContextManager[Any]:
         # bf16 autocast needs no gradient scaler (its exponent range is fp32's).
@@ -189,6 +197,16 @@ def _context(
 ) -> _Context:
     optimizers = _optimizers(model, cfg)
     factor = _lr_factor(cfg, cfg.epochs * data.steps_per_epoch(cfg.batch_size, dist))
+    use_amp = use_mixed_precision(cfg, device, family)
+    table_step = fused_table_step(
+        model,
+        family,
+        cfg,
+        optimizers,
+        device=device,
+        mixed_precision=use_amp,
+        distributed=dist.active,
+    )
     return _Context(
         cfg=cfg,
         device=device,
@@ -197,9 +215,10 @@ def _context(
         schedulers=[torch.optim.lr_scheduler.LambdaLR(o, factor) for o in optimizers],
         dense_params=_split_params(model)[0],
         progress=progress,
-        use_amp=use_mixed_precision(cfg, device, family),
+        use_amp=use_amp,
         dist=dist,
         batch_tokens=family.batch_tokens,
+        table_step=table_step,
     )
 
 
@@ -218,7 +237,7 @@ def _step(
     for opt in ctx.optimizers:  # (already none after a step; a model may arrive with some)
         opt.zero_grad(set_to_none=True)
     with ctx.autocast():
-        loss = ctx.loss(model(ids.to(ctx.device), mask.to(ctx.device)), target.to(ctx.device))
+        loss = ctx.loss(ctx.forward(model, ids, mask), target.to(ctx.device))
     loss.backward()  # type: ignore[no-untyped-call]
     if ctx.cfg.clip_grad_norm is not None:
         nn.utils.clip_grad_norm_(ctx.dense_params, ctx.cfg.clip_grad_norm)
@@ -227,6 +246,8 @@ def _step(
         warnings.filterwarnings("ignore", message="Sparse invariant checks")
         for opt in ctx.optimizers:
             opt.step()
+    if ctx.table_step is not None:  # torch's Adagrad skipped the table: it has no gradient
+        ctx.table_step.update()
     for opt in ctx.optimizers:  # free the gradients now, not at the next step: dev scoring,
         opt.zero_grad(set_to_none=True)  # checkpoints and the trained model never hold them
     for sched in ctx.schedulers:
