@@ -54,7 +54,10 @@ def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     # sqrt and division from vectorising (counts are never zero: at least 1).
     if njit is None:
         return fn
-    return njit(cache=True, nogil=True, error_model="numpy")(fn)  # type: ignore[no-any-return]
+    try:
+        return njit(cache=True, nogil=True, error_model="numpy")(fn)  # type: ignore[no-any-return]
+    except RuntimeError:  # no writable cache directory (a read-only install, no home): compile
+        return njit(nogil=True, error_model="numpy")(fn)  # type: ignore[no-any-return]
 
 
 @_compiled
