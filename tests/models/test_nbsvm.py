@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 
 from fenlei.classifier import TextClassifier
 from fenlei.errors import ConfigError
-from fenlei.models.nbsvm import NBLogistic, nb_ratio
+from fenlei.models.nbsvm import SOLVER_TOL, NBLogistic, nb_ratio
 from fenlei.tokenize import pad_ids
 from tests.conftest import family_overrides
 
@@ -45,7 +45,7 @@ def test_logits_equal_sklearn_on_the_nb_scaled_features(n_outputs: int) -> None:
 
     ratio = nb_ratio(features, positive, alpha=1.0)
     reference = LogisticRegression(
-        C=2.0, solver="liblinear", dual=True, max_iter=1000, random_state=0
+        C=2.0, solver="liblinear", dual=True, tol=SOLVER_TOL, max_iter=1000, random_state=0
     )
     reference.fit(features.multiply(ratio).tocsr(), positive)
     expected = reference.predict_proba(features.multiply(ratio).tocsr())[:, 1]
