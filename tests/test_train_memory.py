@@ -183,13 +183,14 @@ def test_dev_metrics_agree_with_scikit_learn(seed: int) -> None:
 
 def test_training_loads_neither_scikit_learn_nor_scipy() -> None:
     # they held 140 MB of a MiniLM run's peak memory (docs/benchmarks.md, "Training memory");
-    # scoring, calibration and the report import them after training
+    # scoring, calibration and the report import them after training; numba (which imports
+    # scipy, ~65 MB) only when a linear model's fused table step is built
     import subprocess
     import sys
 
     code = (
         "import sys, fenlei.pipeline, fenlei.cli, fenlei.train\n"
-        "print(sorted(m for m in ('sklearn', 'scipy', 'pandas') if m in sys.modules))"
+        "print(sorted(m for m in ('sklearn', 'scipy', 'pandas', 'numba') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -19,6 +19,8 @@ ranks); the loop then takes the autograd path.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,8 +29,6 @@ import torch
 from fenlei.models.family import BagTable
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from torch import nn
 
     from fenlei.config import TrainConfig
@@ -36,31 +36,37 @@ if TYPE_CHECKING:
 
 __all__ = ["FusedTableStep", "fused_table_step", "kernels_available", "load_kernels"]
 
-try:
-    from numba import njit
-except ImportError:  # pragma: no cover - numba is a dependency; a broken install falls back
-    njit = None  # type: ignore[assignment]
-
 
 def kernels_available() -> bool:
-    """Whether numba imported (the fused step needs it)."""
-    return njit is not None
+    """Whether numba imports (the fused step needs it)."""
+    return _kernels() is not None
 
 
-def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    # cache=True keeps the machine code beside this file (or in numba's user cache), so only
-    # the first training after an install compiles (~1 s); nogil lets a server thread run;
-    # error_model="numpy" drops Python's zero-division check, which kept the row update's
-    # sqrt and division from vectorising (counts are never zero: at least 1).
-    if njit is None:
-        return fn
+@functools.cache
+def _kernels() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+    """The two loops compiled, or None without numba.
+
+    numba is imported here, when a run first needs the step, not with ``fenlei.train``: it
+    imports scipy and holds ~65 MB, which a transformer's training should not carry.
+    cache=True keeps the machine code beside this file (or in numba's user cache), so only
+    the first training after an install compiles; nogil lets a server thread run;
+    error_model="numpy" drops Python's zero-division check, which kept the row update's sqrt
+    and division from vectorising (counts are never zero: at least 1).
+    """
     try:
-        return njit(cache=True, nogil=True, error_model="numpy")(fn)  # type: ignore[no-any-return]
-    except RuntimeError:  # no writable cache directory (a read-only install, no home): compile
-        return njit(nogil=True, error_model="numpy")(fn)  # type: ignore[no-any-return]
+        from numba import njit
+    except ImportError:  # pragma: no cover - numba is a dependency; a broken install falls back
+        return None
+
+    def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+        try:
+            return njit(cache=True, nogil=True, error_model="numpy")(fn)  # type: ignore[no-any-return]
+        except RuntimeError:  # no writable cache directory (read-only install, no home)
+            return njit(nogil=True, error_model="numpy")(fn)  # type: ignore[no-any-return]
+
+    return compiled(_bag_means), compiled(_adagrad_rows)
 
 
-@_compiled
 def _bag_means(
     features: np.ndarray, pad: int, weight: np.ndarray, out: np.ndarray, counts: np.ndarray
 ) -> None:  # pragma: no cover - compiled
@@ -83,7 +89,6 @@ def _bag_means(
             total[d] /= count
 
 
-@_compiled
 def _adagrad_rows(
     features: np.ndarray,
     pad: int,
@@ -140,30 +145,23 @@ def _adagrad_rows(
 
 
 def load_kernels() -> None:
-    """Compile the kernels, or load them from numba's cache, now rather than in the first
-    step: ~1 s a process here (numba's first use imports its NumPy and BLAS support), a few
-    seconds more the first time after an install. The benchmark harness calls it before
-    its clock starts, as it imports every system's libraries first."""
-    if njit is None:
+    """Import numba and compile the kernels, or load them from numba's cache, now rather than
+    in the first step: ~1 s a process here (numba's first use imports its NumPy and BLAS
+    support), a few seconds more the first time after an install. The benchmark harness
+    calls it before its clock starts, as it imports every system's libraries first."""
+    kernels = _kernels()
+    if kernels is None:
         return
+    bag_means, adagrad_rows = kernels
     features = np.zeros((1, 1), dtype=np.int64)
     table = np.zeros((2, 1), dtype=np.float32)
     ones = np.ones(1, dtype=np.float32)
-    _bag_means(features, 1, table, np.zeros((1, 1), dtype=np.float32), ones.copy())
+    bag_means(features, 1, table, np.zeros((1, 1), dtype=np.float32), ones.copy())
     slot = np.full(2, -1, dtype=np.int64)
     grads = np.zeros((1, 1), dtype=np.float32)
-    _adagrad_rows(
-        features,
-        1,
-        grads,
-        ones,
-        table,
-        table.copy(),
-        0.1,
-        1e-10,
-        slot,
-        np.zeros(1, dtype=np.int64),
-        grads.copy(),
+    touched = np.zeros(1, dtype=np.int64)
+    adagrad_rows(
+        features, 1, grads, ones, table, table.copy(), 0.1, 1e-10, slot, touched, grads.copy()
     )
 
 
@@ -177,6 +175,10 @@ class FusedTableStep:
     """
 
     def __init__(self, table: BagTable, optimizer: torch.optim.Optimizer) -> None:
+        kernels = _kernels()
+        if kernels is None:
+            raise RuntimeError("the fused table step needs numba (pip install numba)")
+        self._bag_means, self._adagrad_rows = kernels
         self.table = table
         self.optimizer = optimizer
         self.weight = table.weight.detach().numpy()  # shares memory with the parameter
@@ -197,7 +199,7 @@ class FusedTableStep:
         features = np.ascontiguousarray(self.table.features(ids, mask).numpy())
         means = np.zeros((features.shape[0], self.weight.shape[1]), dtype=self.weight.dtype)
         counts = np.empty(features.shape[0], dtype=self.weight.dtype)
-        _bag_means(features, self.table.pad, self.weight, means, counts)
+        self._bag_means(features, self.table.pad, self.weight, means, counts)
         leaf = torch.from_numpy(means).requires_grad_()
         self._pending = (features, counts, leaf)
         return self.table.head(leaf)
@@ -217,7 +219,7 @@ class FusedTableStep:
         step += 1
         lr = group["lr"] / (1 + (float(step) - 1) * group["lr_decay"])
         touched, grads = self._scratch(features.size)
-        _adagrad_rows(
+        self._adagrad_rows(
             features,
             self.table.pad,
             np.ascontiguousarray(leaf.grad.numpy()),
@@ -260,7 +262,7 @@ def fused_table_step(
     (``Family.plain_bag``), an optimizer other than torch's Adagrad as the table's, mixed
     precision, a device other than the CPU, or a data-parallel job (DDP averages the
     parameters' gradients, which this step never creates)."""
-    if not cfg.fused_table or not kernels_available() or family.plain_bag is None:
+    if not cfg.fused_table or family.plain_bag is None:
         return None
     if mixed_precision or distributed or device.type != "cpu":
         return None
@@ -269,5 +271,7 @@ def fused_table_step(
         return None
     owners = [o for o in optimizers if any(p is table.weight for p in o.param_groups[0]["params"])]
     if len(owners) != 1 or not _plain_adagrad(owners[0], table.weight):
+        return None
+    if not kernels_available():  # last: it imports numba, which only this step needs
         return None
     return FusedTableStep(table, owners[0])
