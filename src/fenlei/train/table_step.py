@@ -109,8 +109,9 @@ def _adagrad_rows(
 
     ``slot`` (one int per table row, all -1 on entry and on return) maps a row to its place
     in ``touched``/``grads``, which hold at least as many rows as the batch has features.
-    Row views keep the inner loops contiguous (vectorised): 1.0 ms a SST-2 step, 2.2 with
-    element indexing in float64.
+    Row views and scalars in the table's precision keep the inner loops contiguous, and with
+    ``error_model="numpy"`` they vectorise: ~0.7 ms a SST-2 step, against 2.2 ms for element
+    indexing with float64 scalars and Python's zero-division checks.
     """
     texts, width = features.shape
     real = weight.dtype.type
