@@ -207,10 +207,7 @@ class TrainConfig(_Section):
     )
     sparse_lr: float = Field(0.1, gt=0, description="Learning rate of sparse embedding tables.")
     fused_table: bool = Field(
-        True,
-        description="Train a bag model's table (linear without character n-grams, adagrad, "
-        "one CPU process) with fenlei's compiled step (numba): torch's sparse Adagrad, "
-        "2.7x faster a step on SST-2; false: autograd and torch.optim.Adagrad.",
+        True, description="linear's table by a compiled Adagrad step (numba); false: autograd."
     )
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps warming up.")
     schedule: Literal["constant", "linear", "cosine"] = Field(
