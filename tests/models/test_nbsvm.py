@@ -36,6 +36,46 @@ def test_repeated_features_count_once() -> None:
     assert set(kept[1]) <= set(kept[0])
 
 
+@pytest.mark.parametrize("ngram", [1, 3])
+def test_feature_matrix_holds_the_features_of_each_padded_text(ngram: int) -> None:
+    # feature_matrix lays the texts end to end; the network's forward pads them: the same
+    # features either way, each text's own (empty and one-token texts included)
+    rng = np.random.default_rng(0)
+    ids = [list(rng.integers(1, 30, size=n)) for n in (0, 1, 2, 7, 40, 3, 0, 11)]
+    model = NBLogistic(vocab_size=30, n_outputs=2, ngram=ngram, buckets=97)
+    matrix = model.feature_matrix(ids, pad_id=0, chunk=3)
+    padded, mask = pad_ids(ids, pad_id=0)
+    feats = model.features(padded, mask)
+    assert matrix.shape == (len(ids), model.pad_index)
+    for row, text in enumerate(feats):
+        expected = sorted(int(f) for f in text if f != model.pad_index)
+        assert sorted(matrix[row].indices.tolist()) == expected, row
+    assert set(matrix.data.tolist()) <= {1.0}
+
+
+def test_a_sweep_reuses_the_scaled_features_across_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    ids, positive = _texts_as_ids()
+    features = NBLogistic(vocab_size=40, n_outputs=2, ngram=2, buckets=64).feature_matrix(
+        ids, pad_id=0
+    )
+    weights = {}
+    for cached in (True, False):
+        model = NBLogistic(vocab_size=40, n_outputs=2, ngram=2, buckets=64)
+        cache: dict = {} if cached else None  # type: ignore[assignment]
+        for c in (0.5, 2.0):
+            model.solve(features, [(1, positive)], c=c, seed=0, cache=cache)
+        weights[cached] = model.table.weight.detach().clone()
+        if cached:
+            assert list(cache) == [1]
+    torch.testing.assert_close(weights[True], weights[False])
+    monkeypatch.setattr("fenlei.models.nbsvm.SCALED_CACHE_BYTES", 0)
+    cache = {}
+    NBLogistic(vocab_size=40, n_outputs=2, ngram=2, buckets=64).solve(
+        features, [(1, positive)], c=1.0, cache=cache
+    )
+    assert cache == {}  # over the budget: rebuilt for each C instead
+
+
 @pytest.mark.parametrize("n_outputs", [1, 2])
 def test_logits_equal_sklearn_on_the_nb_scaled_features(n_outputs: int) -> None:
     ids, positive = _texts_as_ids()

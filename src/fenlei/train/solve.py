@@ -55,8 +55,10 @@ class Solvable(Protocol):
         c: float,
         class_weight: str | None = None,
         seed: int = 0,
+        cache: dict[int, Any] | None = None,
     ) -> None:
-        """Fit the weights for one ``c``."""
+        """Fit the weights for one ``c``; ``cache`` lives as long as the sweep (what does not
+        depend on ``c``)."""
 
 
 def solver_targets(targets: Targets) -> list[tuple[int, np.ndarray]]:
@@ -139,6 +141,7 @@ class _Sweep:
     dev: TrainData
     cfg: TrainConfig
     state: LoopState = field(default_factory=LoopState)
+    cache: dict[int, Any] = field(default_factory=dict)
 
     def solve(self, trial: int, c: float, loss: Loss, rule: DecisionRule) -> EpochRecord:
         """Solve for ``c``, score dev, update the best; the solve's record."""
@@ -146,7 +149,12 @@ class _Sweep:
         started = time.perf_counter()
         class_weight = "balanced" if cfg.class_weight == "balanced" else None
         self.model.solve(
-            self.features, self.positives, c=c, class_weight=class_weight, seed=cfg.seed
+            self.features,
+            self.positives,
+            c=c,
+            class_weight=class_weight,
+            seed=cfg.seed,
+            cache=self.cache,
         )
         module = cast(nn.Module, self.model)
         module.eval()
