@@ -201,6 +201,14 @@ def test_language_of_and_the_data_card() -> None:
     assert card.languages.lang == "en"
 
 
+def test_duplicates_are_found_across_unicode_spaces_widths_and_case() -> None:
+    from fenlei.report.card import normalise
+
+    assert normalise("\u3000 Great\xa0\tＦＩＬＭ\u2028 ") == "great film"
+    assert normalise("\u200b") == "\u200b"  # a zero-width space is not a space
+    assert normalise("") == ""
+
+
 def test_top_confusions_and_highlight_segments() -> None:
     matrix = np.array([[5, 3, 0], [1, 4, 0], [0, 6, 2]])
     assert top_confusions(matrix, ["a", "b", "c"], k=2) == [
