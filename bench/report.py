@@ -951,6 +951,60 @@ def _ensembles() -> list[str]:
     return out
 
 
+def _tuning() -> list[str]:
+    """Rows of bench/tune_bench.py: ``fenlei tune --preset linear`` against fastText
+    autotune with the same wall-clock budget, with issue 15's target."""
+    paths = sorted(RESULTS.glob("tune_vs_fasttext_*.json"))
+    if not paths:
+        return []
+    out = [
+        "## Tuning (`fenlei tune`)",
+        "",
+        "`fenlei tune --preset linear` against fastText autotune, the same wall-clock budget "
+        "(fastText's `autotuneDuration`, fenlei's `--time`), both choosing on the harness's "
+        "`valid` split and scored on its test split (`python -m bench.tune_bench`; "
+        "docs/tuning.md). fastText runs with 2 threads, fenlei with 1. Target (issue 15): "
+        "higher test accuracy than fastText autotune on all five sets within the budget, "
+        "never failing.",
+        "",
+        "| dataset | budget s | when (load) | fastText autotune | s | fenlei tune | s | "
+        "trials | target |",
+        "| --- | ---: | --- | --- | ---: | --- | ---: | ---: | --- |",
+    ]
+    for path in paths:
+        run = json.loads(path.read_text("utf-8"))
+        by = {r["system"].split()[0]: r for r in run["runs"]}
+        ft, fl = by.get("fastText"), by.get("fenlei")
+        if ft is None or fl is None:
+            continue
+
+        def cell(r: dict[str, Any]) -> str:
+            if r["status"] != "done":
+                return f"{r['status']}: {r.get('reason', '')[:120]}"
+            return f"{r['test_accuracy']:.4f}"
+
+        if ft["status"] != "done":
+            verdict = "– (no fastText result)" if fl["status"] == "done" else "missed"
+        elif fl["status"] != "done":
+            verdict = "missed"
+        else:
+            gap = (fl["test_accuracy"] - ft["test_accuracy"]) * 100
+            verdict = "met" if gap > 0 else f"missed by {-gap:.2f} points"
+        load = run["machine"].get("loadavg", [None])[0]
+        out.append(
+            f"| {run['dataset']} | {run['budget_s']} | {run['started'][:16].replace('T', ' ')}"
+            f" ({load}) | {cell(ft)} | {ft['wall_s']:.0f} | {cell(fl)} | {fl['wall_s']:.0f} | "
+            f"{len(fl.get('trials', []))} | {verdict} |"
+        )
+    out += [
+        "",
+        "What each found, and why a row is missed: docs/tuning.md. Commands: "
+        "`python -m bench.tune_bench --datasets D --seconds S`.",
+        "",
+    ]
+    return out
+
+
 def _label_audit() -> list[str]:
     """Rows of bench/audit_bench.py: flipped labels found by fenlei audit (cleanlab)."""
     paths = sorted(RESULTS.glob("audit_*.json"))
@@ -1324,6 +1378,7 @@ def write_report() -> Path:
                 "",
             ]
     out += [
+        *_tuning(),
         *_calibration(),
         *_explanations(),
         *_label_audit(),
