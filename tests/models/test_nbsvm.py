@@ -43,7 +43,7 @@ def test_feature_matrix_holds_the_features_of_each_padded_text(ngram: int) -> No
     rng = np.random.default_rng(0)
     ids = [list(rng.integers(1, 30, size=n)) for n in (0, 1, 2, 7, 40, 3, 0, 11)]
     model = NBLogistic(vocab_size=30, n_outputs=2, ngram=ngram, buckets=97)
-    matrix = model.feature_matrix(ids, pad_id=0, chunk=3)
+    matrix = model.feature_matrix(ids, pad_id=0, block_tokens=20)
     padded, mask = pad_ids(ids, pad_id=0)
     feats = model.features(padded, mask)
     assert matrix.shape == (len(ids), model.pad_index)

@@ -155,20 +155,23 @@ class NBLogistic(nn.Module):
 
     @torch.no_grad()
     def feature_matrix(
-        self, id_lists: Sequence[Sequence[int]], *, pad_id: int, chunk: int = 4096
+        self, id_lists: Sequence[Sequence[int]], *, pad_id: int, block_tokens: int = 1 << 20
     ) -> sp.csr_matrix:
         """Binary (N, table rows) matrix of the texts' features, for :meth:`solve`.
 
         The same features as :meth:`features` (test_nbsvm checks), computed on the texts laid
         end to end rather than padded to the longest of a batch: IMDB's reviews (up to 4,096
         tokens, most under 300) padded in batches hashed several times the n-grams there are.
+        Texts are taken in blocks of about ``block_tokens`` tokens (bounded memory).
         """
         import scipy.sparse as sp  # scipy and scikit-learn load only when a model is solved
 
-        blocks = [
-            self._feature_block(id_lists[start : start + chunk])
-            for start in range(0, len(id_lists), chunk)
-        ]
+        blocks, start, tokens = [], 0, 0
+        for end, ids in enumerate(id_lists, start=1):
+            tokens += len(ids) + 1
+            if tokens >= block_tokens or end == len(id_lists):
+                blocks.append(self._feature_block(id_lists[start:end]))
+                start, tokens = end, 0
         if not blocks:
             return sp.csr_matrix((0, self.pad_index), dtype=np.float64)
         return sp.vstack(blocks, format="csr")
