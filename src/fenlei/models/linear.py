@@ -23,7 +23,7 @@ and write.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,7 @@ __all__ = [
     "sorted_unique",
     "spread_over_tokens",
     "table_features",
+    "token_blocks",
     "token_contributions",
     "token_ngram_features",
     "used_buckets",
@@ -132,6 +133,19 @@ def flat_ids(id_lists: Sequence[Sequence[int]]) -> torch.Tensor:
     return torch.from_numpy(np.fromiter(rows, dtype=np.int64, count=total))
 
 
+def token_blocks(
+    id_lists: Sequence[Sequence[int]], block_tokens: int = 1 << 20
+) -> Iterator[Sequence[Sequence[int]]]:
+    """Consecutive slices of ``id_lists`` of about ``block_tokens`` tokens each (at least one
+    text), so that work on the texts laid end to end has bounded memory."""
+    start, tokens = 0, 0
+    for end, ids in enumerate(id_lists, start=1):
+        tokens += len(ids) + 1
+        if tokens >= block_tokens or end == len(id_lists):
+            yield id_lists[start:end]
+            start, tokens = end, 0
+
+
 def sorted_unique(values: np.ndarray) -> np.ndarray:
     """Distinct values, sorted (NumPy 2's ``np.unique`` hashes first, 10x slower on these)."""
     ordered = np.sort(values)
@@ -146,12 +160,12 @@ def occupied_buckets(
     ngram: int,
     buckets: int,
     mix: bool = True,
-    chunk: int = 4096,
+    block_tokens: int = 1 << 20,
 ) -> torch.Tensor:
     """Sorted distinct hash buckets of the 2..``ngram``-grams in ``id_lists`` (1-D, int64)."""
     found = [np.zeros(0, dtype=np.int64)]
-    for start in range(0, len(id_lists), chunk):
-        flat = flat_ids(id_lists[start : start + chunk])[None, :]
+    for block in token_blocks(id_lists, block_tokens):
+        flat = flat_ids(block)[None, :]
         valid = flat >= 0
         for n in range(2, ngram + 1):
             if flat.shape[1] >= n:

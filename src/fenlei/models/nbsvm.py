@@ -34,6 +34,7 @@ from fenlei.models.linear import (
     sorted_unique,
     spread_over_tokens,
     table_features,
+    token_blocks,
     used_buckets,
 )
 
@@ -166,12 +167,7 @@ class NBLogistic(nn.Module):
         """
         import scipy.sparse as sp  # scipy and scikit-learn load only when a model is solved
 
-        blocks, start, tokens = [], 0, 0
-        for end, ids in enumerate(id_lists, start=1):
-            tokens += len(ids) + 1
-            if tokens >= block_tokens or end == len(id_lists):
-                blocks.append(self._feature_block(id_lists[start:end]))
-                start, tokens = end, 0
+        blocks = [self._feature_block(block) for block in token_blocks(id_lists, block_tokens)]
         if not blocks:
             return sp.csr_matrix((0, self.pad_index), dtype=np.float64)
         return sp.vstack(blocks, format="csr")
