@@ -182,6 +182,36 @@ def test_a_budget_no_trial_meets_names_the_fastest(latency_study: Any) -> None:
         _tune(latency_study.run_dir, latency_budget_ms=1e-6, latency_samples=5)
 
 
+def test_each_trial_within_budget_records_its_untrained_probe(latency_study: Any) -> None:
+    study = _study(latency_study.run_dir)
+    assert all(t.user_attrs["probe_ms"] > 0 for t in study.trials)
+    assert not any(t.over_budget for t in latency_study.trials)
+
+
+def test_a_trial_far_over_budget_is_skipped_untrained_and_probed_again_later(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "best"
+    with pytest.raises(ConfigError, match=r"2 were skipped untrained, the fastest, trial \d"):
+        _tune(out, latency_budget_ms=1e-6, latency_samples=5)
+    for trial in _study(out).trials:
+        assert trial.state == optuna.trial.TrialState.PRUNED and trial.user_attrs["over_budget"]
+        assert trial.user_attrs["probe_ms"] > 0
+        assert "epochs_run" not in trial.user_attrs  # never trained
+        assert not Path(trial.user_attrs["run_dir"]).exists()
+    # the same settings, resumed with a budget they meet, are trained (not read as pruned)
+    result = _tune(out, latency_budget_ms=1e6, latency_samples=5, trials=4)
+    assert result.best.latency_ms is not None and not result.best.over_budget
+
+
+def test_a_skipped_trial_says_so_in_its_progress_line() -> None:
+    from fenlei.cli.tuning import _trial_line
+
+    skipped = TrialSummary(3, "pruned", "minilm", probe_ms=7.25, over_budget=True)
+    line = _trial_line(skipped, None, "accuracy", 2.0)
+    assert "trial 3 [minilm] skipped untrained: p50 7.25 ms" in line
+
+
 # ---------------------------------------------------------------- pruning
 
 

@@ -82,6 +82,7 @@ __all__ = [
     "score_splits",
     "train_run",
     "tune_decision",
+    "untrained_predictor",
     "write_reference",
     "write_report",
 ]
@@ -210,6 +211,48 @@ def _fit_model(
         dist=dist,
     )
     return run, spec
+
+
+PROBE_TEXTS = 5000  # training texts the probe's vocabulary is fitted on
+
+
+def untrained_predictor(cfg: RunConfig, splits: Splits, *, sample: int = PROBE_TEXTS) -> Predictor:
+    """A predictor of these settings before any training: the model built with its initial
+    weights, the vocabulary fitted on the first ``sample`` training texts (a pretrained one
+    loaded). What it costs to serve (batch-1 latency, size) is what the trained model will
+    cost, within the difference of a vocabulary fitted on fewer texts; a tuner measures it
+    to skip settings that cannot meet a latency budget before spending a training on them.
+
+    Raises:
+        ConfigError: the settings do not fit the model family.
+    """
+    check(cfg)
+    texts = splits.train.texts[:sample]
+    encoder = _fit_encoder(cfg, texts)
+    spec = ModelSpec(
+        vocab_size=encoder.vocab_size,
+        pad_id=encoder.pad_id,
+        n_outputs=n_outputs(
+            len(splits.labels),
+            multi_label=splits.labels.multi_label,
+            single_logit=cfg.model.single_logit,
+        ),
+    )
+    with _own_random_state(cfg.train.seed):
+        model = build_model(
+            cfg.model,
+            spec,
+            vocab=encoder.tokenizer.get_vocab(),
+            train_ids=encoder.encode_ids(texts),
+        )
+    return Predictor(
+        encoder,
+        model,
+        splits.labels.names,
+        rule=DecisionRule(multi_label=splits.labels.multi_label, threshold=cfg.eval.threshold),
+        batch_size=cfg.eval.batch_size,
+        architecture=cfg.model.architecture,
+    )
 
 
 def _finished(root: Path) -> TrainResult:

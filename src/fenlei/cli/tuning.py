@@ -29,6 +29,8 @@ def _trial_line(trial: Any, best: Any, metric: str, budget: float | None) -> str
         score = f"dev {metric} {trial.value:.4f}"
         if trial.latency_ms is not None:
             score += f", p50 {trial.latency_ms:.2f} ms"
+    elif trial.over_budget:
+        score = f"skipped untrained: p50 {trial.probe_ms:.2f} ms, far over the budget"
     elif trial.state == "pruned":
         score = f"pruned after epoch {trial.pruned_at}" if trial.pruned_at else "pruned"
     else:

@@ -196,6 +196,8 @@ class TrialSummary:
         run_dir: its run folder (kept only while it may still win).
         pruned_at: the epoch (or solve) it was pruned after.
         retry_of: the interrupted trial it continues (in that trial's folder).
+        probe_ms: with a latency budget, the batch-1 p50 of its untrained model.
+        over_budget: skipped untrained, its probe far over the budget (state ``pruned``).
     """
 
     number: int
@@ -209,6 +211,8 @@ class TrialSummary:
     run_dir: str | None = None
     pruned_at: int | None = None
     retry_of: int | None = None
+    probe_ms: float | None = None
+    over_budget: bool = False
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialSummary:
@@ -228,6 +232,8 @@ class TrialSummary:
             run_dir=attrs.get("run_dir"),
             pruned_at=attrs.get("pruned_at"),
             retry_of=attrs.get("retry_of"),
+            probe_ms=attrs.get("probe_ms"),
+            over_budget=bool(attrs.get("over_budget", False)),
         )
 
 

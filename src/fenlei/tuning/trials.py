@@ -28,7 +28,7 @@ import numpy as np
 from fenlei.config import RunConfig
 from fenlei.data import load_table
 from fenlei.errors import ConfigError
-from fenlei.pipeline import Splits, TrainResult, prepare_splits, train_run
+from fenlei.pipeline import Splits, TrainResult, prepare_splits, train_run, untrained_predictor
 from fenlei.predict import Predictor
 from fenlei.records import EpochRecord
 from fenlei.runtime import configure_torch, training_threads
@@ -40,12 +40,23 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-__all__ = ["LATENCY_SAMPLES", "Callback", "TuneJob", "batch1_latency_ms", "run_trials"]
+__all__ = [
+    "LATENCY_SAMPLES",
+    "PROBE_MARGIN",
+    "Callback",
+    "TuneJob",
+    "batch1_latency_ms",
+    "run_trials",
+]
 
 logger = logging.getLogger(__name__)
 
 LATENCY_SAMPLES = 100  # single-text predictions timed per trial (after a few warm-up calls)
 _WARMUP = 5
+# A trial whose untrained model is this much slower than the budget is not trained: the
+# probe's vocabulary (fitted on a sample) can read texts into a few more tokens than the
+# trained one, and a busy machine times a little slow, so only a clear miss is skipped.
+PROBE_MARGIN = 1.5
 
 Callback = Callable[["optuna.Study", "FrozenTrial"], None]
 
@@ -62,6 +73,8 @@ class TuneJob:
         trials_dir: where each trial's run folder goes (``trial-0007``).
         metric: the dev metric maximised (``accuracy`` or ``macro_f1``).
         latency: also minimise batch-1 p50 latency (a two-objective study, not pruned).
+        budget_ms: the latency budget: a trial whose untrained model already takes more than
+            :data:`PROBE_MARGIN` times it per text is skipped (recorded as pruned) untrained.
         seed: seeds the sampler (mixed with the worker number and the trials done).
         latency_samples: single-text predictions timed per trial.
     """
@@ -75,6 +88,7 @@ class TuneJob:
     test: str | None = None
     metric: str = "accuracy"
     latency: bool = False
+    budget_ms: float | None = None
     seed: int = 13
     latency_samples: int = LATENCY_SAMPLES
 
@@ -115,7 +129,10 @@ def batch1_latency_ms(
         >>> batch1_latency_ms("runs/x", ["great film", "dull"], samples=50)  # doctest: +SKIP
         0.41
     """
-    predictor = Predictor.from_run(run_dir)
+    return _time_batch1(Predictor.from_run(run_dir), texts, samples)
+
+
+def _time_batch1(predictor: Predictor, texts: Sequence[str], samples: int) -> float:
     times = []
     for i in range(_WARMUP + samples):
         text = [texts[i % len(texts)]]
@@ -192,6 +209,8 @@ class _Objective:
     ) -> float | tuple[float, float]:
         optuna = require_optuna()
         configure_torch(threads=training_threads(cfg.train.threads).count)  # an entry point
+        if self.job.budget_ms is not None and not folder.is_dir():
+            self._probe(trial, cfg)
         report = _Report(trial, self.job.metric, prune=not self.job.latency)
         result = train_run(
             cfg, self.splits, folder, resume=folder.is_dir(), overwrite=True, on_epoch=report
@@ -206,13 +225,30 @@ class _Objective:
         latency = batch1_latency_ms(folder, self.dev_texts, samples=self.job.latency_samples)
         return value, latency
 
+    def _probe(self, trial: optuna.Trial, cfg: RunConfig) -> None:
+        """Time the untrained model; skip the trial (pruned) when it clearly cannot meet
+        the budget, so no training is spent on it."""
+        optuna = require_optuna()
+        assert self.job.budget_ms is not None
+        predictor = untrained_predictor(cfg, self.splits)
+        probe = _time_batch1(predictor, self.dev_texts, self.job.latency_samples)
+        del predictor
+        trial.set_user_attr("probe_ms", probe)
+        if probe > self.job.budget_ms * PROBE_MARGIN:
+            trial.set_user_attr("over_budget", True)
+            raise optuna.TrialPruned(
+                f"untrained, it takes {probe:.2f} ms per text, over {PROBE_MARGIN:g} x the "
+                f"budget of {self.job.budget_ms:g} ms: not trained"
+            )
+
 
 def _same_params(trial: optuna.Trial) -> FrozenTrial | None:
-    """A finished trial that drew exactly these settings (TPE may draw a set again)."""
+    """A finished trial that drew exactly these settings (TPE may draw a set again); one
+    skipped for the latency budget is probed again (the budget may have changed)."""
     optuna = require_optuna()
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     for done in trial.study.get_trials(deepcopy=False, states=states):
-        if done.params == trial.params:
+        if done.params == trial.params and not done.user_attrs.get("over_budget"):
             return done
     return None
 

@@ -221,6 +221,7 @@ def tune(
         trials_dir=str(paths["trials"].resolve()),
         metric=metric,
         latency=latency_budget_ms is not None,
+        budget_ms=latency_budget_ms,
         seed=seed,
         latency_samples=latency_samples,
     )
@@ -313,6 +314,14 @@ def _no_winner(trials: Sequence[TrialSummary], budget: float | None, study: str)
             f"no trial meets the latency budget of {budget:g} ms: the fastest, trial "
             f"{fastest.number} ({fastest.preset}), takes {fastest.latency_ms:.2f} ms per text; "
             "raise --latency-budget or add faster families"
+        )
+    skipped = [t for t in trials if t.over_budget and t.probe_ms is not None]
+    if budget is not None and skipped:
+        fastest = min(skipped, key=lambda t: t.probe_ms or 0.0)
+        return (
+            f"no trial meets the latency budget of {budget:g} ms: {len(skipped)} were skipped "
+            f"untrained, the fastest, trial {fastest.number} ({fastest.preset}), taking "
+            f"{fastest.probe_ms:.2f} ms per text; raise --latency-budget or add faster families"
         )
     states = ", ".join(f"{n} {s}" for s, n in _count_states(trials).items())
     return f"no trial of study {study!r} completed ({states or 'none ran'}); see the log above"
