@@ -32,6 +32,9 @@ RESULTS = HERE / "results"
 CELLS = RESULTS / "cells"
 VENVS = HERE / ".venvs"
 WORK = Path(os.environ.get("FENLEI_BENCH_WORK", "/tmp/fenlei-bench/harness"))
+# This checkout's fenlei first: the shared venv's editable install points at another
+# checkout, and a benchmark run from a clone must measure the clone's code.
+PYTHONPATH = f"{ROOT / 'src'}{os.pathsep}{ROOT}"
 SPLIT_SEED = 13
 
 
@@ -483,7 +486,7 @@ def run_task(
         # see MODELS.md: long sequences return big buffers to the OS every step otherwise
         "MALLOC_MMAP_THRESHOLD_": "4294967296",
         "MALLOC_TRIM_THRESHOLD_": "68719476736",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": PYTHONPATH,
     }
     log = workdir / "log.txt"
     started = time.time()

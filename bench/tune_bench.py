@@ -32,7 +32,7 @@ def _env(threads: int) -> dict[str, str]:
         "BENCH_THREADS": str(threads),
         "OMP_NUM_THREADS": str(threads),
         "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONPATH": str(harness.ROOT),
+        "PYTHONPATH": harness.PYTHONPATH,
     }
 
 

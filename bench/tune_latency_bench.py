@@ -31,7 +31,7 @@ WORK = harness.WORK.parent / "tune-latency"
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(harness.ROOT)}
+    return {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": harness.PYTHONPATH}
 
 
 def _command(files: dict[str, Any], args: argparse.Namespace, out_dir: Path) -> list[str]:
