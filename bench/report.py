@@ -1005,6 +1005,62 @@ def _tuning() -> list[str]:
     return out
 
 
+def _tuning_latency() -> list[str]:
+    """Rows of bench/tune_latency_bench.py: ``fenlei tune --families ... --latency-budget``,
+    every trial of the study, with issue 15's target."""
+    out = []
+    for path in sorted(RESULTS.glob("tune_latency_*.json")):
+        run = json.loads(path.read_text("utf-8"))
+        budget = run["budget_ms"]
+        load = run["machine"].get("loadavg", [None])[0]
+        out += [
+            f"### {run['dataset']}: the most accurate model within {budget:g} ms",
+            "",
+            f"`fenlei {run['command'].split(' ', 1)[1]}` on the harness's splits "
+            f"(`python -m bench.tune_latency_bench`; docs/tuning.md), "
+            f"{run['started'][:16].replace('T', ' ')} UTC, load {load}, {run['wall_s']:.0f} s, "
+            f"{run['status']}. The first trials are the families' presets (queued first), so "
+            "they are measured in the same run with the same timer. p50: batch-1 latency of "
+            "the trained model; probe: of its untrained model, timed before training (a trial "
+            "whose probe is over 1.5x the budget is skipped untrained).",
+            "",
+            "| trial | family | state | dev acc | test acc | p50 ms | probe ms | s | settings |",
+            "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+
+        def num(value: float | None, digits: int) -> str:
+            return "–" if value is None else f"{value:.{digits}f}"
+
+        for t in run["trials"]:
+            state = "skipped untrained" if t["over_budget"] else t["state"]
+            mark = "**" if t["number"] == run.get("winner") else ""
+            out.append(
+                f"| {mark}{t['number']}{mark} | {t['preset']} | {state} | "
+                f"{num(t['dev_accuracy'], 4)} | {num(t['test_accuracy'], 4)} | "
+                f"{num(t['p50_ms'], 2)} | {num(t['probe_ms'], 2)} | {num(t['wall_s'], 0)} | "
+                f"{' '.join(t['overrides'])} |"
+            )
+        if run.get("winner") is None:
+            verdict = "missed: no trial within the budget"
+        else:
+            gap = (run["winner_test_accuracy"] - run["best_fitting_preset_test_accuracy"]) * 100
+            presets = ", ".join(run["fitting_presets"])
+            verdict = (
+                f"winner trial {run['winner']}: test {run['winner_test_accuracy']:.4f} against "
+                f"{run['best_fitting_preset_test_accuracy']:.4f}, the best preset within the "
+                f"budget ({presets}): " + ("met" if gap >= 0 else f"missed by {-gap:.2f} points")
+            )
+        out += [
+            "",
+            f"Target (issue 15): a winner within the budget at least as accurate as "
+            f"every preset that fits it. {verdict}.",
+            "",
+        ]
+        if run.get("pareto_plot"):
+            out += [f"![{run['dataset']}: Pareto front]({run['pareto_plot']})", ""]
+    return out
+
+
 def _label_audit() -> list[str]:
     """Rows of bench/audit_bench.py: flipped labels found by fenlei audit (cleanlab)."""
     paths = sorted(RESULTS.glob("audit_*.json"))
@@ -1379,6 +1435,7 @@ def write_report() -> Path:
             ]
     out += [
         *_tuning(),
+        *_tuning_latency(),
         *_calibration(),
         *_explanations(),
         *_label_audit(),

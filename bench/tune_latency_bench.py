@@ -28,6 +28,7 @@ from bench import harness
 
 RESULTS = harness.RESULTS
 WORK = harness.WORK.parent / "tune-latency"
+DOCS_PLOTS = harness.ROOT / "docs" / "benchmarks"
 
 
 def _env() -> dict[str, str]:
@@ -145,7 +146,12 @@ def main() -> None:
         **_verdict(trials, args.budget, presets),
     }
     budget = f"{args.budget:g}".replace(".", "p")
-    path = RESULTS / f"tune_latency_{args.dataset}_{budget}ms.json"
+    name = f"tune_latency_{args.dataset}_{budget}ms"
+    plot = out_dir.with_name(out_dir.name + ".pareto.png")
+    if plot.is_file():  # the Pareto plot fenlei tune drew, for docs/benchmarks.md
+        shutil.copyfile(plot, DOCS_PLOTS / f"{name}.png")
+        result["pareto_plot"] = f"benchmarks/{name}.png"
+    path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", "utf-8")
     print(json.dumps({k: result.get(k) for k in ("status", "winner", "met", "wall_s")}))
 

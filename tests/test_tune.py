@@ -111,6 +111,16 @@ def test_a_study_writes_the_winner_and_its_settings(cli_study: tuple[Path, str])
     check(again)
 
 
+def test_only_the_winner_gets_a_report(cli_study: tuple[Path, str]) -> None:
+    out, _ = cli_study
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "report.html" in manifest["files"]  # written when published, in the manifest
+    assert "<html" in (out / "report.html").read_text("utf-8")[:500].lower()
+    Predictor.from_run(out)  # the manifest still verifies
+    trials = side_paths(out)["trials"]
+    assert not list(trials.glob("trial-*/report.html"))  # no trial wrote one
+
+
 def test_a_killed_study_resumes_with_its_finished_trials(cli_study: tuple[Path, str]) -> None:
     out, _ = cli_study
     before = {t.number: t.values for t in _study(out).trials}

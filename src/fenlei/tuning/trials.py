@@ -47,6 +47,7 @@ __all__ = [
     "TuneJob",
     "batch1_latency_ms",
     "run_trials",
+    "without_report",
 ]
 
 logger = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ class _Objective:
         done = _same_params(trial)
         if done is not None:
             return _repeat(trial, done)
-        cfg = family.config(overrides)
+        cfg = without_report(family.config(overrides))
         retry_of = trial.user_attrs.get("retry_of")
         folder = (
             Path(self.job.trials_dir)
@@ -240,6 +241,12 @@ class _Objective:
                 f"untrained, it takes {probe:.2f} ms per text, over {PROBE_MARGIN:g} x the "
                 f"budget of {self.job.budget_ms:g} ms: not trained"
             )
+
+
+def without_report(cfg: RunConfig) -> RunConfig:
+    """A trial's config: no ``report.html`` (a few seconds a trial that only the winner
+    keeps; :func:`fenlei.tuning.tune` writes the winner's when it publishes it)."""
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"report": False})})
 
 
 def _same_params(trial: optuna.Trial) -> FrozenTrial | None:

@@ -32,6 +32,7 @@ from fenlei import run_folder
 from fenlei.artifact import MANIFEST, atomic_write_text
 from fenlei.config import apply_overrides
 from fenlei.errors import ArtifactError, ConfigError, MissingExtraError
+from fenlei.report import REPORT_FILE, TRAINING_LIMITS, build_report
 from fenlei.tuning.space import plan_search
 from fenlei.tuning.study import (
     TrialSummary,
@@ -290,7 +291,8 @@ def _finish(
             f"trial {best.number}'s run folder {best.run_dir} is not on this machine; train "
             "it with its settings (fenlei tune prints them) or run tune where it ran"
         )
-    _publish(Path(best.run_dir), out)
+    report = job.plan.family(best.preset).config(best.overrides).eval.report
+    _publish(Path(best.run_dir), out, report=report)
     toml = _write_toml(paths["toml"], job, best)
     return TuneResult(
         run_dir=out,
@@ -334,12 +336,15 @@ def _count_states(trials: Sequence[TrialSummary]) -> dict[str, int]:
     return counts
 
 
-def _publish(source: Path, out: Path) -> None:
-    """Copy the winner's run folder to ``out`` (replacing an earlier tune's winner); two
-    processes of one study that finish together take turns."""
+def _publish(source: Path, out: Path, *, report: bool) -> None:
+    """Copy the winner's run folder to ``out`` (replacing an earlier tune's winner), with its
+    ``report.html`` when its settings ask for one (trials train without); two processes of
+    one study that finish together take turns."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         shutil.copytree(source, staging / "run", ignore=shutil.ignore_patterns(".*", "checkpoint"))
+        if report and not (staging / "run" / REPORT_FILE).is_file():
+            build_report(staging / "run", staging / "run" / REPORT_FILE, limits=TRAINING_LIMITS)
         with FileLock(str(source.parent / ".publish.lock")):
             if out.exists():  # an earlier tune's winner (checked by _check_out)
                 out.rename(staging / "old")
