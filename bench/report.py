@@ -1031,8 +1031,14 @@ def _tuning_latency() -> list[str]:
         def num(value: float | None, digits: int) -> str:
             return "–" if value is None else f"{value:.{digits}f}"
 
+        first: dict[tuple[str, ...], int] = {}
         for t in run["trials"]:
             state = "skipped untrained" if t["over_budget"] else t["state"]
+            settings = (t["preset"] or "", *t["overrides"])
+            repeat = t.get("repeat_of", first.get(settings) if t["state"] == "complete" else None)
+            first.setdefault(settings, t["number"])
+            if repeat is not None and repeat != t["number"]:
+                state = f"repeat of {repeat} (not retrained)"
             mark = "**" if t["number"] == run.get("winner") else ""
             out.append(
                 f"| {mark}{t['number']}{mark} | {t['preset']} | {state} | "

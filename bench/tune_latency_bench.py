@@ -81,6 +81,7 @@ def _trials(out_dir: Path) -> list[dict[str, Any]]:
                 "p50_ms": values[1] if len(values) > 1 else None,
                 "probe_ms": attrs.get("probe_ms"),
                 "over_budget": bool(attrs.get("over_budget", False)),
+                "repeat_of": attrs.get("repeat_of"),
                 "test_accuracy": attrs.get("test"),
                 "train_seconds": attrs.get("train_seconds"),
                 "wall_s": t.duration.total_seconds() if t.duration else None,

@@ -362,3 +362,66 @@ def test_a_pretrained_vocabulary_that_reads_chinese_as_unknown_stops_before_trai
         train_run(cfg, splits, tmp_path / "run")  # minilm's English vocabulary: ~60 % [UNK]
     assert not (tmp_path / "run").exists()
     _check_vocabulary(load_config("minilm", ["encoder.max_unknown_rate=1"]), splits)  # allowed
+
+
+# ---------------------------------------------------------------- the encoding cache
+
+
+def _weights(run_dir: Path) -> dict[str, np.ndarray]:
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+@pytest.mark.parametrize("family", ["linear.v2", "lstm.v1"])
+def test_a_cached_encoding_trains_the_same_model_as_a_fresh_one(
+    family: str,
+    family_settings,  # type: ignore[no-untyped-def]
+    bundled,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import fenlei.pipeline as pipeline
+
+    preset, overrides = family_settings(family)
+    cfg = load_config(preset, [*overrides, "train.epochs=2", "eval.plots=false"])
+    splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"], bundled["test"])
+    fresh = train_run(cfg, splits, tmp_path / "fresh")
+    cache = pipeline.EncodingCache(splits)
+    first = train_run(cfg, splits, tmp_path / "first", cache=cache)
+    fits: list[object] = []
+    real = pipeline._fit_encoder
+    monkeypatch.setattr(pipeline, "_fit_encoder", lambda *a: fits.append(a) or real(*a))
+    second = train_run(cfg, splits, tmp_path / "second", cache=cache)
+    assert fits == []  # the second run fitted nothing: it read the cache
+    for run in (first, second):
+        assert (tmp_path / run.run_dir.name / "tokenizer.json").read_bytes() == (
+            tmp_path / "fresh" / "tokenizer.json"
+        ).read_bytes()
+        got, want = _weights(run.run_dir), _weights(fresh.run_dir)
+        assert got.keys() == want.keys()
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+        assert run.metrics.dev == fresh.metrics.dev
+
+
+def test_the_cache_keeps_the_latest_settings_and_serves_only_its_splits(
+    bundled,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    from fenlei.pipeline import EncodingCache
+
+    cfg = load_config("linear", TINY_LINEAR)
+    splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"])
+    cache = EncodingCache(splits, keep=2)
+    small, smaller, tiniest = (
+        load_config("linear", [*TINY_LINEAR, f"encoder.vocab_size={n}"]) for n in (500, 400, 300)
+    )
+    first = cache.encoder(small)
+    assert cache.encoder(small) is first
+    assert cache.windows(first, "train") is cache.windows(first, "train")
+    cache.encoder(smaller)
+    cache.encoder(tiniest)  # the third setting pushes out the oldest
+    assert cache.windows(first, "dev") is None
+    assert cache.encoder(small) is not first
+    other = prepare_splits(cfg.data, bundled["train"], bundled["dev"])
+    with pytest.raises(ValueError, match="splits it was made for"):
+        train_run(cfg, other, tmp_path / "run", cache=cache)

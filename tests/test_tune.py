@@ -252,6 +252,16 @@ def test_the_pareto_front_and_the_winner_within_a_budget() -> None:
     assert winner([_t(0, 0.8), _t(1, 0.8)], None).number == 0  # a tie: the earlier
 
 
+def test_a_repeat_of_earlier_settings_is_not_a_second_point_on_the_front() -> None:
+    again = TrialSummary(
+        2, "complete", "linear", value=0.85, latency_ms=3.0, run_dir="t1", repeat_of=1
+    )
+    trials = [_t(0, 0.80, 1.0), _t(1, 0.85, 3.0), again]
+    assert [t.number for t in keepers(trials, latency=True)] == [0, 1]
+    assert [t.number for t in keepers(trials, latency=False)] == [1]
+    assert winner(trials, 3.0).number == 1
+
+
 def test_a_setting_given_with_set_is_not_searched() -> None:
     from fenlei.tuning.space import plan_search
 

@@ -100,6 +100,7 @@ class TrainData:
         n_out: int,
         ids: Sequence[Sequence[int]] | None = None,
         augment: AugmentConfig | None = None,
+        windows: Windows | None = None,
     ) -> TrainData:
         """Ids and hard targets of a labelled dataset.
 
@@ -112,6 +113,8 @@ class TrainData:
                 (one row per text); None: the encoder's windows of each text
                 (:meth:`~fenlei.tokenize.Encoder.encode_windows`).
             augment: token augmentation for training data (leave None for dev).
+            windows: ``encoder.encode_windows(dataset.texts)`` when the caller has it
+                already (a tuner reusing one encoding across trials).
 
         Example:
             >>> data = TrainData.from_dataset(train, labels, encoder, n_out=3)  # doctest: +SKIP
@@ -119,7 +122,7 @@ class TrainData:
         if ids is not None:
             windows = None
         else:
-            windows = encoder.encode_windows(dataset.texts)
+            windows = encoder.encode_windows(dataset.texts) if windows is None else windows
             ids = windows.ids
         return cls(
             ids=ids,

@@ -198,6 +198,7 @@ class TrialSummary:
         retry_of: the interrupted trial it continues (in that trial's folder).
         probe_ms: with a latency budget, the batch-1 p50 of its untrained model.
         over_budget: skipped untrained, its probe far over the budget (state ``pruned``).
+        repeat_of: the earlier trial whose settings it drew again (its results, not retrained).
     """
 
     number: int
@@ -213,6 +214,7 @@ class TrialSummary:
     retry_of: int | None = None
     probe_ms: float | None = None
     over_budget: bool = False
+    repeat_of: int | None = None
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialSummary:
@@ -234,6 +236,7 @@ class TrialSummary:
             retry_of=attrs.get("retry_of"),
             probe_ms=attrs.get("probe_ms"),
             over_budget=bool(attrs.get("over_budget", False)),
+            repeat_of=attrs.get("repeat_of"),
         )
 
 
@@ -260,8 +263,11 @@ def _dominated(t: TrialSummary, others: Sequence[TrialSummary]) -> bool:
 def keepers(trials: Sequence[TrialSummary], *, latency: bool) -> list[TrialSummary]:
     """The complete trials that may still win: the best (ties kept), or with a latency
     objective the Pareto front of (accuracy, latency). A trial outside it never enters it
-    again, so its run folder can go."""
-    done = [t for t in trials if t.state == "complete" and t.value is not None]
+    again, so its run folder can go. A repeat of earlier settings is left out: the earlier
+    trial stands for it (and holds the folder)."""
+    done = [
+        t for t in trials if t.state == "complete" and t.value is not None and t.repeat_of is None
+    ]
     if latency:
         timed = [t for t in done if t.latency_ms is not None]
         return sorted(

@@ -7,7 +7,9 @@ study's total or the time is used up. :func:`fenlei.tuning.tune` calls it in thi
 by default; a launcher that runs it in several processes (a Ray cluster) plugs in through
 its ``launcher`` argument, and the study's storage is what they share.
 
-Each trial trains through :func:`fenlei.pipeline.train_run` into its own folder. The dev
+Each trial trains through :func:`fenlei.pipeline.train_run` into its own folder; the trials
+of a process share an :class:`~fenlei.pipeline.EncodingCache`, so a trial whose encoder
+settings match an earlier one's reuses its fitted vocabulary and encoded texts. The dev
 metric of each epoch (or each C of a solved family) is reported to Optuna through the
 training's ``on_epoch`` hook; a pruned trial stops cleanly there
 (:class:`~fenlei.train.StopTraining`), is recorded as pruned, and its folder removed.
@@ -28,7 +30,14 @@ import numpy as np
 from fenlei.config import RunConfig
 from fenlei.data import load_table
 from fenlei.errors import ConfigError
-from fenlei.pipeline import Splits, TrainResult, prepare_splits, train_run, untrained_predictor
+from fenlei.pipeline import (
+    EncodingCache,
+    Splits,
+    TrainResult,
+    prepare_splits,
+    train_run,
+    untrained_predictor,
+)
 from fenlei.predict import Predictor
 from fenlei.records import EpochRecord
 from fenlei.runtime import configure_torch, training_threads
@@ -188,6 +197,7 @@ class _Objective:
     job: TuneJob
     splits: Splits
     dev_texts: list[str] = field(default_factory=list)
+    cache: EncodingCache | None = None  # encoders and encodings shared by the trials
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         family, overrides = self.job.plan.suggest(trial)
@@ -214,7 +224,13 @@ class _Objective:
             self._probe(trial, cfg)
         report = _Report(trial, self.job.metric, prune=not self.job.latency)
         result = train_run(
-            cfg, self.splits, folder, resume=folder.is_dir(), overwrite=True, on_epoch=report
+            cfg,
+            self.splits,
+            folder,
+            resume=folder.is_dir(),
+            overwrite=True,
+            on_epoch=report,
+            cache=self.cache,
         )
         value = _record(trial, result, self.job.metric)
         if report.pruned_at is not None:
@@ -231,7 +247,7 @@ class _Objective:
         the budget, so no training is spent on it."""
         optuna = require_optuna()
         assert self.job.budget_ms is not None
-        predictor = untrained_predictor(cfg, self.splits)
+        predictor = untrained_predictor(cfg, self.splits, cache=self.cache)
         probe = _time_batch1(predictor, self.dev_texts, self.job.latency_samples)
         del predictor
         trial.set_user_attr("probe_ms", probe)
@@ -311,7 +327,8 @@ def run_trials(
     study.sampler = op.samplers.TPESampler(seed=_sampler_seed(job, study, worker))
     study.pruner = pruner or op.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
     splits = job.splits()
-    objective = _Objective(job, splits, list(splits.dev.texts))
+    cache = EncodingCache(splits, keep=len(job.plan.families))
+    objective = _Objective(job, splits, list(splits.dev.texts), cache)
     root = Path(job.trials_dir)
     root.mkdir(parents=True, exist_ok=True)
     states = (op.trial.TrialState.COMPLETE, op.trial.TrialState.PRUNED)
