@@ -74,12 +74,9 @@ def run_fasttext(dataset: str, files: dict[str, Any], seconds: int) -> dict[str,
     }
 
 
-def run_fenlei(dataset: str, files: dict[str, Any], seconds: int, threads: int) -> dict[str, Any]:
-    """``fenlei tune --preset linear --time seconds`` with valid as dev, scored on test."""
-    out_dir = WORK / dataset / "fenlei" / "best"
-    for leftover in out_dir.parent.glob("best*"):  # a fresh study each time
-        subprocess.run(["rm", "-rf", str(leftover)], check=True)
-    cmd = [
+def tune_command(files: dict[str, Any]) -> list[str]:
+    """``fenlei tune`` on the harness's splits: train, valid as dev, test."""
+    return [
         str(harness.venv_python(None)),
         "-m",
         "fenlei.cli",
@@ -89,6 +86,16 @@ def run_fenlei(dataset: str, files: dict[str, Any], seconds: int, threads: int) 
         files["valid"]["path"],
         "--test",
         files["test"]["path"],
+    ]
+
+
+def run_fenlei(dataset: str, files: dict[str, Any], seconds: int, threads: int) -> dict[str, Any]:
+    """``fenlei tune --preset linear --time seconds`` with valid as dev, scored on test."""
+    out_dir = WORK / dataset / "fenlei" / "best"
+    for leftover in out_dir.parent.glob("best*"):  # a fresh study each time
+        subprocess.run(["rm", "-rf", str(leftover)], check=True)
+    cmd = [
+        *tune_command(files),
         "--preset",
         "linear",
         "--trials",

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness
+from bench.tune_bench import tune_command
 
 RESULTS = harness.RESULTS
 WORK = harness.WORK.parent / "tune-latency"
@@ -37,15 +38,7 @@ def _env() -> dict[str, str]:
 
 def _command(files: dict[str, Any], args: argparse.Namespace, out_dir: Path) -> list[str]:
     return [
-        str(harness.venv_python(None)),
-        "-m",
-        "fenlei.cli",
-        "tune",
-        files["train"]["path"],
-        "--dev",
-        files["valid"]["path"],
-        "--test",
-        files["test"]["path"],
+        *tune_command(files),
         "--families",
         args.families,
         "--latency-budget",

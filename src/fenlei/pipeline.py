@@ -223,6 +223,18 @@ def _own_random_state(seed: int) -> Iterator[None]:
         yield
 
 
+def _model_spec(cfg: RunConfig, splits: Splits, encoder: Encoder) -> ModelSpec:
+    return ModelSpec(
+        vocab_size=encoder.vocab_size,
+        pad_id=encoder.pad_id,
+        n_outputs=n_outputs(
+            len(splits.labels),
+            multi_label=splits.labels.multi_label,
+            single_logit=cfg.model.single_logit,
+        ),
+    )
+
+
 def _fit_model(
     cfg: RunConfig,
     splits: Splits,
@@ -238,15 +250,7 @@ def _fit_model(
 ) -> tuple[Run, ModelSpec]:
     """Build the model for ``encoder`` and train it (on a teacher's ``soft`` labels too,
     when given); return the run and the model's spec."""
-    spec = ModelSpec(
-        vocab_size=encoder.vocab_size,
-        pad_id=encoder.pad_id,
-        n_outputs=n_outputs(
-            len(splits.labels),
-            multi_label=splits.labels.multi_label,
-            single_logit=cfg.model.single_logit,
-        ),
-    )
+    spec = _model_spec(cfg, splits, encoder)
 
     def cached(split: str) -> Windows | None:
         return None if cache is None else cache.windows(encoder, split)
@@ -289,7 +293,7 @@ def _fit_model(
     return run, spec
 
 
-PROBE_TEXTS = 5000  # training texts the probe's vocabulary is fitted on
+PROBE_TEXTS = 5000  # training texts the probe fits its vocabulary (or a bag's table) on
 
 
 def untrained_predictor(
@@ -312,15 +316,7 @@ def untrained_predictor(
     check(cfg)
     texts = splits.train.texts[:sample]
     encoder = _fit_encoder(cfg, texts) if cache is None else cache.encoder(cfg)
-    spec = ModelSpec(
-        vocab_size=encoder.vocab_size,
-        pad_id=encoder.pad_id,
-        n_outputs=n_outputs(
-            len(splits.labels),
-            multi_label=splits.labels.multi_label,
-            single_logit=cfg.model.single_logit,
-        ),
-    )
+    spec = _model_spec(cfg, splits, encoder)
     with _own_random_state(cfg.train.seed):
         model = build_model(
             cfg.model,
