@@ -214,6 +214,30 @@ def test_a_trial_far_over_budget_is_skipped_untrained_and_probed_again_later(
     assert result.best.latency_ms is not None and not result.best.over_budget
 
 
+def test_every_trial_is_timed_with_the_same_threads_whatever_it_trained_with() -> None:
+    import torch
+
+    from fenlei.runtime import usable_cores
+    from fenlei.tuning.trials import _time_batch1
+
+    seen: list[int] = []
+
+    class Counting:
+        def predict_proba(self, texts: list[str]) -> None:
+            seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    _time_batch1(Counting(), ["a"], 3, 1)  # type: ignore[arg-type]
+    _time_batch1(Counting(), ["a"], 3, None)  # type: ignore[arg-type]
+    assert seen == [1] * 8 + [usable_cores()] * 8  # 5 warm-up calls and 3 timed, each
+    assert torch.get_num_threads() == before  # the training's setting is given back
+
+
+def test_latency_threads_below_one_is_one_error_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--latency-threads must be at least 1"):
+        _tune(tmp_path / "best", latency_budget_ms=2.0, latency_threads=0)
+
+
 def test_a_skipped_trial_says_so_in_its_progress_line() -> None:
     from fenlei.cli.tuning import _trial_line
 

@@ -35,6 +35,7 @@ __all__ = [
     "mmap_large_blocks",
     "resolve_device",
     "training_threads",
+    "usable_cores",
 ]
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -138,7 +139,8 @@ class Threads:
     reason: str
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), as torch's default counts them."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
@@ -154,7 +156,7 @@ def training_threads(requested: int | None, *, load: float | None = None) -> Thr
     same metrics: OpenMP threads spin-wait for cores other processes hold. On an idle
     machine the rule gives every core, as torch would.
     """
-    cores = _usable_cores()
+    cores = usable_cores()
     if requested:
         return Threads(requested, "train.threads")
     if load is None:

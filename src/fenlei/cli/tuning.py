@@ -85,6 +85,10 @@ def tune(
         float | None,
         typer.Option(help="ms: most accurate model whose batch-1 p50 here fits the budget."),
     ] = None,
+    latency_threads: Annotated[
+        int,
+        typer.Option(min=0, help="Torch threads while timing (0 = one per core, as fenlei serve)."),
+    ] = 0,
     storage: Annotated[
         str | None, typer.Option(help="Optuna storage URL (default sqlite:///OUT.optuna.db).")
     ] = None,
@@ -144,6 +148,7 @@ def tune(
             trials=trials,
             timeout=time_limit,
             latency_budget_ms=latency_budget,
+            latency_threads=latency_threads or None,
             storage=storage,
             study=study,
             metric=metric,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from fenlei.config import RunConfig
 from fenlei.data import load_table
@@ -40,7 +41,7 @@ from fenlei.pipeline import (
 )
 from fenlei.predict import Predictor
 from fenlei.records import EpochRecord
-from fenlei.runtime import configure_torch, training_threads
+from fenlei.runtime import configure_torch, training_threads, usable_cores
 from fenlei.train import StopTraining
 from fenlei.tuning.space import SearchPlan
 from fenlei.tuning.study import open_storage, require_optuna, tidy_folders
@@ -87,6 +88,9 @@ class TuneJob:
             :data:`PROBE_MARGIN` times it per text is skipped (recorded as pruned) untrained.
         seed: seeds the sampler (mixed with the worker number and the trials done).
         latency_samples: single-text predictions timed per trial.
+        latency_threads: torch threads while a trial is timed (None: one per core, as
+            ``fenlei serve`` runs by default), the same for every trial whatever threads
+            its training used.
     """
 
     data: str
@@ -101,6 +105,7 @@ class TuneJob:
     budget_ms: float | None = None
     seed: int = 13
     latency_samples: int = LATENCY_SAMPLES
+    latency_threads: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form, for a worker in another process (``TuneJob.from_json``)."""
@@ -130,26 +135,39 @@ class TuneJob:
 
 
 def batch1_latency_ms(
-    run_dir: str | Path, texts: Sequence[str], *, samples: int = LATENCY_SAMPLES
+    run_dir: str | Path,
+    texts: Sequence[str],
+    *,
+    samples: int = LATENCY_SAMPLES,
+    threads: int | None = None,
 ) -> float:
     """Median wall time (ms) of predicting one text at a time with the run folder's model,
-    loaded as ``fenlei serve`` would load it (backend and device ``auto``) on this machine.
+    loaded as ``fenlei serve`` would load it (backend and device ``auto``) on this machine,
+    with ``threads`` torch threads (None: one per core, ``fenlei serve``'s default).
 
     Example:
         >>> batch1_latency_ms("runs/x", ["great film", "dull"], samples=50)  # doctest: +SKIP
         0.41
     """
-    return _time_batch1(Predictor.from_run(run_dir), texts, samples)
+    predictor = Predictor.from_run(run_dir, threads=threads)
+    return _time_batch1(predictor, texts, samples, threads)
 
 
-def _time_batch1(predictor: Predictor, texts: Sequence[str], samples: int) -> float:
-    times = []
-    for i in range(_WARMUP + samples):
-        text = [texts[i % len(texts)]]
-        start = time.perf_counter()
-        predictor.predict_proba(text)
-        if i >= _WARMUP:
-            times.append(time.perf_counter() - start)
+def _time_batch1(
+    predictor: Predictor, texts: Sequence[str], samples: int, threads: int | None
+) -> float:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or usable_cores())  # every trial timed alike
+    try:
+        times = []
+        for i in range(_WARMUP + samples):
+            text = [texts[i % len(texts)]]
+            start = time.perf_counter()
+            predictor.predict_proba(text)
+            if i >= _WARMUP:
+                times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
     return float(np.median(times) * 1000.0)
 
 
@@ -239,7 +257,12 @@ class _Objective:
             raise optuna.TrialPruned(f"pruned after epoch {report.pruned_at}")
         if not self.job.latency:
             return value
-        latency = batch1_latency_ms(folder, self.dev_texts, samples=self.job.latency_samples)
+        latency = batch1_latency_ms(
+            folder,
+            self.dev_texts,
+            samples=self.job.latency_samples,
+            threads=self.job.latency_threads,
+        )
         return value, latency
 
     def _probe(self, trial: optuna.Trial, cfg: RunConfig) -> None:
@@ -248,7 +271,9 @@ class _Objective:
         optuna = require_optuna()
         assert self.job.budget_ms is not None
         predictor = untrained_predictor(cfg, self.splits, cache=self.cache)
-        probe = _time_batch1(predictor, self.dev_texts, self.job.latency_samples)
+        probe = _time_batch1(
+            predictor, self.dev_texts, self.job.latency_samples, self.job.latency_threads
+        )
         del predictor
         trial.set_user_attr("probe_ms", probe)
         if probe > self.job.budget_ms * PROBE_MARGIN:

@@ -161,6 +161,7 @@ def tune(
     metric: str = "accuracy",
     seed: int = 13,
     latency_samples: int = LATENCY_SAMPLES,
+    latency_threads: int | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
     launcher: Launcher | None = None,
     on_trial: Callable[[TrialSummary, TrialSummary | None], None] | None = None,
@@ -187,6 +188,8 @@ def tune(
         metric: the dev metric maximised: ``accuracy`` or ``macro_f1``.
         seed: seeds the sampler.
         latency_samples: single-text predictions timed per trial.
+        latency_threads: torch threads while each trial is timed (None: one per core, as
+            ``fenlei serve`` runs by default); give the server's ``--threads``.
         pruner: an Optuna pruner (default: median pruning on the dev metric per epoch).
         launcher: runs the trials (default: :func:`~fenlei.tuning.trials.run_trials` here).
         on_trial: called after each trial of this process with it and the best so far.
@@ -206,6 +209,8 @@ def tune(
         >>> tune("train.csv", preset="linear", trials=20, out="runs/best")  # doctest: +SKIP
     """
     _check_args(trials, timeout, latency_budget_ms, metric, latency_samples)
+    if latency_threads is not None and latency_threads < 1:
+        raise ConfigError(f"--latency-threads must be at least 1, not {latency_threads}")
     require_optuna()
     plan = plan_search(_presets(preset, families), overrides, search)
     out = Path(out)
@@ -225,6 +230,7 @@ def tune(
         budget_ms=latency_budget_ms,
         seed=seed,
         latency_samples=latency_samples,
+        latency_threads=latency_threads,
     )
     the_study = _prepare_study(job, [Path(p) for p in (data, dev, test) if p is not None])
     remaining = trials - count_finished(the_study)
