@@ -1014,7 +1014,8 @@ def _tuning_latency() -> list[str]:
         budget = run["budget_ms"]
         load = run["machine"].get("loadavg", [None])[0]
         out += [
-            f"### {run['dataset']}: the most accurate model within {budget:g} ms",
+            f"### {run['dataset']}: the most accurate model within {budget:g} ms "
+            f"({run['budget_s']} s)",
             "",
             f"`fenlei {run['command'].split(' ', 1)[1]}` on the harness's splits "
             f"(`python -m bench.tune_latency_bench`; docs/tuning.md), "
@@ -1062,6 +1063,8 @@ def _tuning_latency() -> list[str]:
             f"every preset that fits it. {verdict}.",
             "",
         ]
+        if run.get("note"):
+            out += [f"Note: {run['note']}.", ""]
         if run.get("pareto_plot"):
             out += [f"![{run['dataset']}: Pareto front]({run['pareto_plot']})", ""]
     return out

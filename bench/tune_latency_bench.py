@@ -6,7 +6,7 @@ for ``--seconds``. The study's first trials are each family's preset (``fenlei t
 them first), so the presets are measured in the same run, on the same machine, with the same
 latency timer as every other trial. Every trial's settings, dev and test scores, batch-1 p50,
 untrained probe and wall time, and the winner, go to
-``bench/results/tune_latency_<dataset>_<budget>ms.json``. The target (issue 15): a winner
+``bench/results/tune_latency_<dataset>_<budget>ms_<seconds>s.json``. The target (issue 15): a winner
 within the budget at least as accurate on test as every preset trial that fits the budget.
 Never part of the test suite.
 
@@ -140,7 +140,7 @@ def main() -> None:
         **_verdict(trials, args.budget, presets),
     }
     budget = f"{args.budget:g}".replace(".", "p")
-    name = f"tune_latency_{args.dataset}_{budget}ms"
+    name = f"tune_latency_{args.dataset}_{budget}ms_{args.seconds}s"
     plot = out_dir.with_name(out_dir.name + ".pareto.png")
     if plot.is_file():  # the Pareto plot fenlei tune drew, for docs/benchmarks.md
         shutil.copyfile(plot, DOCS_PLOTS / f"{name}.png")
