@@ -371,7 +371,7 @@ def _weights(run_dir: Path) -> dict[str, np.ndarray]:
     return load_file(str(run_dir / "model.safetensors"))
 
 
-@pytest.mark.parametrize("family", ["linear.v2", "lstm.v1"])
+@pytest.mark.parametrize("family", ["linear.v2", "nbsvm.v1", "lstm.v1"])
 def test_a_cached_encoding_trains_the_same_model_as_a_fresh_one(
     family: str,
     family_settings,  # type: ignore[no-untyped-def]

@@ -271,12 +271,18 @@ class _Objective:
         optuna = require_optuna()
         assert self.job.budget_ms is not None
         predictor = untrained_predictor(cfg, self.splits, cache=self.cache)
-        probe = _time_batch1(
-            predictor, self.dev_texts, self.job.latency_samples, self.job.latency_threads
-        )
-        del predictor
+
+        def timed() -> float:
+            return _time_batch1(
+                predictor, self.dev_texts, self.job.latency_samples, self.job.latency_threads
+            )
+
+        limit = self.job.budget_ms * PROBE_MARGIN
+        probe = timed()
+        if probe > limit:  # timed again before skipping: another process may have held a core
+            probe = min(probe, timed())
         trial.set_user_attr("probe_ms", probe)
-        if probe > self.job.budget_ms * PROBE_MARGIN:
+        if probe > limit:
             trial.set_user_attr("over_budget", True)
             raise optuna.TrialPruned(
                 f"untrained, it takes {probe:.2f} ms per text, over {PROBE_MARGIN:g} x the "
