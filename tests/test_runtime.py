@@ -17,14 +17,14 @@ from fenlei.runtime import training_threads
 def test_the_load_average_leaves_cores_free(
     monkeypatch: pytest.MonkeyPatch, load: float, threads: int
 ) -> None:
-    monkeypatch.setattr(runtime, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
     chosen = training_threads(None, load=load)
     assert chosen.count == threads
     assert "2 cores" in chosen.reason and "train.threads" in chosen.reason
 
 
 def test_a_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
     assert training_threads(3, load=20.0).count == 3
     assert training_threads(3).reason == "train.threads"
 
