@@ -140,7 +140,15 @@ def test_pruned_bag_model_is_smaller(runs: dict[str, Path], tmp_path: Path, name
     # every asked-for row is kept (a key without a slot once shrank the table again and again)
     available = int((row_keys(load_run(runs[name]).model) >= 0).sum())  # type: ignore[arg-type]
     assert run.spec.kept_rows == PruneSpec(fraction=0.3).count(available)
-    assert result.compressed.size_mb < result.source.size_mb / 3
+
+    # the rows shrink to under a third; a vocabulary's character n-gram table (nbsvm on
+    # small data) is not rows and is kept whole
+    def without_char_table(size_mb: float, folder: Path) -> float:
+        return size_mb - load_run(folder).model.char_table.nbytes / 1e6  # type: ignore[union-attr]
+
+    assert without_char_table(result.compressed.size_mb, tmp_path / "small") < (
+        without_char_table(result.source.size_mb, runs[name]) / 3
+    )
     assert result.compressed.folder_mb < result.source.folder_mb
 
 

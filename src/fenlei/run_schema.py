@@ -63,6 +63,7 @@ MAX_OUTPUTS = 100_000  # labels, and so the output width
 MAX_NGRAM_ROWS = 50_000_000  # linear/nbsvm n-gram table rows (fastText's default is 2M buckets)
 MAX_SIZE = 10_000_000  # any other size in a saved encoder config (widths, positions)
 MAX_LAYERS = 1_000  # layer counts: even on ``meta`` each layer costs construction time
+MAX_CHAR_NGRAM = 32  # nbsvm character n-gram lengths (fastText uses 3-6)
 MAX_UNSAVED_BYTES = 256 << 20  # buffers a model builds but does not save (HF position ids)
 # keys of sizes that multiply modules, not tensor widths: "num_hidden_layers", "n_layer"
 _COUNT_KEY = re.compile(r"(layer|expert|block)s?$")
@@ -201,6 +202,18 @@ class SpecFile(_Strict):
     ngram_rows: int | None = Field(None, ge=0, le=MAX_NGRAM_ROWS)
     kept_rows: int | None = Field(None, ge=0, le=MAX_NGRAM_ROWS)  # a pruned bag table
     int8_table: bool = False  # a bag table stored as int8 rows (fenlei.compress)
+    char_ngrams: list[int] | None = None  # nbsvm's character n-gram lengths [lo, hi]
+
+    @field_validator("char_ngrams")
+    @classmethod
+    def _char_lengths(cls, lengths: list[int] | None) -> list[int] | None:
+        if lengths is not None and (
+            len(lengths) != 2 or not 1 <= lengths[0] <= lengths[1] <= MAX_CHAR_NGRAM
+        ):
+            raise ValueError(
+                f"char_ngrams {lengths} is not [lo, hi], 1 <= lo <= hi <= {MAX_CHAR_NGRAM}"
+            )
+        return lengths
 
     @field_validator("transformer_config")
     @classmethod
@@ -223,7 +236,10 @@ class SpecFile(_Strict):
 
     def to_spec(self) -> ModelSpec:
         """The validated :class:`~fenlei.models.ModelSpec`."""
-        return ModelSpec(**self.model_dump())
+        fields = self.model_dump()
+        if self.char_ngrams is not None:
+            fields["char_ngrams"] = (self.char_ngrams[0], self.char_ngrams[1])
+        return ModelSpec(**fields)
 
 
 def parse_config(path: Path, raw: Any) -> RunConfig:

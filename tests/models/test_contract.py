@@ -239,7 +239,8 @@ def test_spec_extras_round_trip(family: str, fitted, tmp_path) -> None:  # type:
     if not extras:
         pytest.skip(f"{family} learns nothing of its shape while built")
     saved = json.loads(json.dumps(extras))  # as model_config.json holds them
-    assert {key: getattr(run.spec, key) for key in extras} == saved
+    loaded = {key: getattr(run.spec, key) for key in extras}
+    assert json.loads(json.dumps(loaded)) == saved  # (a tuple saves as a list)
     rebuilt = build_model(run.config.model, run.spec)
     assert json.loads(json.dumps(family_of(family).spec_extras(rebuilt))) == saved
     shapes = {k: v.shape for k, v in run.model.state_dict().items()}

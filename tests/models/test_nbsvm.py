@@ -4,6 +4,7 @@ counts once per text; the solve picks C on dev; multi-label and misuse."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,8 +12,17 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from fenlei.classifier import TextClassifier
+from fenlei.config import load_config
 from fenlei.errors import ConfigError
-from fenlei.models.nbsvm import SOLVER_TOL, NBLogistic, nb_ratio
+from fenlei.models import ModelSpec
+from fenlei.models.nbsvm import (
+    SOLVER_TOL,
+    NBLogistic,
+    build,
+    char_lengths,
+    nb_ratio,
+    spec_extras,
+)
 from fenlei.tokenize import pad_ids
 from tests.conftest import family_overrides
 
@@ -36,13 +46,24 @@ def test_repeated_features_count_once() -> None:
     assert set(kept[1]) <= set(kept[0])
 
 
-@pytest.mark.parametrize("ngram", [1, 3])
-def test_feature_matrix_holds_the_features_of_each_padded_text(ngram: int) -> None:
+def _words(n: int) -> dict[str, int]:
+    """A vocabulary of ``n`` entries: padding, unknown, then words long enough for character
+    n-grams (and a CJK character, which has none)."""
+    words = ["[PAD]", "[UNK]", "中", *(f"word{chr(97 + i % 26)}{i}" for i in range(n - 3))]
+    return {w: i for i, w in enumerate(words)}
+
+
+@pytest.mark.parametrize(("ngram", "chars"), [(1, None), (3, None), (2, (2, 4))])
+def test_feature_matrix_holds_the_features_of_each_padded_text(
+    ngram: int, chars: tuple[int, int] | None
+) -> None:
     # feature_matrix lays the texts end to end; the network's forward pads them: the same
     # features either way, each text's own (empty and one-token texts included)
     rng = np.random.default_rng(0)
     ids = [list(rng.integers(1, 30, size=n)) for n in (0, 1, 2, 7, 40, 3, 0, 11)]
-    model = NBLogistic(vocab_size=30, n_outputs=2, ngram=ngram, buckets=97)
+    model = NBLogistic(
+        vocab_size=30, n_outputs=2, ngram=ngram, buckets=97, char_ngrams=chars, vocab=_words(30)
+    )
     matrix = model.feature_matrix(ids, pad_id=0, block_tokens=20)
     padded, mask = pad_ids(ids, pad_id=0)
     feats = model.features(padded, mask)
@@ -51,6 +72,47 @@ def test_feature_matrix_holds_the_features_of_each_padded_text(ngram: int) -> No
         expected = sorted(int(f) for f in text if f != model.pad_index)
         assert sorted(matrix[row].indices.tolist()) == expected, row
     assert set(matrix.data.tolist()) <= {1.0}
+
+
+def test_character_ngrams_only_on_small_training_sets() -> None:
+    cfg = load_config("nbsvm", ["model.char_ngram_until=10", "model.buckets=500"]).model
+    vocab = _words(40)
+    spec = ModelSpec(vocab_size=40, pad_id=0, n_outputs=3)
+    ids = [[3, 4, 5], [6, 7], [8]] * 10  # 30 texts, 3 labels: 10 per label
+    small = build(cfg, spec, vocab, ids)
+    assert isinstance(small, NBLogistic) and small.char_ngrams == (2, 5)
+    assert spec_extras(small)["char_ngrams"] == (2, 5)
+    # a word's character n-grams are features of the texts that hold it
+    with_chars = small.features(*pad_ids([[3]], pad_id=0))
+    assert (with_chars != small.pad_index).sum() > 1
+    # one more text per label: none
+    large = build(cfg, spec, vocab, [*ids, [3], [4], [5]])
+    assert isinstance(large, NBLogistic) and large.char_ngrams is None
+    assert "char_ngrams" not in spec_extras(large)
+    off = load_config("nbsvm", ["model.char_ngram_until=0"]).model
+    assert char_lengths(off, spec, ids) is None
+    # a saved model keeps what it was trained with; older folders (no char_ngrams) have none
+    assert char_lengths(off, replace(spec, char_ngrams=(3, 4)), None) == (3, 4)
+    assert char_lengths(cfg, spec, None) is None
+
+
+def test_character_ngrams_lift_the_bundled_intents(tmp_path, bundled) -> None:  # type: ignore[no-untyped-def]
+    # the bundled support intents (80 training texts per label): English words' character
+    # n-grams catch what whole words miss ("refunded", typos); 0.693 -> 0.800 on test here
+    def test_accuracy(until: int) -> float:
+        clf = TextClassifier(
+            "nbsvm", overrides=[f"model.char_ngram_until={until}"], run_dir=tmp_path / str(until)
+        )
+        train, dev, test = bundled["train"], bundled["dev"], bundled["test"]
+        clf.fit(
+            train.texts,
+            [ex.labels[0] for ex in train.examples],
+            X_dev=dev.texts,
+            y_dev=[ex.labels[0] for ex in dev.examples],
+        )
+        return clf.score(test.texts, [ex.labels[0] for ex in test.examples])
+
+    assert test_accuracy(3000) > test_accuracy(0) + 0.05
 
 
 def test_a_sweep_reuses_the_scaled_features_across_c(monkeypatch: pytest.MonkeyPatch) -> None:

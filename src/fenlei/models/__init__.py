@@ -53,11 +53,13 @@ class ModelSpec:
     # linear, nbsvm compressed by fenlei.compress: rows of a pruned table, int8 rows
     kept_rows: int | None = field(default=None)
     int8_table: bool = field(default=False)
+    # nbsvm: the character n-gram lengths its features use ([lo, hi]); None: none
+    char_ngrams: tuple[int, int] | None = field(default=None)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (the compression fields only when set, as older folders have it)."""
+        """JSON-ready form (the newer fields only when set, as older folders have it)."""
         out = asdict(self)
-        for key, unset in (("kept_rows", None), ("int8_table", False)):
+        for key, unset in (("kept_rows", None), ("int8_table", False), ("char_ngrams", None)):
             if out[key] == unset:
                 del out[key]
         return out

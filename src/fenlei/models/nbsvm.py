@@ -18,6 +18,7 @@ On the benchmark splits it beats the fastText-like ``linear`` family on the long
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,10 @@ from torch import nn
 from fenlei.models.compact import FeatureMap, Int8EmbeddingBag
 from fenlei.models.family import Family, TrainIds
 from fenlei.models.linear import (
+    CHAR_WIDTH,
     bucket_row_map,
+    char_buckets,
+    char_ngram_table,
     flat_ids,
     sorted_unique,
     spread_over_tokens,
@@ -53,6 +57,8 @@ __all__ = [
     "nb_ratio",
     "token_contributions",
 ]
+
+logger = logging.getLogger(__name__)
 
 # liblinear's stopping tolerance, not scikit-learn's 1e-4: the same dev and test accuracy on
 # all five benchmark sets, and solves 1.2-2x faster (SST-2, C = 0.1/0.3/1: 1.6/3.3/8.9 s ->
@@ -86,6 +92,8 @@ class NBLogistic(nn.Module):
         alpha: float = 1.0,
         kept: int | None = None,
         int8: bool = False,
+        char_ngrams: tuple[int, int] | None = None,
+        vocab: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
@@ -112,6 +120,23 @@ class NBLogistic(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_outputs))
         if rows is not None and kept is None:
             self.register_buffer("bucket_rows", torch.full((buckets,), self.pad_index))
+        # each vocabulary entry's character n-grams as table rows (saved with the weights;
+        # int32: half the bytes, and what a pruned model keeps besides its rows)
+        self.char_ngrams = None if char_ngrams is None else (char_ngrams[0], char_ngrams[1])
+        if self.char_ngrams is not None:
+            lo, hi = self.char_ngrams
+            table = torch.full((vocab_size, CHAR_WIDTH), self.pad_index, dtype=torch.int32)
+            if vocab is not None and kept is None:
+                table = char_ngram_table(
+                    vocab,
+                    lo=lo,
+                    hi=hi,
+                    width=CHAR_WIDTH,
+                    offset=vocab_size,
+                    buckets=buckets,
+                    pad=self.pad_index,
+                ).int()
+            self.register_buffer("char_table", table)
 
     @property
     def bag_table(self) -> nn.EmbeddingBag | Int8EmbeddingBag:
@@ -124,9 +149,16 @@ class NBLogistic(nn.Module):
 
     @torch.no_grad()
     def copy_outputs(self, source: nn.Module, old_rows: np.ndarray) -> None:
-        """The bias (the table is all there is besides it)."""
+        """The bias, and the character n-gram table pointed at the new rows (a dropped row
+        -> padding)."""
         assert isinstance(source, NBLogistic)
         self.bias.copy_(source.bias)
+        if source.char_ngrams is None:
+            return
+        where = torch.full((source.pad_index + 1,), self.pad_index, dtype=torch.long)
+        where[torch.from_numpy(old_rows)] = torch.arange(len(old_rows))
+        old: torch.Tensor = source.char_table  # type: ignore[assignment]
+        self.char_table.copy_(where[old.long()])  # type: ignore[operator]
 
     def keep_buckets(self, occupied: torch.Tensor) -> None:
         """Give each bucket in ``occupied`` (sorted, from ``occupied_buckets``) its row."""
@@ -138,10 +170,26 @@ class NBLogistic(nn.Module):
                 occupied, buckets=self.buckets, offset=self.vocab_size, pad=self.pad_index
             )
         )
+        if self.char_ngrams is not None:  # character n-grams share the buckets
+            table: torch.Tensor = self.char_table  # type: ignore[assignment]
+            grams = table != self.pad_index
+            table[grams] = bucket_rows[table[grams].long() - self.vocab_size].int()
 
     def feature_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Feature ids (B, T') in position order, repeats kept; padding -> ``pad_index``."""
-        return table_features(self, ids, mask)
+        """Feature ids (B, T') in position order, repeats kept; padding -> ``pad_index``: the
+        tokens and n-grams (``table_features``' layout), then each token's character n-grams
+        (``CHAR_WIDTH`` per token) when the model has them."""
+        features = table_features(self, ids, mask)
+        if self.char_ngrams is None:
+            return features
+        return torch.cat([features, self.char_features(ids, mask)], dim=1)
+
+    def char_features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T * CHAR_WIDTH) table rows of each token's character n-grams; padding and
+        tokens without any -> ``pad_index``."""
+        table: torch.Tensor = self.char_table  # type: ignore[assignment]
+        grams = table[ids.clamp(min=0)].long()  # (B, T, K)
+        return grams.masked_fill(~mask.bool()[:, :, None], self.pad_index).flatten(1)
 
     def features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Feature ids (B, T') with each text's repeats (and padding) set to ``pad_index``."""
@@ -179,11 +227,14 @@ class NBLogistic(nn.Module):
         valid = flat >= 0
         ends = (~valid).long()
         text = torch.cumsum(ends, 0) - ends  # the text each position belongs to
-        features = self.feature_ids(flat[None, :], valid[None, :])[0]
+        features = table_features(self, flat[None, :], valid[None, :])[0]
         # token_ngram_features' layout: the tokens, then the n-grams starting at each position
         # for n = 2..ngram (as many as fit)
         owners = [text[: len(flat) - n + 1] for n in range(1, self.ngram + 1) if len(flat) >= n]
         owner = torch.cat(owners)[: len(features)]
+        if self.char_ngrams is not None:
+            features = torch.cat([features, self.char_features(flat[None, :], valid[None, :])[0]])
+            owner = torch.cat([owner, text.repeat_interleave(CHAR_WIDTH)])
         kept = features != self.pad_index
         width = self.pad_index + 1
         keys = sorted_unique((owner[kept] * width + features[kept]).numpy())
@@ -295,11 +346,45 @@ class NBLogistic(nn.Module):
         return clf.coef_[0] * ratio, float(clf.intercept_[0])
 
 
+def char_lengths(cfg: ModelConfig, spec: ModelSpec, train_ids: TrainIds) -> tuple[int, int] | None:
+    """The character n-gram lengths of a model: a saved one's (``spec.char_ngrams``), or for a
+    new one ``model.char_ngram_min..max`` when the training set has at most
+    ``model.char_ngram_until`` texts per label; None: no character n-grams."""
+    if spec.char_ngrams is not None:
+        return spec.char_ngrams
+    lo, hi = cfg.char_ngram_min, cfg.char_ngram_max
+    if train_ids is None or spec.ngram_rows is not None or not 0 < lo <= hi:
+        return None  # a saved model without them, or none asked for
+    per_label = len(train_ids) / max(2, spec.n_outputs)
+    if per_label > cfg.char_ngram_until:
+        logger.info(
+            "nbsvm: no character n-grams (%.0f training texts per label, more than "
+            "model.char_ngram_until=%d)",
+            per_label,
+            cfg.char_ngram_until,
+        )
+        return None
+    logger.info(
+        "nbsvm: character %d-%d-grams of words as features (%.0f training texts per label, "
+        "at most model.char_ngram_until=%d)",
+        lo,
+        hi,
+        per_label,
+        cfg.char_ngram_until,
+    )
+    return lo, hi
+
+
 def build(
     cfg: ModelConfig, spec: ModelSpec, vocab: dict[str, int] | None, train_ids: TrainIds
 ) -> nn.Module:
-    """An ``nbsvm.v1`` model; with training ids its table keeps only the n-grams they use."""
+    """An ``nbsvm.v1`` model; with training ids its table keeps only the n-grams they use
+    (and, on a small training set, its words' character n-grams: :func:`char_lengths`)."""
     keep = used_buckets(cfg, spec, train_ids)
+    chars = char_lengths(cfg, spec, train_ids)
+    if keep is not None and chars is not None and vocab is not None:
+        used = char_buckets(vocab, lo=chars[0], hi=chars[1], buckets=cfg.buckets)
+        keep = torch.unique(torch.cat([keep, used]))
     model = NBLogistic(
         vocab_size=spec.vocab_size,
         n_outputs=spec.n_outputs,
@@ -310,6 +395,8 @@ def build(
         alpha=cfg.nb_alpha,
         kept=spec.kept_rows,
         int8=spec.int8_table,
+        char_ngrams=chars,
+        vocab=vocab,
     )
     if keep is not None:
         model.keep_buckets(keep)
@@ -329,19 +416,39 @@ def token_contributions(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tens
     _, inverse, counts = torch.unique(features, return_inverse=True, return_counts=True)
     valid = (features != model.pad_index)[:, None]
     per_feature = model.table.weight[features] * valid / counts[inverse][:, None]  # (T', C)
-    return spread_over_tokens(per_feature, len(ids), model.ngram), model.bias.detach().clone()
+    chars = 0 if model.char_ngrams is None else len(ids) * CHAR_WIDTH
+    per_token = spread_over_tokens(per_feature[: len(features) - chars], len(ids), model.ngram)
+    if chars:  # a token's character n-grams are its own
+        per_token = per_token + per_feature[-chars:].view(len(ids), CHAR_WIDTH, -1).sum(dim=1)
+    return per_token, model.bias.detach().clone()
 
 
 def spec_extras(model: nn.Module) -> dict[str, Any]:
-    """``ngram_rows``: the n-gram rows the table kept (absent: one row per bucket)."""
+    """``ngram_rows``: the n-gram rows the table kept (absent: one row per bucket);
+    ``char_ngrams``: the character n-gram lengths (absent: none)."""
     assert isinstance(model, NBLogistic)
-    return {} if model.ngram_rows is None else {"ngram_rows": model.ngram_rows}
+    extras: dict[str, Any] = {}
+    if model.ngram_rows is not None:
+        extras["ngram_rows"] = model.ngram_rows
+    if model.char_ngrams is not None:
+        extras["char_ngrams"] = model.char_ngrams
+    return extras
 
 
 NBSVM_V1 = Family(
     name="nbsvm.v1",
     build=build,
-    reads=frozenset({"ngram", "buckets", "nb_c", "nb_alpha"}),
+    reads=frozenset(
+        {
+            "ngram",
+            "buckets",
+            "nb_c",
+            "nb_alpha",
+            "char_ngram_min",
+            "char_ngram_max",
+            "char_ngram_until",
+        }
+    ),
     trains_by="solver",
     windows=False,  # a bag of n-grams: a longer encoder.max_length reads the whole text
     soft_targets=False,  # the solver fits hard 0/1 targets per label
