@@ -11,7 +11,7 @@ harness's fenlei cells are; ``fenlei.build_ensemble`` then scores them and the e
     nohup nice .venv/bin/python -m bench.ensemble_bench --datasets chnsenticorp,waimai_10k &
     # IMDB's served ensemble (issue 13): NBSVM and MiniLM reading 256 tokens, equal weights
     nohup .venv/bin/python -m bench.ensemble_bench --datasets imdb --combos nbsvm+minilm-256 \
-        --weights equal &
+        --weights equal --serve &
 """
 
 from __future__ import annotations
@@ -20,8 +20,12 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import statistics
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +83,60 @@ def _latency_ms(run_dir: Path, texts: list[str]) -> float:
     return round(statistics.median(times), 3)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _post(port: int, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    start = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=120) as response:
+        answer = json.loads(response.read())
+    return answer, (time.perf_counter() - start) * 1000
+
+
+def serve_check(run_dir: Path, texts: list[str], threads: int) -> dict[str, Any]:
+    """``fenlei serve`` the folder in a subprocess, send ``texts`` one request each: do the
+    labels it answers match the folder's own predictor's, and how long does a request take?"""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "fenlei.cli", "serve", f"model={run_dir}", "--port", str(port)]
+    cmd += ["--threads", str(threads)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    predictor = open_predictor(run_dir, backend="torch", device="cpu")
+    expected = [p.label for p in predictor.predict(texts)]
+    with subprocess.Popen(cmd, env=env) as proc:
+        try:
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
+                        break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("fenlei serve did not become ready") from None
+                    time.sleep(0.5)
+            answers, times = [], []
+            for text in texts:
+                answer, ms = _post(port, "/v1/models/model/predict", {"texts": [text]})
+                answers.append(answer["predictions"][0]["label"])
+                times.append(ms)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    return {
+        "command": " ".join(["fenlei", *cmd[3:]]),
+        "requests": len(texts),
+        "same_labels_as_the_folder": sum(a == e for a, e in zip(answers, expected, strict=True)),
+        "request_p50_ms": round(statistics.median(times), 2),
+    }
+
+
 def _size_mb(folder: Path) -> float:
     return round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6, 2)
 
@@ -93,6 +151,7 @@ def bench_dataset(
     threads: int,
     latency_texts: int,
     weightings: tuple[str, ...] = ("equal", "tuned"),
+    serve: bool = False,
 ) -> dict[str, Any]:
     """Train the members (if needed), build every combination with equal and tuned weights."""
     files = prepare_dataset(DATASETS[dataset])["files"]
@@ -149,6 +208,8 @@ def bench_dataset(
                     ),
                 }
             )
+            if serve:
+                record["ensembles"][-1]["serve"] = serve_check(out, test_texts, threads)
             print(json.dumps(record["ensembles"][-1]), flush=True)
     record["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return record
@@ -163,11 +224,16 @@ def main() -> None:
     parser.add_argument("--combos", default=COMBOS, help="member+member,... (see MEMBERS)")
     parser.add_argument("--weights", default="equal,tuned", help="equal, tuned or both")
     parser.add_argument("--tag", default="", help="suffix of the results file")
+    parser.add_argument(
+        "--serve", action="store_true", help="serve each ensemble and check its answers"
+    )
     args = parser.parse_args()
     combos = [tuple(c.split("+")) for c in args.combos.split(",")]
     for dataset in args.datasets.split(","):
         weightings = tuple(args.weights.split(","))
-        record = bench_dataset(dataset, combos, args.threads, args.latency_texts, weightings)
+        record = bench_dataset(
+            dataset, combos, args.threads, args.latency_texts, weightings, serve=args.serve
+        )
         path = RESULTS / f"ensemble_{dataset}{args.tag}.json"
         path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"wrote {path}", flush=True)

@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -316,7 +316,9 @@ def untrained_predictor(
     check(cfg)
     texts = splits.train.texts[:sample]
     encoder = _fit_encoder(cfg, texts) if cache is None else cache.encoder(cfg)
-    spec = _model_spec(cfg, splits, encoder)
+    # the model is built as the whole training set would build it (e.g. nbsvm's character
+    # n-grams depend on its size), from a sample's ids
+    spec = replace(_model_spec(cfg, splits, encoder), train_texts=len(splits.train.texts))
     with _own_random_state(cfg.train.seed):
         model = build_model(
             cfg.model,

@@ -89,6 +89,10 @@ def test_character_ngrams_only_on_small_training_sets() -> None:
     large = build(cfg, spec, vocab, [*ids, [3], [4], [5]])
     assert isinstance(large, NBLogistic) and large.char_ngrams is None
     assert "char_ngrams" not in spec_extras(large)
+    # a tuner's probe, built from a sample, decides as the whole training set would
+    sampled = replace(spec, train_texts=33)
+    assert char_lengths(cfg, sampled, ids) is None
+    assert "train_texts" not in sampled.to_dict()  # not saved
     off = load_config("nbsvm", ["model.char_ngram_until=0"]).model
     assert char_lengths(off, spec, ids) is None
     # a saved model keeps what it was trained with; older folders (no char_ngrams) have none

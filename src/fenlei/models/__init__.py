@@ -55,10 +55,14 @@ class ModelSpec:
     int8_table: bool = field(default=False)
     # nbsvm: the character n-gram lengths its features use ([lo, hi]); None: none
     char_ngrams: tuple[int, int] | None = field(default=None)
+    # texts in the whole training set, for a new model built from a sample of them (a tuner's
+    # probe); None: as many as the training ids it is built with. Not saved.
+    train_texts: int | None = field(default=None)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the newer fields only when set, as older folders have it)."""
         out = asdict(self)
+        del out["train_texts"]
         for key, unset in (("kept_rows", None), ("int8_table", False), ("char_ngrams", None)):
             if out[key] == unset:
                 del out[key]

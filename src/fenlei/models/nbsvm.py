@@ -355,7 +355,8 @@ def char_lengths(cfg: ModelConfig, spec: ModelSpec, train_ids: TrainIds) -> tupl
     lo, hi = cfg.char_ngram_min, cfg.char_ngram_max
     if train_ids is None or spec.ngram_rows is not None or not 0 < lo <= hi:
         return None  # a saved model without them, or none asked for
-    per_label = len(train_ids) / max(2, spec.n_outputs)
+    texts = len(train_ids) if spec.train_texts is None else spec.train_texts
+    per_label = texts / max(2, spec.n_outputs)
     if per_label > cfg.char_ngram_until:
         logger.info(
             "nbsvm: no character n-grams (%.0f training texts per label, more than "
