@@ -426,10 +426,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         # NBSVM (Wang & Manning 2012), logistic-loss form: distinct words and hashed word
         # n-grams, NB log-count ratios, an L2 logistic regression solved by scikit-learn for
         # each C, the best C on dev kept. Whole texts up to 4096 tokens (it costs little).
-        # Character 2-5-grams of words on small training sets only: up to 3,000 texts per
-        # label they lifted test accuracy (bundled intents 0.693 -> 0.809, en6-100 +3.2,
-        # en6-1000 +1.7, sms_spam +0.6 points); on SST-2 (30,000 per label) they cost a point
-        # and 3x the solve time (docs/benchmarks.md, Defaults on small many-class data).
+        # Character 3-5-grams of words on small training sets only (up to 3,000 texts per
+        # label): bundled intents 0.693 -> 0.786 on test, en6-100 +2.8 points, within +-0.4
+        # elsewhere, at 1.5-2.5x the training time; 2-5-grams scored the same at twice the
+        # time. On SST-2 (30,000 per label) they cost a point and 3x the solve time
+        # (docs/benchmarks.md, Defaults on small many-class data).
         "encoder": {
             "kind": "word",
             "vocab_size": 400000,
@@ -441,9 +442,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "architecture": "nbsvm.v1",
             "ngram": 3,
             "buckets": 4_000_000,
-            "char_ngram_min": 2,
-            "char_ngram_max": 5,
-            "char_ngram_until": 3000,
+            "char_ngram_until": 3000,  # char_ngram_min/max: 3 and 5
         },
         "train": {"epochs": 1},
     },
