@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -59,10 +59,11 @@ class ModelSpec:
     # probe); None: as many as the training ids it is built with. Not saved.
     train_texts: int | None = field(default=None)
 
+    UNSAVED: ClassVar[frozenset[str]] = frozenset({"train_texts"})
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the newer fields only when set, as older folders have it)."""
-        out = asdict(self)
-        del out["train_texts"]
+        out = {k: v for k, v in asdict(self).items() if k not in self.UNSAVED}
         for key, unset in (("kept_rows", None), ("int8_table", False), ("char_ngrams", None)):
             if out[key] == unset:
                 del out[key]
