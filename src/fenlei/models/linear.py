@@ -51,6 +51,8 @@ __all__ = [
     "ngram_buckets",
     "occupied_buckets",
     "plain_bag",
+    "point_char_table_at_rows",
+    "renumber_char_table",
     "sorted_unique",
     "spread_over_tokens",
     "table_features",
@@ -104,6 +106,25 @@ def char_buckets(vocab: dict[str, int], *, lo: int, hi: int, buckets: int) -> to
     )
     used: torch.Tensor = torch.unique(table[table >= 0])
     return used
+
+
+def renumber_char_table(
+    table: torch.Tensor, old_rows: np.ndarray, *, old_pad: int, new_pad: int
+) -> torch.Tensor:
+    """A character n-gram table (int64) pointed at a pruned table's rows: row ``old_rows[i]``
+    becomes ``i``, a dropped row (and padding) ``new_pad``."""
+    where = torch.full((old_pad + 1,), new_pad, dtype=torch.long)
+    where[torch.from_numpy(old_rows)] = torch.arange(len(old_rows))
+    return where[table.long()]
+
+
+def point_char_table_at_rows(
+    table: torch.Tensor, bucket_rows: torch.Tensor, *, offset: int, pad: int
+) -> None:
+    """In place: each entry ``offset + bucket`` of a character n-gram table becomes the
+    bucket's table row (``bucket_rows``); padding stays."""
+    grams = table != pad
+    table[grams] = bucket_rows[table[grams].long() - offset].to(table.dtype)
 
 
 def ngram_buckets(
@@ -339,10 +360,10 @@ class BagOfNgrams(nn.Module):
         self.head.load_state_dict(source.head.state_dict())
         if not source.use_chars:
             return
-        where = torch.full((source.pad_index + 1,), self.pad_index, dtype=torch.long)
-        where[torch.from_numpy(old_rows)] = torch.arange(len(old_rows))
         old: torch.Tensor = source.char_table  # type: ignore[assignment]
-        self.char_table.copy_(where[old])  # type: ignore[operator]
+        self.char_table.copy_(  # type: ignore[operator]
+            renumber_char_table(old, old_rows, old_pad=source.pad_index, new_pad=self.pad_index)
+        )
 
     def keep_buckets(self, occupied: torch.Tensor) -> None:
         """Give each bucket in ``occupied`` (sorted, from :func:`occupied_buckets`) its row.
@@ -359,8 +380,7 @@ class BagOfNgrams(nn.Module):
         )
         if self.use_chars:  # character n-grams share the buckets: point them at rows too
             table: torch.Tensor = self.char_table  # type: ignore[assignment]
-            grams = table != self.pad_index
-            table[grams] = bucket_rows[table[grams] - self.vocab_size]
+            point_char_table_at_rows(table, bucket_rows, offset=self.vocab_size, pad=self.pad_index)
 
     def token_ngrams(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Feature ids (B, T') of tokens and hashed token n-grams; padding -> ``pad_index``."""

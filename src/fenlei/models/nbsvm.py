@@ -35,6 +35,8 @@ from fenlei.models.linear import (
     char_buckets,
     char_ngram_table,
     flat_ids,
+    point_char_table_at_rows,
+    renumber_char_table,
     sorted_unique,
     spread_over_tokens,
     table_features,
@@ -155,10 +157,10 @@ class NBLogistic(nn.Module):
         self.bias.copy_(source.bias)
         if source.char_ngrams is None:
             return
-        where = torch.full((source.pad_index + 1,), self.pad_index, dtype=torch.long)
-        where[torch.from_numpy(old_rows)] = torch.arange(len(old_rows))
         old: torch.Tensor = source.char_table  # type: ignore[assignment]
-        self.char_table.copy_(where[old.long()])  # type: ignore[operator]
+        self.char_table.copy_(  # type: ignore[operator]
+            renumber_char_table(old, old_rows, old_pad=source.pad_index, new_pad=self.pad_index)
+        )
 
     def keep_buckets(self, occupied: torch.Tensor) -> None:
         """Give each bucket in ``occupied`` (sorted, from ``occupied_buckets``) its row."""
@@ -172,8 +174,7 @@ class NBLogistic(nn.Module):
         )
         if self.char_ngrams is not None:  # character n-grams share the buckets
             table: torch.Tensor = self.char_table  # type: ignore[assignment]
-            grams = table != self.pad_index
-            table[grams] = bucket_rows[table[grams].long() - self.vocab_size].int()
+            point_char_table_at_rows(table, bucket_rows, offset=self.vocab_size, pad=self.pad_index)
 
     def feature_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Feature ids (B, T') in position order, repeats kept; padding -> ``pad_index``: the
