@@ -272,23 +272,36 @@ def test_checkpoint_writer_queues_the_newest_and_never_blocks(
 
 
 @pytest.mark.parametrize(
-    ("device", "family", "amx", "amp", "expected"),
+    ("device", "family", "native_bf16", "amp", "expected"),
     [
         ("cpu", "transformer.v1", True, True, True),  # declares a measured bf16 gain
-        ("cpu", "transformer.v1", False, True, False),  # bf16 without AMX is emulated: slower
+        (
+            "cpu",
+            "transformer.v1",
+            False,
+            True,
+            False,
+        ),  # bf16 without AMX or AVX-512 BF16: emulated, slower
         ("cpu", "lstm.v1", True, True, False),  # no measured gain declared (linear, lstm)
         ("cpu", "transformer.v1", True, False, False),  # train.amp=false
         ("cuda", "lstm.v1", False, True, True),
     ],
 )
 def test_mixed_precision_choice(  # type: ignore[no-untyped-def]
-    monkeypatch, device: str, family: str, amx: bool, amp: bool, expected: bool
+    monkeypatch, device: str, family: str, native_bf16: bool, amp: bool, expected: bool
 ) -> None:
     from fenlei.models import family_of
 
-    monkeypatch.setattr(loop_module, "_cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(loop_module, "_cpu_has_native_bf16", lambda: native_bf16)
     cfg = load_config("minilm", [f"train.amp={str(amp).lower()}"]).train
     assert use_mixed_precision(cfg, torch.device(device), family_of(family)) is expected
+
+
+@pytest.mark.parametrize(("amx", "avx512_bf16"), [(True, False), (False, True), (False, False)])
+def test_native_bf16_is_amx_or_avx512_bf16(monkeypatch, amx: bool, avx512_bf16: bool) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert loop_module._cpu_has_native_bf16() is (amx or avx512_bf16)
 
 
 def test_transformer_trains_under_bf16_on_cpu(  # type: ignore[no-untyped-def]
@@ -297,7 +310,7 @@ def test_transformer_trains_under_bf16_on_cpu(  # type: ignore[no-untyped-def]
     from tests.conftest import family_overrides
 
     # bf16 autocast runs on any CPU (emulated without AMX), so the path is tested everywhere
-    monkeypatch.setattr(loop_module, "_cpu_has_amx", lambda: True)
+    monkeypatch.setattr(loop_module, "_cpu_has_native_bf16", lambda: True)
     preset, overrides = family_overrides("transformer.v1", tiny_transformer_dir)
     cfg = load_config(preset, [*overrides, "train.epochs=3", "train.patience=none"])
     splits = prepare_splits(cfg.data, bundled["train"], bundled["dev"])

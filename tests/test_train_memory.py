@@ -76,7 +76,7 @@ def test_loop_rounds_lengths_only_under_cpu_bf16(  # type: ignore[no-untyped-def
     from fenlei.models.transformer import TransformerClassifier
     from tests.conftest import family_overrides
 
-    monkeypatch.setattr(loop_module, "_cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(loop_module, "_cpu_has_native_bf16", lambda: amx)
     preset, overrides = family_overrides("transformer.v1", tiny_transformer_dir)
     flag = f"train.round_lengths={str(round_lengths).lower()}"
     # without the report, whose explanations and latency run the model after training

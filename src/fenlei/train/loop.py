@@ -134,9 +134,10 @@ def _lr_factor(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def _cpu_has_amx() -> bool:
-    try:  # a private helper, but the only way torch exposes the AMX check
-        return bool(torch.cpu._is_amx_tile_supported())
+def _cpu_has_native_bf16() -> bool:
+    """Whether the CPU multiplies bf16 in hardware: AMX tiles or AVX-512 BF16 (AMD Zen 4+)."""
+    try:  # private helpers, but the only way torch exposes these checks
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
     except AttributeError:
         return False
 
@@ -145,15 +146,16 @@ def use_mixed_precision(cfg: TrainConfig, device: torch.device, family: Family) 
     """Whether training runs under bf16 autocast.
 
     On CUDA whenever ``train.amp`` is on. On CPU only for families that declare a measured
-    gain (``Family.bf16_cpu``: the transformers) and only on CPUs with AMX tiles (Intel Xeon
-    4th generation and later), where bf16 matmuls are several times faster than fp32;
-    elsewhere bf16 on CPU is emulated and slower.
+    gain (``Family.bf16_cpu``: the transformers) and only on CPUs that multiply bf16 in
+    hardware: AMX tiles (Intel Xeon 4th generation and later) or AVX-512 BF16 (AMD Zen 4
+    and later), where bf16 matmuls are several times faster than fp32; elsewhere bf16 on CPU
+    is emulated and slower.
     """
     if not cfg.amp:
         return False
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and family.bf16_cpu is not None and _cpu_has_amx()
+    return device.type == "cpu" and family.bf16_cpu is not None and _cpu_has_native_bf16()
 
 
 @dataclass
