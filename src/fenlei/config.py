@@ -236,7 +236,8 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
     amp: bool = Field(
         True,
-        description="bf16 mixed precision: on CUDA, and for transformers on CPUs that multiply bf16 in hardware (AMX, AVX-512 BF16).",
+        description="bf16 mixed precision: on CUDA, and for transformers on CPUs that "
+        "multiply bf16 in hardware (AMX, AVX-512 BF16).",
     )
     threads: int | None = Field(
         None,
