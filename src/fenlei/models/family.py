@@ -80,7 +80,7 @@ class Family:
             ``encoder.max_length`` reads the whole text at less cost.
         calibrate: temperature scaling on dev is on by default (``eval.calibrate`` unset);
             off for a family whose probabilities it measurably does not improve.
-        bf16_cpu: context manager to train under bf16 autocast on CPUs with AMX tiles (a
+        bf16_cpu: context manager to train under bf16 autocast on CPUs with bf16 hardware (a
             measured gain); None: fp32 on CPU.
         gradient_checkpointing: switches gradient checkpointing on; None: not supported.
         token_embedding: the token embedding table (freezing, attributions); None: none.

@@ -64,8 +64,9 @@ class _HFModule(nn.Module):
     def bf16_cpu_training(self) -> Iterator[None]:
         """Use the matmul ("eager") attention while training under bf16 autocast on CPU.
 
-        Having this hook is how a model family says bf16 pays off for it on CPUs with AMX
-        (2.2-2.5x per MiniLM step; docs/architecture.md, the training loop).
+        Having this hook is how a model family says bf16 pays off for it on CPUs with AMX or
+        AVX-512 BF16 (2.2-2.5x per MiniLM step with AMX; docs/architecture.md, the training
+        loop).
 
         torch's fused CPU attention kernel has a slow backward in bf16 (45 % of a MiniLM
         step); the eager path runs on the AMX matmuls. The previous implementation (normally

@@ -1,7 +1,8 @@
 """Few batch shapes for oneDNN: batch lengths rounded up while training under bf16 on CPU.
 
-On CPUs with AMX, torch runs bf16 matmuls through oneDNN, which builds a primitive (JIT
-kernels and their buffers) for every distinct matrix shape and keeps up to 1,024 of them.
+On CPUs with AMX or AVX-512 BF16, torch runs bf16 matmuls through oneDNN, which builds a
+primitive (JIT kernels and their buffers) for every distinct matrix shape and keeps up to
+1,024 of them.
 Length-bucketed batches bring a new length nearly every step, so a run keeps adding
 primitives, and peak memory grows with the number of lengths seen (docs/architecture.md,
 the training loop). :func:`few_shapes` pads every batch the model sees to one of four
