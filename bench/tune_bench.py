@@ -89,8 +89,11 @@ def tune_command(files: dict[str, Any]) -> list[str]:
     ]
 
 
-def run_fenlei(dataset: str, files: dict[str, Any], seconds: int, threads: int) -> dict[str, Any]:
-    """``fenlei tune --preset linear --time seconds`` with valid as dev, scored on test."""
+def run_fenlei(
+    dataset: str, files: dict[str, Any], seconds: int, threads: int, search: list[str]
+) -> dict[str, Any]:
+    """``fenlei tune --preset linear --time seconds`` with valid as dev, scored on test
+    (``search``: ``--search`` entries beyond the family's own space)."""
     out_dir = WORK / dataset / "fenlei" / "best"
     for leftover in out_dir.parent.glob("best*"):  # a fresh study each time
         subprocess.run(["rm", "-rf", str(leftover)], check=True)
@@ -108,12 +111,15 @@ def run_fenlei(dataset: str, files: dict[str, Any], seconds: int, threads: int) 
         "eval.plots=false",
         "-o",
         str(out_dir),
+        *(arg for entry in search for arg in ("--search", entry)),
     ]
     load = os.getloadavg()[0]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(threads), check=False)
     wall = time.perf_counter() - started
     record: dict[str, Any] = {"system": "fenlei tune --preset linear", "threads": threads}
+    if search:
+        record["search"] = search
     record["load"] = load
     if proc.returncode != 0:
         return {**record, "status": "failed", "reason": proc.stderr[-800:], "wall_s": wall}
@@ -137,6 +143,8 @@ def main() -> None:
     parser.add_argument("--datasets", default="sst2,chnsenticorp")
     parser.add_argument("--seconds", type=int, default=120)
     parser.add_argument("--threads", type=int, default=1, help="fenlei's torch threads")
+    parser.add_argument("--search", action="append", default=[], help="fenlei tune --search")
+    parser.add_argument("--tag", default="", help="suffix of the results file")
     args = parser.parse_args()
     for dataset in args.datasets.split(","):
         files = harness.prepare_dataset(harness.DATASETS[dataset])["files"]
@@ -147,10 +155,10 @@ def main() -> None:
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "runs": [
                 run_fasttext(dataset, files, args.seconds),
-                run_fenlei(dataset, files, args.seconds, args.threads),
+                run_fenlei(dataset, files, args.seconds, args.threads, args.search),
             ],
         }
-        path = RESULTS / f"tune_vs_fasttext_{dataset}_{args.seconds}s.json"
+        path = RESULTS / f"tune_vs_fasttext_{dataset}_{args.seconds}s{args.tag}.json"
         path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", "utf-8")
         print(json.dumps({r["system"]: r.get("test_accuracy") for r in result["runs"]}))
 
