@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -257,6 +258,9 @@ def test_int8_onnx_run_folder_loads_and_serves(
     result = compress(source, out, int8=True, max_drop=1.0)
     assert result.compressed.backend == "onnx" and result.source.backend == "torch"
     assert (out / "model.onnx").is_file()
+    if name == "transformer.v1":  # weights quantized with a scale per output channel
+        scales = [t for t in onnx.load(out / "model.onnx").graph.initializer if "scale" in t.name]
+        assert any(len(t.dims) == 1 and t.dims[0] > 1 for t in scales), scales
     predictor = open_predictor(out)
     assert predictor.info().backend == "onnx"
     texts = load_table(bundled_dataset_path("dev")).texts[:30]

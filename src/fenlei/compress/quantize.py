@@ -6,9 +6,10 @@
   same int8 tensors.
 * ``lstm`` and ``transformer``: :func:`int8_onnx` exports the model to ONNX
   (:func:`fenlei.onnx.export_onnx`, checked against PyTorch) and replaces ``model.onnx`` by
-  ONNX Runtime's dynamic int8 quantization of it (int8 weights, activations quantized per
-  batch at run time). ``backend="auto"`` then serves the int8 file; ``model.safetensors``
-  stays the fp32 model (the PyTorch backend and explanations use it).
+  ONNX Runtime's dynamic int8 quantization of it (int8 weights with a scale per output
+  channel, activations quantized per batch at run time). ``backend="auto"`` then serves the
+  int8 file; ``model.safetensors`` stays the fp32 model (the PyTorch backend and
+  explanations use it).
 
 Example:
     >>> int8_onnx(Path("runs/minilm-int8"))  # doctest: +SKIP
@@ -74,7 +75,9 @@ def int8_onnx(run_dir: Path) -> Path:
     tmp = path.with_name(f".{path.name}.int8.tmp")
     with warnings.catch_warnings():  # "consider pre-processing": it gains nothing here
         warnings.simplefilter("ignore")
-        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
+        # one scale per output channel: a per-tensor scale cost a MiniLM 0.8 point on SST-2
+        # dev, per channel none, at the same speed and size (docs/compression.md)
+        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
     os.replace(tmp, path)
     logger.info("quantized %s to int8 (%.1f MB)", path, path.stat().st_size / 1e6)
     return path
