@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,41 @@ def _test_scores(run_dir: Path, backend: str, test: str, threads: int) -> dict[s
         "accuracy": round(scores.accuracy, 4),
         "macro_f1": round(scores.macro_f1, 4),
         "seconds": round(seconds, 2),
+    }
+
+
+def _interleaved_p50(
+    source: Path, new: Path, texts: list[str], threads: int, rounds: int
+) -> dict[str, Any]:
+    """Batch-1 p50 of both folders, timed in alternating rounds (load drifts between them).
+
+    The gate times the source and then the new model once each; on a shared 2-core machine
+    the ratio of two such medians moves by 10 % between runs. Here each round times 100
+    texts on the source, then the same texts on the new model, and the ratio reported is
+    the median of the per-round ratios.
+    """
+    predictors = [
+        Predictor.from_run(source, backend="torch", threads=threads),
+        Predictor.from_run(new, backend="auto", threads=threads),
+    ]
+    sample = texts[:100]
+    for predictor in predictors:  # warm up
+        predictor.predict_proba(sample[:5], batch_size=1)
+    p50s: list[list[float]] = [[], []]
+    for _ in range(rounds):
+        for predictor, out in zip(predictors, p50s, strict=True):
+            times = []
+            for text in sample:
+                start = time.perf_counter()
+                predictor.predict_proba([text], batch_size=1)
+                times.append((time.perf_counter() - start) * 1000)
+            out.append(round(statistics.median(times), 3))
+    ratios = [b / a for a, b in zip(*p50s, strict=True)]
+    return {
+        "rounds": rounds,
+        "source_p50_ms": p50s[0],
+        "compressed_p50_ms": p50s[1],
+        "p50_ratio": round(statistics.median(ratios), 3),
     }
 
 
@@ -106,6 +142,11 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
         after = _test_scores(out, "auto", args.test, args.threads)
         cell["test"] = {"source": before, "compressed": after}
         cell["test_drop_points"] = round(100 * (before["accuracy"] - after["accuracy"]), 2)
+    if args.rounds and (args.data or args.test):  # texts to time: the gate's, or test's
+        texts = load_table(args.data or args.test).texts
+        cell["interleaved"] = _interleaved_p50(
+            Path(args.source), out, texts, args.threads, args.rounds
+        )
     path = RESULTS / f"compress_{args.cell}.json"
     path.write_text(json.dumps(cell, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(json.dumps(cell, indent=1, ensure_ascii=False))
@@ -124,6 +165,7 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="gate data (default: the run's dev split)")
     parser.add_argument("--test", default=None, help="labelled test table, scored for both")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--note", default="", help="how the source was trained")
     run_cell(parser.parse_args())
 
