@@ -1,6 +1,6 @@
 """Calibration and the reject option, measured: ``python -m bench.calibration_bench``.
 
-``ece DATASET PRESET [--limit N] [overrides]``: train PRESET on the benchmark split of
+``ece DATASET PRESET [--limit N] [--keep DIR] [overrides]``: train PRESET on the benchmark split of
 DATASET (``train`` to fit, at most N rows of it; ``valid`` as dev: the temperature is fitted
 there; ``test`` is the benchmark's evaluation split, SST-2's official dev set) and write the
 expected calibration error (15 bins) before and after temperature scaling to
@@ -36,9 +36,17 @@ def _write(name: str, record: dict[str, Any]) -> Path:
     return path
 
 
-def ece(dataset: str, preset: str, overrides: list[str], *, limit: int | None = None) -> Path:
+def ece(
+    dataset: str,
+    preset: str,
+    overrides: list[str],
+    *,
+    limit: int | None = None,
+    keep: Path | None = None,
+) -> Path:
     """Train ``preset`` on the benchmark split (its first ``limit`` training rows, as the
-    harness's transformer cells do) and record the calibration it fits."""
+    harness's transformer cells do) and record the calibration it fits; ``keep``: write the
+    run folder there instead of a temporary one (a distillation teacher, say)."""
     from fenlei.config import load_config
     from fenlei.data import Dataset, load_table
     from fenlei.pipeline import prepare_splits, train_run
@@ -54,7 +62,7 @@ def ece(dataset: str, preset: str, overrides: list[str], *, limit: int | None = 
     splits = prepare_splits(cfg.data, files["train"], files["valid"], files["test"])
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        result = train_run(cfg, splits, Path(tmp) / "run")
+        result = train_run(cfg, splits, keep or Path(tmp) / "run", overwrite=keep is not None)
         crossfit = _crossfit_ece(result.predictor, splits.test)
     metrics = result.metrics
     assert metrics.calibration is not None and metrics.test is not None
@@ -63,6 +71,7 @@ def ece(dataset: str, preset: str, overrides: list[str], *, limit: int | None = 
         "preset": preset,
         "overrides": overrides,
         "train_limit": limit,
+        "run": str(keep) if keep else None,
         "dev": "valid (10 % of train): the temperature is fitted here",
         "test": DATASETS[dataset].test_name,
         "calibration": metrics.calibration.to_json(),
@@ -167,13 +176,18 @@ def reject(preset: str, overrides: list[str]) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    """``ece DATASET PRESET [--limit N] [overrides...]`` or ``reject [PRESET] [overrides...]``."""
+    """``ece DATASET PRESET [--limit N] [--keep DIR] [overrides...]`` or
+    ``reject [PRESET] [overrides...]``."""
     if argv[:1] == ["ece"] and len(argv) >= 3:
         rest = argv[3:]
-        limit = None
-        if rest[:1] == ["--limit"]:
-            limit, rest = int(rest[1]), rest[2:]
-        print(ece(argv[1], argv[2], rest, limit=limit))
+        limit, keep = None, None
+        while rest[:1] in (["--limit"], ["--keep"]):
+            if rest[0] == "--limit":
+                limit = int(rest[1])
+            else:
+                keep = Path(rest[1])
+            rest = rest[2:]
+        print(ece(argv[1], argv[2], rest, limit=limit, keep=keep))
         return 0
     if argv[:1] == ["reject"]:
         preset = argv[1] if len(argv) > 1 else "linear"

@@ -48,6 +48,7 @@ MEMBERS: dict[str, tuple[str, list[str]]] = {
     "nbsvm-unigram": ("nbsvm", ["encoder.kind=unigram", "encoder.vocab_size=30000"]),
     "nbsvm-wordpiece": ("nbsvm", ["encoder.kind=wordpiece", "encoder.vocab_size=30000"]),
     "linear-char": ("linear", ["model.char_ngram_min=2", "model.char_ngram_max=4"]),
+    "minilm": ("minilm", []),
     # the harness's fenlei-minilm-256 (IMDB: whole reviews cut to 256 tokens, head+tail)
     "minilm-256": ("minilm", ["encoder.max_length=256", "train.epochs=1"]),
 }

@@ -1025,6 +1025,12 @@ def _ensembles() -> list[str]:
     return out
 
 
+def _space(run: dict[str, Any]) -> str:
+    """The family's own search space, and the ``--search`` entries a run added."""
+    extra = run.get("search", [])
+    return "linear's" + ("".join(f" + `{e}`" for e in extra) if extra else "")
+
+
 def _tuning() -> list[str]:
     """Rows of bench/tune_bench.py: ``fenlei tune --preset linear`` against fastText
     autotune with the same wall-clock budget, with issue 15's target."""
@@ -1042,8 +1048,8 @@ def _tuning() -> list[str]:
         "never failing.",
         "",
         "| dataset | budget s | when (load) | fastText autotune | s | fenlei tune | s | "
-        "trials | target |",
-        "| --- | ---: | --- | --- | ---: | --- | ---: | ---: | --- |",
+        "trials | fenlei's space | target |",
+        "| --- | ---: | --- | --- | ---: | --- | ---: | ---: | --- | --- |",
     ]
     for path in paths:
         run = json.loads(path.read_text("utf-8"))
@@ -1068,7 +1074,7 @@ def _tuning() -> list[str]:
         out.append(
             f"| {run['dataset']} | {run['budget_s']} | {run['started'][:16].replace('T', ' ')}"
             f" ({load}) | {cell(ft)} | {ft['wall_s']:.0f} | {cell(fl)} | {fl['wall_s']:.0f} | "
-            f"{len(fl.get('trials', []))} | {verdict} |"
+            f"{len(fl.get('trials', []))} | {_space(fl)} | {verdict} |"
         )
     out += [
         "",

@@ -7,6 +7,7 @@ any training.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -99,7 +100,7 @@ def test_a_study_writes_the_winner_and_its_settings(cli_study: tuple[Path, str])
     assert Predictor.from_run(out).predict(["where is my parcel"])  # a complete run folder
     assert json.loads((out / "metrics.json").read_text())["dev"]["accuracy"] == best.value
     for t in finished:  # every trial's settings and scores stay in the study
-        assert {"preset", "overrides", "dev_scores", "train_seconds", "run_dir"} <= set(
+        assert {"preset", "overrides", "dev_scores", "dev_nll", "train_seconds", "run_dir"} <= set(
             t.user_attrs
         )
     toml = side_paths(out)["toml"]
@@ -274,6 +275,16 @@ def test_the_pareto_front_and_the_winner_within_a_budget() -> None:
     assert winner(trials, 3.0).number == 1
     assert winner(trials, 0.5) is None
     assert winner([_t(0, 0.8), _t(1, 0.8)], None).number == 0  # a tie: the earlier
+
+
+def test_a_tie_in_accuracy_goes_to_the_lower_dev_log_loss() -> None:
+    def nll(n: int, acc: float, loss: float | None, ms: float | None = None) -> TrialSummary:
+        return dataclasses.replace(_t(n, acc, ms), dev_nll=loss)
+
+    assert winner([nll(0, 0.9, 0.30), nll(1, 0.9, 0.20), nll(2, 0.8, 0.01)], None).number == 1
+    assert winner([nll(0, 0.9, None), nll(1, 0.9, 0.25)], None).number == 1
+    # within a latency budget the faster of two equally accurate trials still wins
+    assert winner([nll(0, 0.9, 0.30, 1.0), nll(1, 0.9, 0.20, 2.0)], 3.0).number == 0
 
 
 def test_a_repeat_of_earlier_settings_is_not_a_second_point_on_the_front() -> None:

@@ -199,6 +199,8 @@ class TrialSummary:
         probe_ms: with a latency budget, the batch-1 p50 of its untrained model.
         over_budget: skipped untrained, its probe far over the budget (state ``pruned``).
         repeat_of: the earlier trial whose settings it drew again (its results, not retrained).
+        dev_nll: its mean dev negative log-likelihood after temperature scaling (families
+            that calibrate), which breaks ties in the dev score.
     """
 
     number: int
@@ -215,6 +217,7 @@ class TrialSummary:
     probe_ms: float | None = None
     over_budget: bool = False
     repeat_of: int | None = None
+    dev_nll: float | None = None
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialSummary:
@@ -237,6 +240,7 @@ class TrialSummary:
             probe_ms=attrs.get("probe_ms"),
             over_budget=bool(attrs.get("over_budget", False)),
             repeat_of=attrs.get("repeat_of"),
+            dev_nll=attrs.get("dev_nll"),
         )
 
 
@@ -279,13 +283,26 @@ def keepers(trials: Sequence[TrialSummary], *, latency: bool) -> list[TrialSumma
 
 def winner(trials: Sequence[TrialSummary], budget_ms: float | None) -> TrialSummary | None:
     """The most accurate complete trial (within ``budget_ms`` when given; ties: the faster,
-    then the earlier); None when no trial qualifies."""
+    then the lower dev log-loss, then the earlier); None when no trial qualifies.
+
+    A dev split of a few hundred texts scores accuracy in steps of a few tenths of a
+    point, so many trials tie (on sms_spam's 446 dev texts, 20 of 58 trials tied at the
+    top); the log-loss, continuous, prefers the one that is right with more confidence.
+    """
     done = [t for t in trials if t.state == "complete" and t.value is not None]
     if budget_ms is not None:
         done = [t for t in done if t.latency_ms is not None and t.latency_ms <= budget_ms]
     if not done:
         return None
-    return min(done, key=lambda t: (-(t.value or 0.0), t.latency_ms or 0.0, t.number))
+    return min(
+        done,
+        key=lambda t: (
+            -(t.value or 0.0),
+            t.latency_ms or 0.0,
+            math.inf if t.dev_nll is None else t.dev_nll,
+            t.number,
+        ),
+    )
 
 
 def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:

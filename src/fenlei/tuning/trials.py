@@ -199,6 +199,8 @@ def _record(trial: optuna.Trial, result: TrainResult, metric: str) -> float:
     trial.set_user_attr(
         "dev_scores", {"accuracy": metrics.dev.accuracy, "macro_f1": metrics.dev.macro_f1}
     )
+    if metrics.calibration is not None:  # breaks ties in accuracy (study.winner)
+        trial.set_user_attr("dev_nll", metrics.calibration.nll_after)
     trial.set_user_attr("train_seconds", metrics.train_seconds)
     trial.set_user_attr("epochs_run", metrics.epochs_run)
     trial.set_user_attr("best_epoch", metrics.best_epoch)
