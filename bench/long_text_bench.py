@@ -1,4 +1,5 @@
-"""Long documents, measured: ``python -m bench.long_text_bench [--train N] [--test N]``.
+"""Long documents, measured: ``python -m bench.long_text_bench [--train N] [--test N]
+[--kinds cut,chunks] [--tag T]``.
 
 minilm on IMDB reading each review cut to 128 tokens (head+tail, the preset) against whole
 reviews read as 128-token windows (``encoder.long_text=chunks``, stride 32, logits pooled by
@@ -11,7 +12,8 @@ reviews of IMDB test. Two trained models, each read both ways:
 - ``chunks-trained``: every window of a long training review is an example with its label.
 
 Each cell (trained model x reading) records accuracy, texts/s of the test pass and the
-windows read, and is written to ``bench/results/long_text_imdb.json`` as soon as it is done,
+windows read, and is written to ``bench/results/long_text_imdb<tag>.json`` as soon as it is
+done (``--kinds cut`` trains only the first model; ``--test 25000`` scores all of IMDB test),
 so a killed run keeps what it measured. Run niced in the background; bench/report.py puts the
 numbers into docs/benchmarks.md.
 """
@@ -27,10 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import DATASETS, RESULTS, machine, prepare_dataset
+from bench.harness import DATA_ROOT, DATASETS, RESULTS, machine, prepare_dataset
 
-OUT = RESULTS / "long_text_imdb.json"
-DATA = Path("/work/shared/data/imdb")
+DATA = DATA_ROOT / "imdb"
 SEED = 7
 WINDOWS = ["encoder.long_text=chunks", "encoder.stride=32"]
 READINGS: dict[str, dict[str, Any]] = {
@@ -104,14 +105,15 @@ def _score(predictor: Any, test: Any, long: np.ndarray) -> dict[str, Any]:
 
 
 def _save(record: dict[str, Any]) -> None:
-    tmp = OUT.with_suffix(".tmp")
+    out = RESULTS / record["file"]
+    tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(OUT)
+    tmp.replace(out)
 
 
-def _record(test: Any) -> dict[str, Any]:
+def _record(test: Any, out: Path) -> dict[str, Any]:
     """The results so far (cells of earlier invocations on the same test sample are kept)."""
-    old = json.loads(OUT.read_text("utf-8")) if OUT.is_file() else {}
+    old = json.loads(out.read_text("utf-8")) if out.is_file() else {}
     test_what = f"a fixed seeded sample (seed {SEED}) of {len(test)} IMDB test reviews"
     record: dict[str, Any] = {
         "what": "minilm at max_length 128 reading IMDB reviews cut (head+tail) or whole as "
@@ -122,6 +124,7 @@ def _record(test: Any) -> dict[str, Any]:
         "windows is about 45 min on this CPU), and the full setting: minilm trained on all "
         "22,500 training reviews, both ways, scored on all 25,000 test reviews, e.g. on a GPU",
         "machine": machine(),
+        "file": out.name,
         "cells": {},
     }
     if old.get("test") == test_what:
@@ -180,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     args.add_argument("--train", type=int, default=0, help="train on N reviews (0: do not)")
     args.add_argument("--test", type=int, default=1000)
     args.add_argument("--threads", type=int, default=2)
+    args.add_argument("--kinds", default="cut,chunks", help="models to train: cut, chunks")
+    args.add_argument("--tag", default="", help="suffix of the results file")
     opts = args.parse_args(argv)
 
     from fenlei.config import load_config
@@ -190,14 +195,23 @@ def main(argv: list[str] | None = None) -> None:
     configure_torch(threads=opts.threads, seed=SEED)
     imdb_test = load_table(DATA / "test.csv.gz", load_config("minilm").data)
     test = _sample(imdb_test, opts.test, SEED)
-    record = _record(test)
+    record = _record(test, RESULTS / f"long_text_imdb{opts.tag}.json")
     if opts.run is not None:
         predictor = Predictor.from_run(opts.run, backend="torch", device="cpu")
         _score_cell(record, f"run {opts.run.name}", predictor, test)
     if opts.train:
         threads = [f"train.threads={opts.threads}"]
-        _train_cell(record, f"cut-trained {opts.train}", threads, opts.train, test)
-        _train_cell(record, f"chunks-trained {opts.train}", [*threads, *WINDOWS], opts.train, test)
+        kinds = opts.kinds.split(",")
+        if "chunks" not in kinds:
+            record["remains"] = (
+                f"minilm trained on the windows of the same {opts.train:,} reviews "
+                "(`--kinds chunks`), read both ways"
+            )
+        if "cut" in kinds:
+            _train_cell(record, f"cut-trained {opts.train}", threads, opts.train, test)
+        if "chunks" in kinds:
+            chunks = [*threads, *WINDOWS]
+            _train_cell(record, f"chunks-trained {opts.train}", chunks, opts.train, test)
 
 
 if __name__ == "__main__":
