@@ -26,7 +26,6 @@ from bench.ensemble_bench import WORK as ENSEMBLE_WORK
 from bench.ensemble_bench import _latency_ms, _member, _size_mb
 from bench.harness import DATASETS, RESULTS, prepare_dataset
 from fenlei.combine import build_ensemble
-from fenlei.compress import compress
 from fenlei.data import load_table
 from fenlei.distil import distil
 from fenlei.evaluate import score_probabilities
@@ -45,30 +44,12 @@ CELLS: dict[str, tuple[str, str, list[str], float, float, int]] = {
     # SST-2: the minilm preset on the full training split teaches the small families
     "minilm-lstm-t2-a05-x2": ("minilm", "lstm", [], 2.0, 0.5, 2),
     "minilm-linear-t2-a05-x2": ("minilm", "linear", [], 2.0, 0.5, 2),
-    # the same teacher as int8 (per-channel: no accuracy lost on SST-2) labels ~5x faster,
-    # which pays for eight copies of each phrase
-    "minilm8-lstm-t2-a1-x8": ("minilm@int8", "lstm", [], 2.0, 1.0, 8),
-    "minilm8-lstm-t2-a05-x8": ("minilm@int8", "lstm", [], 2.0, 0.5, 8),
 }
-
-
-def _compressed_member(dataset: str, name: str, files: dict[str, Any], threads: int) -> Path:
-    """``member@int8``: the member's run folder through ``fenlei compress --int8``."""
-    base, _, how = name.partition("@")
-    source = _member(dataset, base, files, threads)
-    if not how:
-        return source
-    assert how == "int8", f"unknown teacher compression {how!r}"
-    out = ENSEMBLE_WORK / dataset / f"{base}-int8"
-    if not (out / "manifest.json").is_file():
-        shutil.rmtree(out, ignore_errors=True)
-        compress(source, out, int8=True, max_drop=0.005, threads=threads)
-    return out
 
 
 def _teacher(dataset: str, members: str, files: dict[str, Any], threads: int) -> Path:
     names = members.split("+")
-    runs = [_compressed_member(dataset, name, files, threads) for name in names]
+    runs = [_member(dataset, name, files, threads) for name in names]
     if len(runs) == 1:
         return runs[0]
     out = ENSEMBLE_WORK / dataset / f"ens-{members}-tuned"
@@ -100,7 +81,7 @@ def _teacher_record(run: Path, test: str) -> dict[str, Any]:
     return {
         "run": str(run),
         "dev": _scores(metrics["dev"]),
-        "test": _test_scores(run, test),  # as served (an int8 teacher: its ONNX model)
+        "test": _test_scores(run, test),  # as served, whatever the training recorded
         "batch1_p50_ms": _latency_ms(run, test_texts),
         "size_mb": _size_mb(run),
     }

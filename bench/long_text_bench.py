@@ -118,7 +118,7 @@ def _record(test: Any, out: Path) -> dict[str, Any]:
     record: dict[str, Any] = {
         "what": "minilm at max_length 128 reading IMDB reviews cut (head+tail) or whole as "
         f"windows; scored on {test_what}; texts/s of the test pass (tokenizing included, "
-        "batch 64) on this machine, whose 2 cores other jobs shared (see loadavg)",
+        "batch 64) on this machine (its 1-minute load when the run started: the load column)",
         "test": test_what,
         "remains": "a model trained on windows (--train N: 1 epoch on 2,000 reviews read as "
         "windows is about 45 min on this CPU), and the full setting: minilm trained on all "
