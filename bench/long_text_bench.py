@@ -1,5 +1,5 @@
 """Long documents, measured: ``python -m bench.long_text_bench [--train N] [--test N]
-[--kinds cut,chunks] [--tag T]``.
+[--kinds cut,chunks] [--tag T] [--keep DIR]``.
 
 minilm on IMDB reading each review cut to 128 tokens (head+tail, the preset) against whole
 reviews read as 128-token windows (``encoder.long_text=chunks``, stride 32, logits pooled by
@@ -147,9 +147,16 @@ def _score_cell(record: dict[str, Any], name: str, predictor: Any, test: Any) ->
 
 
 def _train_cell(
-    record: dict[str, Any], name: str, overrides: list[str], n_train: int, test: Any
+    record: dict[str, Any],
+    name: str,
+    overrides: list[str],
+    n_train: int,
+    test: Any,
+    keep: Path | None = None,
 ) -> None:
-    """Train minilm for 1 epoch on ``n_train`` reviews (dev: 500 of valid) and score it."""
+    """Train minilm for 1 epoch on ``n_train`` reviews (dev: 500 of valid) and score it;
+    ``keep``: write the run folder under it (``--run`` reads it again) instead of a
+    temporary one."""
     from fenlei.config import load_config
     from fenlei.data import load_table
     from fenlei.pipeline import prepare_splits, train_run
@@ -163,7 +170,8 @@ def _train_cell(
     splits = prepare_splits(cfg.data, train, dev, None)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        result = train_run(cfg, splits, Path(tmp) / "run")
+        run_dir = keep / name.replace(" ", "-") if keep else Path(tmp) / "run"
+        result = train_run(cfg, splits, run_dir, overwrite=keep is not None)
     record["cells"][name] = {
         "trained": f"1 epoch on {n_train} reviews of the benchmark's IMDB train split "
         f"(seed {SEED}), dev 500 of its valid split; overrides {overrides}",
@@ -185,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     args.add_argument("--threads", type=int, default=2)
     args.add_argument("--kinds", default="cut,chunks", help="models to train: cut, chunks")
     args.add_argument("--tag", default="", help="suffix of the results file")
+    args.add_argument("--keep", type=Path, help="keep the trained run folders under this folder")
     opts = args.parse_args(argv)
 
     from fenlei.config import load_config
@@ -208,10 +217,10 @@ def main(argv: list[str] | None = None) -> None:
                 "(`--kinds chunks`), read both ways"
             )
         if "cut" in kinds:
-            _train_cell(record, f"cut-trained {opts.train}", threads, opts.train, test)
+            _train_cell(record, f"cut-trained {opts.train}", threads, opts.train, test, opts.keep)
         if "chunks" in kinds:
             chunks = [*threads, *WINDOWS]
-            _train_cell(record, f"chunks-trained {opts.train}", chunks, opts.train, test)
+            _train_cell(record, f"chunks-trained {opts.train}", chunks, opts.train, test, opts.keep)
 
 
 if __name__ == "__main__":
