@@ -286,8 +286,9 @@ def winner(trials: Sequence[TrialSummary], budget_ms: float | None) -> TrialSumm
     then the lower dev log-loss, then the earlier); None when no trial qualifies.
 
     A dev split of a few hundred texts scores accuracy in steps of a few tenths of a
-    point, so many trials tie (on sms_spam's 446 dev texts, 20 of 58 trials tied at the
-    top); the log-loss, continuous, prefers the one that is right with more confidence.
+    point, so many trials tie (on sms_spam's 557 dev texts, 10 of the 32 settings a study
+    trained tied at the top); the log-loss, continuous, prefers the one that is right with
+    more confidence.
     """
     done = [t for t in trials if t.state == "complete" and t.value is not None]
     if budget_ms is not None:
