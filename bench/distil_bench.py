@@ -44,6 +44,7 @@ CELLS: dict[str, tuple[str, str, list[str], float, float, int]] = {
     # SST-2: the minilm preset on the full training split teaches the small families
     "minilm-lstm-t2-a05-x2": ("minilm", "lstm", [], 2.0, 0.5, 2),
     "minilm-linear-t2-a05-x2": ("minilm", "linear", [], 2.0, 0.5, 2),
+    "minilm-lstm-t2-a1-x2": ("minilm", "lstm", [], 2.0, 1.0, 2),  # the teacher alone (Tang)
 }
 
 

@@ -859,7 +859,7 @@ def _distil_sst2(paths: list[Path]) -> str:
     return (
         f"SST-2, a student with batch-1 p50 ≤ 1 ms at ≥ 0.875 and within 1.5 points of its "
         f"teacher: best such student {best['student']['preset']} {acc:.4f} "
-        f"({best['student']['batch1_p50_ms']} ms; teacher {teacher:.4f}, {gap:+.2f} points "
+        f"({best['student']['batch1_p50_ms']} ms; teacher {teacher:.4f}, {gap:.2f} points "
         f"behind), {verdict}."
     )
 
