@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -205,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     imdb_test = load_table(DATA / "test.csv.gz", load_config("minilm").data)
     test = _sample(imdb_test, opts.test, SEED)
     record = _record(test, RESULTS / f"long_text_imdb{opts.tag}.json")
+    record["command"] = " ".join(["python -m bench.long_text_bench", *(argv or sys.argv[1:])])
     if opts.run is not None:
         predictor = Predictor.from_run(opts.run, backend="torch", device="cpu")
         _score_cell(record, f"run {opts.run.name}", predictor, test)

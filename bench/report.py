@@ -694,7 +694,9 @@ def _long_text() -> list[str]:
         load = run["machine"].get("loadavg", ["?"])[0]
         out += [
             "",
-            f"{run['what']} (`{path.name}`).",
+            f"{run['what']} (`{path.name}`"
+            + (f"; `{run['command']}`" if "command" in run else "")
+            + ").",
             "",
             "| model | reading | windows per text | accuracy (mean / max pooling) "
             "| on long texts | texts/s | load |",
