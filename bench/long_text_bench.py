@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -102,10 +103,14 @@ def _score(predictor: Any, test: Any, long: np.ndarray) -> dict[str, Any]:
         "windows": len(windows.ids),
         "windows_per_text": round(len(windows.ids) / len(test), 2),
         "texts_in_several_windows": int(sum(c > 1 for c in windows.counts)),
+        "load": round(os.getloadavg()[0], 2),  # the 1-minute load as the pass ended
     }
 
 
 def _save(record: dict[str, Any]) -> None:
+    trained = {name.split(" ")[0] for name in record["cells"]}
+    if {"cut-trained", "chunks-trained"} <= trained:
+        record["remains"] = None  # both models of the setting are measured
     out = RESULTS / record["file"]
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

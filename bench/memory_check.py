@@ -6,6 +6,8 @@ memory (``/proc/<pid>/status``: VmRSS, VmHWM) every quarter second. The result, 
 RSS curve, goes to ``bench/results/training_memory_<label>.json``; bench/report.py shows it.
 
     .venv/bin/python -m bench.memory_check --dataset imdb --rows 640,256,256 --label imdb640
+    .venv/bin/python -m bench.memory_check --dataset imdb --rows 22500,500,1000 \
+        --max-length 256 --threads 2 --label imdb_full_256
 
 On a CPU with AMX, fenlei trains MiniLM under bf16 (oneDNN); elsewhere in fp32, like the
 HF Trainer peer's default. Never part of the test suite.
@@ -156,6 +158,7 @@ def main() -> None:
     ap.add_argument("--systems", default="fenlei-minilm,hf-trainer-minilm")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-length", type=int, help="tokens per text for both (default 128)")
     ap.add_argument("--set", action="append", default=[], help="fenlei override (repeatable)")
     ap.add_argument("--label", required=True, help="names bench/results/training_memory_<label>")
     ap.add_argument("--note", default="")
@@ -167,8 +170,12 @@ def main() -> None:
     results = []
     for system in args.systems.split(","):
         extra: dict[str, Any] = {"epochs": args.epochs}
+        overrides = [f"train.epochs={args.epochs}", *args.set]
+        if args.max_length:
+            extra["max_length"] = args.max_length
+            overrides.append(f"encoder.max_length={args.max_length}")
         if SYSTEMS[system].family == "fenlei":
-            extra = {"overrides": [f"train.epochs={args.epochs}", *args.set]}
+            extra = {"overrides": overrides}
         print(f"[run ] {system} ...", flush=True)
         workdir = WORK / "memory_check" / args.label / system
         result = run_system(system, split, threads=args.threads, extra=extra, workdir=workdir)
@@ -179,6 +186,7 @@ def main() -> None:
         "dataset": args.dataset,
         "rows": dict(zip(("train", "valid", "test"), rows, strict=True)),
         "epochs": args.epochs,
+        "max_length": args.max_length or 128,
         "threads": args.threads,
         "when": when,
         "machine": machine(),

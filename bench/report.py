@@ -708,9 +708,10 @@ def _long_text() -> list[str]:
                 long = " / ".join(f"{v:.4f}" for v in r["accuracy_on_long_texts"].values())
                 out.append(
                     f"| {model} | {reading} | {r['windows_per_text']} | {acc} | {long} "
-                    f"(of {cell['long_texts']}) | {r['texts_per_s']} | {load} |"
+                    f"(of {cell['long_texts']}) | {r['texts_per_s']} | {r.get('load', load)} |"
                 )
-        out += ["", f"Not measured yet: {run['remains']}."]
+        if run.get("remains"):
+            out += ["", f"Not measured yet: {run['remains']}."]
         whole = [
             r["accuracy"]["mean"]
             for cell in run["cells"].values()
