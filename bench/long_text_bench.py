@@ -140,6 +140,8 @@ def _record(test: Any, out: Path) -> dict[str, Any]:
 
 def _score_cell(record: dict[str, Any], name: str, predictor: Any, test: Any) -> None:
     cell = record["cells"].setdefault(name, {})
+    cell["command"] = record["command"]
+    cell["machine"] = record["machine"]  # this invocation's (its load as it started)
     cell["readings"] = {}
     windows = _reading(predictor, READINGS["chunks 128 stride 32"]).encoder.encode_windows(
         test.texts

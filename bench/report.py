@@ -674,6 +674,15 @@ def _explanations() -> list[str]:
     return out
 
 
+def _long_text_commands(run: dict[str, Any]) -> list[str]:
+    """The commands that measured a long-text results file: each trained cell's, else the
+    file's last."""
+    commands = [cell["command"] for cell in run["cells"].values() if "command" in cell]
+    if not commands and "command" in run:
+        commands = [run["command"]]
+    return list(dict.fromkeys(commands))
+
+
 def _long_text() -> list[str]:
     """Rows of bench/long_text_bench.py: minilm reading IMDB reviews cut or as windows (one
     table per results file: each scores its own test sample)."""
@@ -695,7 +704,7 @@ def _long_text() -> list[str]:
         out += [
             "",
             f"{run['what']} (`{path.name}`"
-            + (f"; `{run['command']}`" if "command" in run else "")
+            + "".join(f"; `{command}`" for command in _long_text_commands(run))
             + ").",
             "",
             "| model | reading | windows per text | accuracy (mean / max pooling) "
@@ -703,6 +712,7 @@ def _long_text() -> list[str]:
             "| --- | --- | ---: | --- | --- | ---: | ---: |",
         ]
         for model, cell in run["cells"].items():
+            load = cell.get("machine", run["machine"]).get("loadavg", ["?"])[0]
             for reading, r in cell.get("readings", {}).items():
                 acc = " / ".join(f"{v:.4f}" for v in r["accuracy"].values())
                 long = " / ".join(f"{v:.4f}" for v in r["accuracy_on_long_texts"].values())
