@@ -497,10 +497,12 @@ def _training_memory() -> list[str]:
         "the harness's environment (`python -m bench.memory_check --dataset D --rows "
         "TRAIN,VALID,TEST --label L`). Target (issue 12): fenlei's peak at most HF Trainer's "
         "on the same job. The full-set cells of the benchmark table (Intel Xeon with AMX, "
-        "where fenlei trains in bf16 through oneDNN) gave 8.7 GB against 3.4 GB on IMDB; "
-        "`train.round_lengths` (four padded lengths per doubling under bf16 on CPU) and "
-        "freeing gradients after each step are the fixes for that path, and they are not "
-        "measured on such a CPU yet.",
+        "where fenlei trains in bf16 through oneDNN) gave 8.7 GB against 3.4 GB on IMDB at "
+        "128 tokens and 20 GB at 256; `train.round_lengths` (four padded lengths per doubling "
+        "under bf16 on CPU), freeing gradients after each step and glibc's mmap threshold "
+        "while training are the fixes. The imdb_full rows measure that job again, all 22,500 "
+        "training reviews for an epoch in bf16 (on a CPU with AVX-512 BF16; not yet on one "
+        "with AMX), with `--max-length` 128 and 256 for both systems.",
         "",
         "Both systems run with the harness's `MALLOC_MMAP_THRESHOLD_=4294967296` (glibc never "
         "mmaps; ../shared/MODELS.md's advice for long sequences). fenlei mmap threshold: what "
