@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -103,7 +102,6 @@ def _score(predictor: Any, test: Any, long: np.ndarray) -> dict[str, Any]:
         "windows": len(windows.ids),
         "windows_per_text": round(len(windows.ids) / len(test), 2),
         "texts_in_several_windows": int(sum(c > 1 for c in windows.counts)),
-        "load": round(os.getloadavg()[0], 2),  # the 1-minute load as the pass ended
     }
 
 

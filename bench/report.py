@@ -720,7 +720,7 @@ def _long_text() -> list[str]:
                 long = " / ".join(f"{v:.4f}" for v in r["accuracy_on_long_texts"].values())
                 out.append(
                     f"| {model} | {reading} | {r['windows_per_text']} | {acc} | {long} "
-                    f"(of {cell['long_texts']}) | {r['texts_per_s']} | {r.get('load', load)} |"
+                    f"(of {cell['long_texts']}) | {r['texts_per_s']} | {load} |"
                 )
         if run.get("remains"):
             out += ["", f"Not measured yet: {run['remains']}."]
