@@ -41,6 +41,11 @@ CELLS: dict[str, tuple[str, str, list[str], float, float, int]] = {
     "ens2-linear-t1-a05-x2": ("nbsvm+linear", "linear", [], 1.0, 0.5, 2),
     "ens2-linear-t2-a05-x0": ("nbsvm+linear", "linear", [], 2.0, 0.5, 0),
     "ens2-linear-t2-a1-x4": ("nbsvm+linear", "linear", [], 2.0, 1.0, 4),
+    # nbsvm as a student (a solved family fitting the teacher's probabilities as weights)
+    "ens2-nbsvm-t1-a05-x2": ("nbsvm+linear", "nbsvm", [], 1.0, 0.5, 2),
+    "ens2-nbsvm-t2-a05-x2": ("nbsvm+linear", "nbsvm", [], 2.0, 0.5, 2),
+    "ens2-nbsvm-t1-a05-x0": ("nbsvm+linear", "nbsvm", [], 1.0, 0.5, 0),
+    "ens3-nbsvm-t1-a05-x2": ("nbsvm+linear+lstm", "nbsvm", [], 1.0, 0.5, 2),
     # SST-2: the minilm preset on the full training split teaches the small families
     "minilm-lstm-t2-a05-x2": ("minilm", "lstm", [], 2.0, 0.5, 2),
     "minilm-linear-t2-a05-x2": ("minilm", "linear", [], 2.0, 0.5, 2),

@@ -195,16 +195,26 @@ def test_cli_distils(
     assert (tmp_path / "out" / "manifest.json").is_file()
 
 
-def test_solver_student_is_refused(
+def test_an_nbsvm_student_learns_the_teachers_labels(
     toy: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = _args(toy, tmp_path / "out")
-    args[args.index("--student") + 1] = "nbsvm"
+    # a solved family learns soft targets too; alpha=1 on flipped labels: all it knows is
+    # what the teacher said
+    flipped = [(t, "neg" if y == "pos" else "pos") for t, y in _toy_rows(160, 0)]
+    preset, overrides = family_overrides("nbsvm.v1")
+    args = _args(toy, tmp_path / "out", "--alpha", "1", "--augment", "1")
+    args[args.index("--data") + 1] = str(_write(tmp_path / "flipped.csv", flipped))
     sets = [i for i, a in enumerate(args) if a == "--set"]
-    args = args[: sets[0]] if sets else args
-    line = _user_error(capsys, args)
-    assert "nbsvm" in line and "solver" in line
-    assert _nothing_written(tmp_path)
+    args = [*args[: sets[0]], *args[sets[-1] + 2 :]] if sets else args
+    args[args.index("--student") + 1] = preset
+    args += [a for o in overrides for a in ("--set", o)]
+    assert main(args) == 0, capsys.readouterr().err
+    texts = [t for t, _ in _toy_rows(60, 7)]
+    teacher = [p.labels for p in open_predictor(toy["teacher"]).predict(texts)]
+    learnt = [p.labels for p in open_predictor(tmp_path / "out").predict(texts)]
+    assert np.mean([a == b for a, b in zip(teacher, learnt, strict=True)]) >= 0.9
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text("utf-8"))
+    assert metrics["distillation"]["transfer"]["augmented"] == 160
 
 
 def test_labels_differing_from_the_teachers_are_refused(

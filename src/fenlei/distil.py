@@ -161,8 +161,9 @@ def _student_config(student: str | Path | RunConfig, overrides: Sequence[str]) -
     family = family_of(cfg.model.architecture)
     if not family.soft_targets:
         raise ConfigError(
-            f"{family.name} is fitted by a solver on hard labels and cannot learn a teacher's "
-            "probabilities; choose a student trained by the gradient loop (linear, lstm, ...)"
+            f"{family.name} learns from hard labels only and cannot learn a teacher's "
+            "probabilities; choose a student family that learns from soft targets (linear, "
+            "nbsvm, lstm, transformer)"
         )
     check(cfg)
     return cfg
@@ -233,8 +234,8 @@ def distil(
         data: the labelled training table (read with the student's ``data.*`` settings), or
             a loaded :class:`~fenlei.data.Dataset`.
         out: the student's run folder; it must not exist.
-        student: a preset or TOML file of a loop-trained family (not ``nbsvm``), or a
-            resolved :class:`~fenlei.config.RunConfig`.
+        student: a preset or TOML file (any family; ``nbsvm`` fits the mixed soft targets
+            as weighted examples), or a resolved :class:`~fenlei.config.RunConfig`.
         dev: the dev table (default: split from ``data``); scores teacher and student.
         test: an optional test table, scored for the student's ``metrics.json``.
         unlabelled: an optional table of texts (labels not needed) the teachers label too.
@@ -249,8 +250,9 @@ def distil(
         The student's run folder and training result, the teachers' and student's dev scores.
 
     Raises:
-        ConfigError: a solver-trained student, bad ``temperature``/``alpha``/``augment``,
-            teachers or data whose labels differ (naming both), ``out`` inside a teacher.
+        ConfigError: a student family without soft targets, bad ``temperature``,
+            ``alpha`` or ``augment``, teachers or data whose labels differ (naming both),
+            ``out`` inside a teacher.
         ArtifactError: ``out`` exists, or a teacher folder fails verification (named).
         DataError: unreadable tables, or an unlabelled file without texts.
 

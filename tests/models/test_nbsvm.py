@@ -22,6 +22,7 @@ from fenlei.models.nbsvm import (
     char_lengths,
     nb_ratio,
     spec_extras,
+    weighted_examples,
 )
 from fenlei.tokenize import pad_ids
 from tests.conftest import family_overrides
@@ -211,3 +212,25 @@ def test_one_c_may_be_given_as_a_number() -> None:
     assert load_config("nbsvm", ["model.nb_c=0.5"]).model.nb_c == [0.5]
     with pytest.raises(ConfigError, match="nb_c"):
         load_config("nbsvm", ["model.nb_c=[0.1,-1]"])
+
+
+def test_soft_targets_weigh_each_text_as_both_examples() -> None:
+    ids, positive = _texts_as_ids()
+    features = NBLogistic(vocab_size=40, n_outputs=2, ngram=2, buckets=64).feature_matrix(
+        ids, pad_id=0
+    )
+    # a boolean target and the same target as probabilities count the same features
+    np.testing.assert_array_equal(
+        nb_ratio(features, positive, 1.0), nb_ratio(features, positive.astype(float), 1.0)
+    )
+    rows, target, weight = weighted_examples(features, positive)
+    assert rows is features and weight is None
+    share = np.where(positive, 0.75, 0.0)
+    share[0] = 1.0
+    rows, target, weight = weighted_examples(features, share)
+    n_soft = int((share > 0).sum())  # texts at 0.75 appear twice, at 0 or 1 once
+    assert rows.shape[0] == len(share) + n_soft - 1
+    assert target.sum() == n_soft and weight is not None
+    np.testing.assert_allclose(weight.sum(), len(share))
+    expected = np.concatenate([share[share > 0], 1 - share[share < 1]])
+    np.testing.assert_allclose(weight, expected)

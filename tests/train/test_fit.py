@@ -3,6 +3,7 @@ one record type for the loop and the solver, and no process-wide torch state."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -19,6 +20,7 @@ from fenlei.models import Family, ModelSpec, batched_logits, build_model, family
 from fenlei.records import EpochRecord, read_history
 from fenlei.tokenize import Encoder, train_encoder
 from fenlei.train import Loss, StopTraining, Targets, TrainData, fit, soft_targets
+from fenlei.train.solve import solver_targets
 from fenlei.train.state import dev_metrics
 
 WORDS = ["alpha", "beta", "gamma", "delta", "omega", "kappa", "sigma", "theta"]
@@ -97,14 +99,50 @@ def test_fit_learns_a_rule_from_soft_targets_alone(toy: _Toy) -> None:
     assert 0.1 < p_yes[~hits].mean() < 0.4
 
 
-def test_solved_families_refuse_soft_targets(toy: _Toy) -> None:
+def test_nbsvm_learns_a_rule_from_soft_targets(toy: _Toy) -> None:
+    # the solver fits each text's probability as a weighted positive and negative example
+    cfg = load_config("nbsvm", ["encoder.kind=word", "model.buckets=500", "model.nb_c=[1.0]"])
+    spec = ModelSpec(vocab_size=toy.encoder.vocab_size, pad_id=toy.encoder.pad_id, n_outputs=2)
+    model = build_model(cfg.model, spec, train_ids=toy.ids)
+    teacher = np.where(toy.hits[:, None], [[0.2, 0.8]], [[0.8, 0.2]])  # a teacher sure to 0.8
+    data = TrainData(toy.ids, soft_targets(teacher, width=2), toy.encoder.pad_id)
+    run = fit(model, family_of("nbsvm.v1"), data, toy.dev, cfg.train)
+    texts, hits = _toy(100, 2)
+    logits = batched_logits(run.model, toy.encoder.encode_ids(texts), pad_id=toy.encoder.pad_id)
+    p_yes = to_probs(logits, multi_label=False).numpy()[:, 1]
+    assert ((p_yes > 0.5) == hits).mean() >= 0.9
+    assert 0.6 < p_yes[hits].mean() < 0.9  # the teacher's confidence, not a hard label's
+    assert 0.1 < p_yes[~hits].mean() < 0.4
+
+
+def test_a_family_without_soft_targets_refuses_them(toy: _Toy) -> None:
     cfg = load_config("nbsvm", ["encoder.kind=word", "model.buckets=500"])
     spec = ModelSpec(vocab_size=toy.encoder.vocab_size, pad_id=toy.encoder.pad_id, n_outputs=2)
     model = build_model(cfg.model, spec, train_ids=toy.ids)
     targets = toy.data.targets.with_soft(np.full((len(toy.ids), 2), 0.5))
     data = TrainData(toy.ids, targets, toy.encoder.pad_id)
+    hard_only = dataclasses.replace(family_of("nbsvm.v1"), soft_targets=False)
     with pytest.raises(ConfigError, match="hard labels only"):
-        fit(model, family_of("nbsvm.v1"), data, toy.dev, cfg.train)
+        fit(model, hard_only, data, toy.dev, cfg.train)
+
+
+def test_solver_targets_fold_the_soft_and_hard_mix_into_probabilities() -> None:
+    hard = torch.tensor([1, 0, 1])
+    soft = torch.tensor([[0.4, 0.6], [0.3, 0.7], [0.9, 0.1]])
+    known = torch.tensor([True, True, False])  # the third row is an augmented copy
+    for width in (1, 2):
+        t = Targets(width=width, hard=hard, soft=soft, known=known)
+        [(column, share)] = solver_targets(t, alpha=0.25)
+        assert column == width - 1
+        np.testing.assert_allclose(share, [0.25 * 0.6 + 0.75, 0.25 * 0.7, 0.1])
+    [(_, plain)] = solver_targets(Targets(width=2, hard=hard))
+    assert plain.dtype == np.bool_ and plain.tolist() == [True, False, True]
+    three = Targets(width=3, soft=torch.tensor([[0.2, 0.5, 0.3]]))
+    assert [(k, v.tolist()) for k, v in solver_targets(three)] == [
+        (0, [pytest.approx(0.2)]),
+        (1, [pytest.approx(0.5)]),
+        (2, [pytest.approx(0.3)]),
+    ]
 
 
 def _writer_threads() -> list[threading.Thread]:

@@ -44,7 +44,7 @@ def distil(
     data: Annotated[Path, typer.Option("--data", help="Labelled training table.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Student run folder (new).")],
     student: Annotated[
-        str, typer.Option("--student", help="Student preset or TOML config (not nbsvm).")
+        str, typer.Option("--student", help="Student preset or TOML config (any family).")
     ] = "linear",
     dev: Annotated[Path | None, typer.Option(help="Dev table (else split from --data).")] = None,
     test: Annotated[Path | None, typer.Option(help="Test table, scored for the report.")] = None,

@@ -61,17 +61,45 @@ class Solvable(Protocol):
         depend on ``c``)."""
 
 
-def solver_targets(targets: Targets) -> list[tuple[int, np.ndarray]]:
-    """(output column, boolean target) pairs: one per label, or one for a binary task."""
+def solver_targets(targets: Targets, *, alpha: float = 1.0) -> list[tuple[int, np.ndarray]]:
+    """(output column, target) pairs: one per label, or one for a binary task.
+
+    Hard labels give boolean targets. With soft probabilities (distillation) a target is the
+    probability (float64) each text has the label: the teacher's for a text without a hard
+    label, ``alpha`` of the teacher's plus ``1 - alpha`` of the label for one with a label
+    (the soft/hard mix the gradient loop's loss makes, folded into the target).
+    """
+    pairs = []
+    for column in _output_columns(targets):
+        hard = None if targets.hard is None else _hard_column(targets, column)
+        if targets.soft is None:
+            assert hard is not None
+            pairs.append((column, hard))
+            continue
+        # a single-logit head's column 0 is the probability of class 1
+        single_logit = targets.width == 1 and not targets.multi_label
+        share = targets.soft[:, 1 if single_logit else column].double().numpy().copy()
+        if hard is not None:
+            known = slice(None) if targets.known is None else targets.known.numpy()
+            share[known] = alpha * share[known] + (1.0 - alpha) * hard[known]
+        pairs.append((column, np.clip(share, 0.0, 1.0)))
+    return pairs
+
+
+def _output_columns(targets: Targets) -> list[int]:
+    """The columns a solver fits: every label's, or one of a binary task (a single logit, or
+    column 1 of two softmax outputs, whose column 0 is its mirror)."""
+    if targets.multi_label or targets.width > 2:
+        return list(range(targets.width))
+    return [targets.width - 1]
+
+
+def _hard_column(targets: Targets, column: int) -> np.ndarray:
     assert targets.hard is not None
     values = targets.hard.numpy()
     if targets.multi_label:
-        return [(k, values[:, k] > 0.5) for k in range(values.shape[1])]
-    if targets.width == 1:
-        return [(0, values == 1)]
-    if targets.width == 2:
-        return [(1, values == 1)]
-    return [(k, values == k) for k in range(targets.width)]
+        return values[:, column] > 0.5
+    return values == (1 if targets.width <= 2 else column)  # type: ignore[no-any-return]
 
 
 def _check_solvable(family: Family, data: TrainData) -> None:
@@ -80,7 +108,6 @@ def _check_solvable(family: Family, data: TrainData) -> None:
             f"augment.* needs a family trained in batches; {family.name} is solved in one go "
             "(set augment.delete=0 and augment.swap=0)"
         )
-    assert data.targets.hard is not None, "fit refuses soft targets for solved families"
 
 
 def fit_by_solving(
@@ -107,7 +134,7 @@ def fit_by_solving(
     dist = dist or Dist()
     model.to("cpu")
     features = model.feature_matrix(data.ids, pad_id=data.pad_id)
-    sweep = _Sweep(model, features, solver_targets(data.targets), data, dev, cfg)
+    sweep = _Sweep(model, features, solver_targets(data.targets, alpha=loss.alpha), data, dev, cfg)
     best: dict[str, torch.Tensor] = {}
     stopped_by = None
     for trial, c in enumerate(model.c_values, start=1):

@@ -121,7 +121,7 @@ def _check_targets(family: Family, data: TrainData) -> None:
     if data.targets.soft is not None and not family.soft_targets:
         raise ConfigError(
             f"{family.name} learns from hard labels only, not soft targets; "
-            "distil into a family trained by the loop"
+            "distil into a family that learns from soft targets (Family.soft_targets)"
         )
 
 
