@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from fenlei.progress import RichProgress
+from fenlei.progress import RichProgress, counter
 from fenlei.records import EpochRecord
 
 
@@ -47,3 +47,26 @@ def test_a_terminal_gets_the_bar() -> None:
     progress.epoch_end(EpochRecord(1, 1.0, {"accuracy": 0.5}, 1.0))
     text = buffer.getvalue()
     assert "3/3" in text and "step 1/3" not in text
+
+
+def test_work_outside_epochs_is_counted() -> None:
+    buffer, clock = io.StringIO(), _Clock()
+    progress = RichProgress(console=Console(file=buffer, width=200), interval=30.0, clock=clock)
+    advance = counter(progress, "teachers label", 10_000)
+    for block in range(5):
+        clock.now = 20.0 * (block + 1)
+        advance(2_000)
+    lines = buffer.getvalue().splitlines()
+    # a line at 40 s and 80 s (every 30 s), and one when all is done
+    assert lines == [
+        "  teachers label: 4000/10000 (40%) · 40s elapsed",
+        "  teachers label: 8000/10000 (80%) · 80s elapsed",
+        "  teachers label: 10000/10000 (100%) · 100s elapsed",
+    ]
+    bar = io.StringIO()
+    terminal = RichProgress(console=Console(file=bar, width=120, force_terminal=True))
+    tick = counter(terminal, "teachers label", 3)
+    for _ in range(3):
+        tick(1)
+    assert "teachers label" in bar.getvalue() and "3/3" in bar.getvalue()
+    counter(None, "nothing", 3)(3)  # any other reporter: nothing to draw

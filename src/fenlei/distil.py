@@ -26,7 +26,7 @@ import logging
 import sys
 import time
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from fenlei.loader import open_predictor, run_kind
 from fenlei.models import check, family_of
 from fenlei.pipeline import Splits, TrainResult, prepare_splits, train_run
 from fenlei.predict import ServablePredictor
-from fenlei.progress import ProgressReporter
+from fenlei.progress import ProgressReporter, counter
 from fenlei.records import Scores
 from fenlei.train import SoftLabels
 
@@ -54,6 +54,7 @@ __all__ = ["MAX_AUGMENT", "DistilResult", "Teacher", "distil", "soften", "teache
 logger = logging.getLogger(__name__)
 
 MAX_AUGMENT = 50  # copies per training text
+LABEL_BLOCK = 4096  # texts a teacher labels between two progress updates
 _EPS = 1e-7  # probabilities are clipped here before their logarithm
 
 
@@ -123,13 +124,20 @@ def teacher_probs(
     labels: Sequence[str],
     *,
     batch_size: int = 256,
+    advance: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """The teachers' mean probabilities (N, C) of ``texts``, columns in ``labels`` order."""
+    """The teachers' mean probabilities (N, C) of ``texts``, columns in ``labels`` order;
+    ``advance`` is told of each block of texts a teacher has labelled."""
     total = np.zeros((len(texts), len(labels)), dtype=np.float64)
+    block = max(batch_size, LABEL_BLOCK)
     for teacher in teachers:
         order = [list(teacher.labels).index(name) for name in labels]
-        probs = teacher.predict_proba(list(texts), batch_size=batch_size)
-        total += np.asarray(probs, dtype=np.float64)[:, order]
+        for start in range(0, len(texts), block):
+            part = list(texts[start : start + block])
+            probs = teacher.predict_proba(part, batch_size=batch_size)
+            total[start : start + len(part)] += np.asarray(probs, dtype=np.float64)[:, order]
+            if advance is not None:
+                advance(len(part))
     return total / len(teachers)
 
 
@@ -275,7 +283,16 @@ def distil(
     texts = [*splits.train.texts, *copies, *extra_unlabelled]
     logger.info("teachers label %d texts", len(texts))
     soft = SoftLabels(
-        probs=soften(teacher_probs(models, texts, labels), temperature, multi_label=multi),
+        probs=soften(
+            teacher_probs(
+                models,
+                texts,
+                labels,
+                advance=counter(progress, "teachers label", len(texts) * len(models)),
+            ),
+            temperature,
+            multi_label=multi,
+        ),
         extra=[*copies, *extra_unlabelled],
         temperature=temperature,
         alpha=alpha,

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from fenlei.records import EpochRecord
 
-__all__ = ["ProgressReporter", "RichProgress"]
+__all__ = ["ProgressReporter", "RichProgress", "counter"]
 
 
 class ProgressReporter(Protocol):
@@ -32,6 +32,20 @@ class ProgressReporter(Protocol):
 
 
 LOG_INTERVAL_S = 30.0
+
+
+def counter(progress: ProgressReporter | None, label: str, total: int) -> Callable[[int], None]:
+    """A callback that advances a bar of ``total`` items named ``label`` (work outside the
+    epochs, such as a teacher labelling texts) and closes it at ``total``: drawn when
+    ``progress`` is a :class:`RichProgress`, a no-op for any other reporter or None.
+
+    Example:
+        >>> advance = counter(None, "teachers label", 10)
+        >>> advance(10)
+    """
+    if isinstance(progress, RichProgress):
+        return progress.count(label, total)
+    return lambda done: None
 
 
 class RichProgress:
@@ -111,6 +125,54 @@ class RichProgress:
         if now - self._logged >= self.interval:
             self._logged = now
             self.console.print(self._plain_line(now), highlight=False)
+
+    def count(self, label: str, total: int) -> Callable[[int], None]:
+        """Open a bar of ``total`` items (off a terminal: a line every ``interval`` seconds)
+        and return a callback advancing it by ``done`` items; the bar closes at ``total``."""
+        seen = [0]
+        started = logged = self._clock()
+        bar: Any = None
+        if not self._plain:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            bar = Progress(
+                TextColumn(label),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            bar.start()
+            task = bar.add_task(label, total=total)
+
+        def advance(done: int) -> None:
+            nonlocal logged
+            seen[0] += done
+            if bar is not None:
+                bar.update(task, advance=done)
+                if seen[0] >= total:
+                    bar.stop()
+                return
+            now = self._clock()
+            if now - logged >= self.interval or seen[0] >= total:
+                logged = now
+                elapsed = now - started
+                self.console.print(
+                    f"  {label}: {seen[0]}/{total} ({seen[0] / max(total, 1):.0%})"
+                    f" · {elapsed:.0f}s elapsed",
+                    highlight=False,
+                )
+
+        return advance
 
     def _plain_line(self, now: float) -> str:
         elapsed = now - self._started
