@@ -10,6 +10,12 @@ a time over the first test texts) and size; finished cells are written to
 ``bench/results/distil_<dataset>.json`` at once, and a re-run skips them::
 
     nohup nice .venv/bin/python -m bench.distil_bench --datasets chnsenticorp > distil.log &
+
+A transformer cut down by ``fenlei compress --prune layers=K`` (``bench.compress_bench``) is
+recovered by distilling its source: ``--from-compress CELL`` records that result as a
+student of the same table (timed with the backend it is served with)::
+
+    python -m bench.distil_bench --datasets sst2 --from-compress sst2-minilm-layers2-int8
 """
 
 from __future__ import annotations
@@ -148,6 +154,42 @@ def run_cell(dataset: str, name: str, files: dict[str, Any], threads: int) -> di
     }
 
 
+def compressed_cell(dataset: str, name: str, files: dict[str, Any]) -> dict[str, Any]:
+    """A ``fenlei compress --prune layers=K`` result (bench/results/compress_<name>.json and
+    its folder) as a distillation cell: the layer-dropped model *is* a student distilled
+    from its source. Its latency is timed here like every student's (batch-1 p50 over 200
+    test texts) but with the backend it is served with (an int8 model: ONNX Runtime)."""
+    from bench.compress_bench import WORK as COMPRESS_WORK
+
+    cell = json.loads((RESULTS / f"compress_{name}.json").read_text(encoding="utf-8"))
+    folder = COMPRESS_WORK / name
+    compress = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["compress"]
+    recovery = compress["layers"]["recovery"]
+    test = files["test"]["path"]
+    test_texts = load_table(test).texts[:200]
+    source = Path(cell["source"])
+    layers = f"{len(compress['layers']['kept'])} of {compress['layers']['of']} layers"
+    return {
+        "cell": name,
+        "teacher": {"members": "minilm", **_teacher_record(source, test)},
+        "student": {
+            "preset": f"minilm, {layers}{', int8' if compress['int8'] else ''}",
+            "overrides": [],
+            "dev": _scores(json.loads((folder / "metrics.json").read_text("utf-8"))["dev"]),
+            "test": _test_scores(folder, test),
+            "batch1_p50_ms": _latency_ms(folder, test_texts, backend="auto"),
+            "size_mb": _size_mb(folder),
+            "epochs_run": recovery["epochs"],
+        },
+        "temperature": recovery["temperature"],
+        "alpha": recovery["alpha"],
+        "augment": recovery["augment"],
+        "transfer": recovery["transfer"],
+        "seconds": cell["seconds"],
+        "command": cell["command"],
+    }
+
+
 def _baseline(dataset: str, student: str, files: dict[str, Any], threads: int) -> dict[str, Any]:
     """The student preset trained on the labels alone (the ensemble benchmark's member)."""
     run = _member(dataset, student, files, threads)
@@ -160,7 +202,17 @@ def main() -> None:
     parser.add_argument("--datasets", default="chnsenticorp")
     parser.add_argument("--cells", default=",".join(CELLS))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--from-compress",
+        default="",
+        help="compress_bench cells (--prune layers=K) to record as students, comma-separated",
+    )
     args = parser.parse_args()
+    if args.from_compress:
+        configure_torch(threads=args.threads)
+        for dataset in args.datasets.split(","):
+            _add_compressed(dataset, args.from_compress.split(","))
+        return
     for dataset in args.datasets.split(","):
         files = prepare_dataset(DATASETS[dataset])["files"]
         path = RESULTS / f"distil_{dataset}.json"
@@ -186,6 +238,18 @@ def main() -> None:
             record["cells"][name] = cell
             print(json.dumps(cell), flush=True)
             path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", "utf-8")
+
+
+def _add_compressed(dataset: str, names: list[str]) -> None:
+    files = prepare_dataset(DATASETS[dataset])["files"]
+    path = RESULTS / f"distil_{dataset}.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    for name in names:
+        cell = compressed_cell(dataset, name, files)
+        cell["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        record["cells"][name] = cell
+        print(json.dumps(cell), flush=True)
+        path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", "utf-8")
 
 
 if __name__ == "__main__":

@@ -72,9 +72,10 @@ def _member(dataset: str, name: str, files: dict[str, Any], threads: int) -> Pat
     return run_dir
 
 
-def _latency_ms(run_dir: Path, texts: list[str]) -> float:
-    """Median batch-1 latency of the folder's predictor (torch backend) over ``texts``."""
-    predictor = open_predictor(run_dir, backend="torch", device="cpu")
+def _latency_ms(run_dir: Path, texts: list[str], backend: str = "torch") -> float:
+    """Median batch-1 latency of the folder's predictor (torch backend unless given) over
+    ``texts``."""
+    predictor = open_predictor(run_dir, backend=backend, device="cpu")
     predictor.predict_proba(texts[:5])  # warm-up
     times = []
     for text in texts:

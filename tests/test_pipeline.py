@@ -362,6 +362,8 @@ def test_a_pretrained_vocabulary_that_reads_chinese_as_unknown_stops_before_trai
         train_run(cfg, splits, tmp_path / "run")  # minilm's English vocabulary: ~60 % [UNK]
     assert not (tmp_path / "run").exists()
     _check_vocabulary(load_config("minilm", ["encoder.max_unknown_rate=1"]), splits)  # allowed
+    # with the characters it lacks added, the same vocabulary reads them
+    _check_vocabulary(load_config("minilm", ["encoder.extend_vocab=3000"]), splits)
 
 
 # ---------------------------------------------------------------- the encoding cache
@@ -425,3 +427,54 @@ def test_the_cache_keeps_the_latest_settings_and_serves_only_its_splits(
     other = prepare_splits(cfg.data, bundled["train"], bundled["dev"])
     with pytest.raises(ValueError, match="splits it was made for"):
         train_run(cfg, other, tmp_path / "run", cache=cache)
+
+
+def test_extend_vocab_lets_a_pretrained_encoder_read_what_it_lacked(  # type: ignore[no-untyped-def]
+    family_settings, tmp_path: Path
+) -> None:
+    from fenlei.data import Dataset
+    from fenlei.errors import DataError
+    from fenlei.pipeline import _check_vocabulary
+    from fenlei.tokenize import Encoder
+
+    preset, overrides = family_settings("transformer.v1")
+    folder = next(o.split("=", 1)[1] for o in overrides if o.startswith("model.pretrained="))
+    pretrained = Encoder.load(Path(folder) / "tokenizer.json", load_config(preset).encoder)
+    # two characters the tiny encoder's vocabulary lacks decide the label
+    good, bad = [c for c in "赞糟鑫犇骉淼焱垚" if pretrained.tokenizer.token_to_id(c) is None][:2]
+    rng = np.random.default_rng(0)
+    rows = [
+        (f"{good if i % 2 else bad}{good if i % 2 else bad} " * 3, str(i % 2)) for i in range(80)
+    ]
+    texts = [t + " ".join(rng.choice(["the", "order", "refund"], 3)) for t, _ in rows]
+    data = Dataset.from_lists(texts, [y for _, y in rows])
+    settings = [*overrides, "train.epochs=6", "train.lr=0.005", "encoder.extend_vocab=10"]
+    cfg = load_config(preset, settings)
+    splits = prepare_splits(cfg.data, data, data)
+    strict = load_config(preset, [*settings, "encoder.max_unknown_rate=0.2"])
+    _check_vocabulary(strict, splits)  # read as training will read them: no [UNK] left
+    result = train_run(cfg, splits, tmp_path / "run")
+    assert result.metrics.dev.accuracy == 1.0  # it learnt the two new tokens' embeddings
+    loaded = Predictor.from_run(tmp_path / "run")
+    assert loaded.encoder.vocab_size == pretrained.vocab_size + 2
+    np.testing.assert_allclose(
+        loaded.predict_proba(texts[:4]), result.predictor.predict_proba(texts[:4]), atol=1e-5
+    )
+    without = load_config(preset, [*overrides, "encoder.max_unknown_rate=0.2"])
+    with pytest.raises(DataError, match=r"encoder\.extend_vocab=5000"):
+        _check_vocabulary(without, splits)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["encoder.extend_vocab=10"], "applies to encoder.kind=pretrained"),
+        (["encoder.extend_vocab=10", "model.freeze_embeddings=true"], "set one of them off"),
+    ],
+)
+def test_extend_vocab_is_refused_where_it_cannot_work(settings: list[str], message: str) -> None:
+    from fenlei.errors import ConfigError
+
+    preset = "linear" if "model.freeze_embeddings=true" not in settings else "minilm"
+    with pytest.raises(ConfigError, match=message):
+        load_config(preset, settings)

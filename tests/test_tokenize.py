@@ -11,7 +11,7 @@ import torch
 from fenlei.config import EncoderConfig
 from fenlei.data import bundled_dataset_path, load_table
 from fenlei.errors import ArtifactError, ConfigError, DataError
-from fenlei.tokenize import Encoder, train_encoder
+from fenlei.tokenize import Encoder, extend_vocabulary, train_encoder
 
 TEXTS = ["我想退款，订单号123", "Where is my ORDER?", "快递什么时候到", "Café <br />open"] * 20
 
@@ -185,3 +185,24 @@ def test_two_trainings_of_a_run_give_identical_weights(tmp_path: Path) -> None:
     assert first.keys() == second.keys()
     for name, tensor in first.items():
         assert torch.equal(tensor, second[name]), name
+
+
+def test_extend_vocabulary_adds_the_unknown_pieces_most_frequent_first(tmp_path: Path) -> None:
+    english = ["good film", "bad film", "a good plot", "a bad cast"] * 20
+    encoder = train_encoder(english, EncoderConfig(vocab_size=100, min_frequency=1))
+    chinese = ["很好 film", "很差 film", "好 好 plot", "鑫"]
+    before = encoder.vocab_size
+    assert encoder.unknown_rate(chinese) > 0.3
+    # 好 3 times, 很 twice, 差 once, 鑫 once: min_count=2 keeps 好 and 很, in that order
+    assert extend_vocabulary(encoder, chinese, most=10, min_count=2) == 2
+    assert encoder.vocab_size == before + 2
+    assert encoder.tokenizer.token_to_id("好") == before
+    assert encoder.tokenizer.token_to_id("很") == before + 1
+    assert encoder.tokenizer.token_to_id("差") is None
+    assert extend_vocabulary(encoder, chinese, most=1, min_count=1) == 1  # the cap
+    assert encoder.tokenizer.token_to_id("差") == before + 2
+    assert extend_vocabulary(encoder, chinese, most=10, min_count=1) == 1  # only 鑫 is left
+    assert encoder.unknown_rate(chinese) == 0.0
+    encoder.save(tmp_path / "tokenizer.json")  # the added tokens are saved with it
+    again = Encoder.load(tmp_path / "tokenizer.json", EncoderConfig())
+    assert again.encode_ids(["很好"]) == encoder.encode_ids(["很好"])

@@ -93,6 +93,15 @@ class EncoderConfig(_Section):
         "this share of the training tokens as unknown (minilm's English vocabulary read most "
         "Chinese characters as [UNK] and trained a majority-class model); 1 = never stop.",
     )
+    extend_vocab: int = Field(
+        0,
+        ge=0,
+        description="kind=pretrained: add up to this many of the pieces the pretrained "
+        "vocabulary reads as unknown in the training texts (seen at least "
+        "encoder.min_frequency times, the most frequent first; e.g. the Chinese characters "
+        "an English vocabulary lacks) as new tokens whose embeddings the model learns; "
+        "0 keeps the vocabulary as it is.",
+    )
     long_text: Literal["cut", "chunks"] = Field(
         "cut",
         description="A text longer than max_length tokens is cut (encoder.truncation), or read "
@@ -342,6 +351,18 @@ class RunConfig(_Section):
             self.encoder.pretrained or self.model.pretrained
         ):
             raise ValueError("encoder.kind=pretrained needs encoder.pretrained or model.pretrained")
+        if self.encoder.extend_vocab and self.encoder.kind != "pretrained":
+            raise ValueError(
+                f"encoder.extend_vocab applies to encoder.kind=pretrained, not "
+                f"{self.encoder.kind} (a vocabulary trained on your texts already has their "
+                "tokens; raise encoder.vocab_size instead)"
+            )
+        if self.encoder.extend_vocab and self.model.freeze_embeddings:
+            raise ValueError(
+                "encoder.extend_vocab adds tokens whose embeddings must be learnt, and "
+                "model.freeze_embeddings=true would keep them at their random start; "
+                "set one of them off"
+            )
         return self
 
     @model_validator(mode="after")

@@ -62,7 +62,13 @@ from fenlei.progress import ProgressReporter
 from fenlei.records import EpochRecord, RunMetrics, SplitCounts, read_history
 from fenlei.runtime import Dist
 from fenlei.splits import Splits, prepare_splits
-from fenlei.tokenize import Encoder, Windows, load_pretrained_encoder, train_encoder
+from fenlei.tokenize import (
+    Encoder,
+    Windows,
+    extend_vocabulary,
+    load_pretrained_encoder,
+    train_encoder,
+)
 from fenlei.tracking import track_run
 from fenlei.train import EpochHook, Run, SoftLabels, TrainData, fit, teacher_targets
 
@@ -103,11 +109,21 @@ class TrainResult:
 
 
 def _fit_encoder(cfg: RunConfig, texts: list[str]) -> Encoder:
-    if cfg.encoder.kind == "pretrained":
-        name = cfg.encoder.pretrained or cfg.model.pretrained
-        assert name is not None  # checked by RunConfig
-        return load_pretrained_encoder(name, cfg.encoder)
-    return train_encoder(texts, cfg.encoder)
+    if cfg.encoder.kind != "pretrained":
+        return train_encoder(texts, cfg.encoder)
+    name = cfg.encoder.pretrained or cfg.model.pretrained
+    assert name is not None  # checked by RunConfig
+    encoder = load_pretrained_encoder(name, cfg.encoder)
+    if cfg.encoder.extend_vocab:
+        added = extend_vocabulary(
+            encoder, texts, most=cfg.encoder.extend_vocab, min_count=cfg.encoder.min_frequency
+        )
+        logger.info(
+            "encoder.extend_vocab: %d tokens the pretrained vocabulary lacked were added "
+            "(their embeddings start new)",
+            added,
+        )
+    return encoder
 
 
 @dataclass
@@ -170,14 +186,16 @@ def _check_vocabulary(cfg: RunConfig, splits: Splits) -> None:
     """Refuse a pretrained vocabulary that reads the training texts mostly as unknown."""
     if cfg.encoder.kind != "pretrained" or cfg.encoder.max_unknown_rate >= 1:
         return
-    encoder = _fit_encoder(cfg, [])
+    # the vocabulary as training will use it: extended from all the training texts
+    encoder = _fit_encoder(cfg, splits.train.texts if cfg.encoder.extend_vocab else [])
     rate = encoder.unknown_rate(splits.train.texts[:VOCABULARY_SAMPLE])
     if rate > cfg.encoder.max_unknown_rate:
         raise DataError(
             f"the pretrained vocabulary reads {rate:.0%} of the training tokens as unknown "
             f"(more than encoder.max_unknown_rate={cfg.encoder.max_unknown_rate}; a language "
             "it was not trained on?), so the model would learn from [UNK]; use --preset linear, "
-            "nbsvm or lstm (they learn their vocabulary from your data), or --set "
+            "nbsvm or lstm (they learn their vocabulary from your data), --set "
+            "encoder.extend_vocab=5000 to add the missing tokens to the vocabulary, or --set "
             "encoder.max_unknown_rate=1 to train anyway",
             path=splits.train.source,
         )

@@ -37,6 +37,7 @@ __all__ = [
     "build",
     "build_v2",
     "drop_layers",
+    "grow_vocabulary",
     "kept_layers",
 ]
 
@@ -222,7 +223,23 @@ def drop_layers(model: nn.Module, keep: int) -> list[int]:
     return keep_at
 
 
-def _maybe_drop_layers(model: nn.Module, cfg: ModelConfig) -> nn.Module:
+def grow_vocabulary(model: nn.Module, vocab_size: int) -> int:
+    """Give the encoder ``vocab_size`` input embeddings when its tokenizer was extended
+    (``encoder.extend_vocab``); the new rows start near the pretrained ones (transformers'
+    ``resize_token_embeddings``: drawn from their mean and covariance). Returns the rows
+    added (0 when the table is already large enough)."""
+    hf = _plain(model).hf_model()
+    rows = int(hf.get_input_embeddings().num_embeddings)
+    if vocab_size <= rows:
+        return 0
+    hf.resize_token_embeddings(vocab_size)
+    return vocab_size - rows
+
+
+def _fit_to_spec(model: nn.Module, cfg: ModelConfig, spec: ModelSpec) -> nn.Module:
+    """A freshly loaded pretrained model, grown to the (extended) vocabulary and cut to
+    ``model.keep_layers``."""
+    grow_vocabulary(model, spec.vocab_size)
     if cfg.keep_layers is not None:
         drop_layers(model, cfg.keep_layers)
     return model
@@ -245,7 +262,7 @@ def build(
     model = TransformerClassifier.from_pretrained(
         cfg.pretrained, n_outputs=spec.n_outputs, dropout=cfg.dropout
     )
-    return _maybe_drop_layers(model, cfg)
+    return _fit_to_spec(model, cfg, spec)
 
 
 def build_v2(
@@ -259,7 +276,7 @@ def build_v2(
     model = SequenceClassifier.from_pretrained(
         cfg.pretrained, n_outputs=spec.n_outputs, dropout=cfg.dropout
     )
-    return _maybe_drop_layers(model, cfg)
+    return _fit_to_spec(model, cfg, spec)
 
 
 def _plain(model: nn.Module) -> _HFModule:
