@@ -850,7 +850,12 @@ def _distil_chnsenticorp(paths: list[Path]) -> str:
     if not cells:
         return ""
     best = max(c["student"]["test"]["accuracy"] for c in cells)
-    verdict = "met" if best > 0.9225 else f"missed by {(0.9225 - best) * 100:.2f} points"
+    if best > 0.9225:
+        verdict = "met"
+    elif best == 0.9225:
+        verdict = "missed: level with nbsvm, not above it"
+    else:
+        verdict = f"missed by {(0.9225 - best) * 100:.2f} points"
     per_preset: dict[str, float] = {}
     for c in cells:
         preset = c["student"]["preset"]
@@ -938,12 +943,17 @@ def _distillation() -> list[str]:
     return out
 
 
-def _ensemble_rows(dataset: str, run: dict[str, Any], shown: set[tuple[str, str]]) -> list[str]:
+def _ensemble_rows(
+    dataset: str, run: dict[str, Any], shown: set[tuple[str, str, float]]
+) -> list[str]:
     rows = []
     for name, m in run["members"].items():
-        if (dataset, name) in shown:  # a member of several result files: once
+        # a member of several result files once, unless it was trained again and scores
+        # differently there
+        key = (dataset, name, m["test"]["accuracy"])
+        if key in shown:
             continue
-        shown.add((dataset, name))
+        shown.add(key)
         rows.append(
             f"| {dataset} | {name} | — | {m['dev']['accuracy']:.4f} | "
             f"{m['test']['accuracy']:.4f} | {m['test']['macro_f1']:.4f} | {m['size_mb']:.0f} |"
@@ -997,6 +1007,30 @@ def _imdb_ensemble_target(run: dict[str, Any]) -> str:
     return line
 
 
+def _chinese_ensemble_target(
+    dataset: str, goal: float, best: dict[str, Any], zh: float | None
+) -> str:
+    accuracy = best["test"]["accuracy"]
+    verdict = "met" if accuracy >= goal else f"missed by {(goal - accuracy) * 100:.2f} points"
+    line = (
+        f"- {dataset}, an ensemble (or distilled model) without a Chinese pretrained encoder "
+        f"≥ {goal}: best ensemble {accuracy:.4f} ({' + '.join(best['members'])}, "
+        f"{best['weights']} weights), {verdict}."
+    )
+    if zh is not None:
+        line += (
+            f" Its different, stronger member is minilm-zh: the English MiniLM with the "
+            f"training texts' unknown characters added to its vocabulary "
+            f"(`encoder.extend_vocab=5000`), {zh:.4f} alone."
+        )
+    if accuracy < goal:
+        line += (
+            " The bag models' errors overlap (another tokenizer for the same NBSVM adds "
+            "nothing) and the LSTM is weaker; no Chinese pretrained encoder installs offline."
+        )
+    return line
+
+
 def _ensembles() -> list[str]:
     """Rows of bench/ensemble_bench.py (``fenlei ensemble`` run folders on the harness's
     splits) and bench/ensemble_check.py (IMDB, an offline average), with issue 13's targets."""
@@ -1018,25 +1052,22 @@ def _ensembles() -> list[str]:
         "| dataset | models | weights | valid acc | test acc | test macro-F1 | folder MB |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    best: dict[str, float] = {}
-    shown: set[tuple[str, str]] = set()
+    best: dict[str, dict[str, Any]] = {}
+    zh: dict[str, float] = {}  # the minilm-zh member's test accuracy per dataset
+    shown: set[tuple[str, str, float]] = set()
     for path in paths:
         run = json.loads(path.read_text("utf-8"))
         d = run["dataset"]
         out += _ensemble_rows(d, run, shown)
         for e in run["ensembles"]:
-            best[d] = max(best.get(d, 0.0), e["test"]["accuracy"])
+            if e["test"]["accuracy"] > best.get(d, {"test": {"accuracy": 0.0}})["test"]["accuracy"]:
+                best[d] = e
+        if "minilm-zh" in run["members"]:
+            zh[d] = run["members"]["minilm-zh"]["test"]["accuracy"]
     out += ["", "Targets (issue 13):", ""]
     for d, goal in (("chnsenticorp", 0.93), ("waimai_10k", 0.92)):
         if d in best:
-            verdict = "met" if best[d] >= goal else f"missed by {(goal - best[d]) * 100:.2f} points"
-            out.append(
-                f"- {d}, an ensemble (or distilled model) without a Chinese pretrained encoder "
-                f"≥ {goal}: best ensemble {best[d]:.4f}, {verdict}. The bag models' errors "
-                "overlap (another tokenizer for the same NBSVM adds nothing) and the LSTM, the "
-                "one different family, is weaker; a different, stronger member is what it "
-                "lacks (no Chinese pretrained encoder installs offline)."
-            )
+            out.append(_chinese_ensemble_target(d, goal, best[d], zh.get(d)))
     built = RESULTS / "ensemble_imdb.json"
     if built.is_file():
         out.append(_imdb_ensemble_target(json.loads(built.read_text("utf-8"))))
