@@ -217,6 +217,13 @@ class TrainConfig(_Section):
         "when it should differ from train.lr: a pretrained encoder fine-tuned at a small rate "
         "under a new, randomly initialised head; none = train.lr.",
     )
+    embedding_lr: float | None = Field(
+        None,
+        gt=0,
+        description="Peak learning rate of the token embedding table (lstm, transformers), "
+        "when it should differ from train.lr: tokens added by encoder.extend_vocab start "
+        "untrained and move little at a fine-tuning rate; none = train.lr.",
+    )
     weight_decay: float = Field(0.0, ge=0, description="Weight decay (L2 for adam).")
     sparse_optimizer: Literal["adagrad", "adam", "sgd"] = Field(
         "adagrad", description="Optimizer of sparse embedding tables (the linear model's)."

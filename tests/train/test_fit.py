@@ -16,7 +16,15 @@ from fenlei.config import RunConfig, load_config
 from fenlei.data import Dataset, LabelSet
 from fenlei.decision import DecisionRule
 from fenlei.errors import ConfigError
-from fenlei.models import Family, ModelSpec, batched_logits, build_model, family_of, to_probs
+from fenlei.models import (
+    Family,
+    ModelSpec,
+    batched_logits,
+    build_model,
+    check,
+    family_of,
+    to_probs,
+)
 from fenlei.records import EpochRecord, read_history
 from fenlei.tokenize import Encoder, train_encoder
 from fenlei.train import Loss, StopTraining, Targets, TrainData, fit, soft_targets
@@ -279,3 +287,33 @@ def test_the_head_learns_at_its_own_rate(toy: _Toy) -> None:
     run = fit(model, toy.family, toy.data, toy.dev, cfg)
     assert torch.allclose(run.model.head.weight, head, atol=1e-9)  # frozen in effect
     assert not torch.allclose(run.model.embed.weight, table)  # the rest trained
+
+
+def test_the_token_embeddings_learn_at_their_own_rate() -> None:
+    toy = _Toy(
+        load_config(
+            "lstm",
+            [
+                "encoder.kind=word",
+                "encoder.vocab_size=100",
+                "model.embedding_dim=8",
+                "model.hidden_size=8",
+                "train.patience=none",
+            ],
+        )
+    )
+    model = toy.model()
+    table = toy.family.token_embedding(model).weight.detach().clone()  # type: ignore[misc]
+    head = model.head.weight.detach().clone()
+    update = {"epochs": 1, "embedding_lr": 1e-12, "clip_grad_norm": None}
+    run = fit(model, toy.family, toy.data, toy.dev, toy.cfg.train.model_copy(update=update))
+    after = toy.family.token_embedding(run.model).weight  # type: ignore[misc]
+    assert torch.allclose(after, table, atol=1e-9)  # frozen in effect
+    assert not torch.allclose(run.model.head.weight, head)  # the rest trained
+
+
+def test_embedding_lr_is_refused_where_no_dense_table_takes_it() -> None:
+    with pytest.raises(ConfigError, match=r"train\.sparse_lr"):
+        check(load_config("linear", ["train.embedding_lr=0.01"]))
+    with pytest.raises(ConfigError, match=r"train\.embedding_lr"):
+        check(load_config("nbsvm", ["train.embedding_lr=0.01"]))

@@ -155,6 +155,16 @@ def _check_capabilities(cfg: RunConfig, family: Family) -> None:
             f"model.freeze_embeddings=true would leave {family.name} nothing (or only its head) "
             f"to learn; use it with {users}"
         )
+    if cfg.train.embedding_lr is not None and (
+        family.token_embedding is None or family.sparse_table or family.trains_by != "loop"
+    ):
+        users = _families_with(
+            lambda f: f.token_embedding is not None and not f.sparse_table and f.trains_by == "loop"
+        )
+        raise ConfigError(
+            f"train.embedding_lr applies to a dense token embedding table ({users}); "
+            f"{family.name} has none (a sparse table learns at train.sparse_lr)"
+        )
     if cfg.encoder.long_text == "chunks" and not family.windows:
         users = _families_with(lambda f: f.windows)
         raise ConfigError(

@@ -58,7 +58,9 @@ def _split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramet
     return dense, sparse
 
 
-def _optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+def _optimizers(
+    model: nn.Module, cfg: TrainConfig, family: Family | None = None
+) -> list[torch.optim.Optimizer]:
     dense, sparse = _split_params(model)
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     # The fused kernel (CPU and CUDA) updates every tensor in one pass: on MiniLM's 22.7M
@@ -66,7 +68,10 @@ def _optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimize
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in dense)
     optimizers: list[torch.optim.Optimizer] = [
         opt_cls(
-            _lr_groups(model, dense, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused
+            _lr_groups(model, dense, cfg, family),
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            fused=fused,
         )
     ]
     if sparse:
@@ -94,18 +99,30 @@ def batch_for_data(cfg: TrainConfig, rows: int) -> int:
 
 
 def _lr_groups(
-    model: nn.Module, dense: list[nn.Parameter], cfg: TrainConfig
+    model: nn.Module, dense: list[nn.Parameter], cfg: TrainConfig, family: Family | None = None
 ) -> list[dict[str, Any]]:
-    """The dense parameters as optimizer groups: the head's own at ``train.head_lr``."""
+    """The dense parameters as optimizer groups: the head's own at ``train.head_lr``, the
+    token embedding table's at ``train.embedding_lr``, the rest at ``train.lr``."""
+    own: list[tuple[set[int], float]] = []
     head = getattr(model, "head", None)
-    if cfg.head_lr is None or not isinstance(head, nn.Module):
+    if cfg.head_lr is not None and isinstance(head, nn.Module):
+        own.append(({id(p) for p in head.parameters()}, cfg.head_lr))
+    table = _token_table(model, family) if cfg.embedding_lr is not None else None
+    if table is not None and cfg.embedding_lr is not None:
+        own.append(({id(p) for p in table.parameters()}, cfg.embedding_lr))
+    if not own:
         return [{"params": dense}]
-    in_head = {id(p) for p in head.parameters()}
-    groups: list[dict[str, Any]] = [
-        {"params": [p for p in dense if id(p) not in in_head]},
-        {"params": [p for p in dense if id(p) in in_head], "lr": cfg.head_lr},
-    ]
+    taken = set().union(*(ids for ids, _ in own))
+    groups: list[dict[str, Any]] = [{"params": [p for p in dense if id(p) not in taken]}]
+    groups += [{"params": [p for p in dense if id(p) in ids], "lr": lr} for ids, lr in own]
     return [g for g in groups if g["params"]]
+
+
+def _token_table(model: nn.Module, family: Family | None) -> nn.Module | None:
+    """The family's token embedding table, if it has one (``Family.token_embedding``)."""
+    if family is None or family.token_embedding is None:
+        return None
+    return family.token_embedding(model)
 
 
 def _sparse_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -197,7 +214,7 @@ def _context(
     progress: ProgressReporter | None,
     dist: Dist,
 ) -> _Context:
-    optimizers = _optimizers(model, cfg)
+    optimizers = _optimizers(model, cfg, family)
     factor = _lr_factor(cfg, cfg.epochs * data.steps_per_epoch(cfg.batch_size, dist))
     use_amp = use_mixed_precision(cfg, device, family)
     table_step = fused_table_step(
