@@ -91,26 +91,7 @@ class RichProgress:
         if self._plain:
             self.console.print(f"{self._label}: {steps} steps", highlight=False)
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn(f"epoch {epoch}/{epochs}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=False,
-        )
+        self._progress = _bar(self.console, f"epoch {epoch}/{epochs}", with_loss=True)
         self._progress.start()
         self._task = self._progress.add_task("train", total=steps, loss=float("nan"))
 
@@ -133,24 +114,7 @@ class RichProgress:
         started = logged = self._clock()
         bar: Any = None
         if not self._plain:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            bar = Progress(
-                TextColumn(label),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                console=self.console,
-            )
+            bar = _bar(self.console, label, with_loss=False)
             bar.start()
             task = bar.add_task(label, total=total)
 
@@ -199,3 +163,28 @@ class RichProgress:
             f" · dev macro-F1 {dev.get('macro_f1', float('nan')):.4f}"
             f" · {record.seconds:.1f}s{best}"
         )
+
+
+def _bar(console: Any, label: str, *, with_loss: bool) -> Any:
+    """A rich bar: label, bar, done/total, (running loss,) elapsed time and ETA."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    loss = [TextColumn("loss {task.fields[loss]:.4f}")] if with_loss else []
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *loss,
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
