@@ -62,8 +62,12 @@ MEMBERS: dict[str, tuple[str, list[str]]] = {
     # ChnSentiCorp's reviews: a median of 73 tokens, a tenth over 189
     "minilm-zh-e-256": (
         "minilm",
-        ["encoder.extend_vocab=5000", "train.lr=1e-4", "train.embedding_lr=5e-4"]
-        + ["encoder.max_length=256"],
+        [
+            "encoder.extend_vocab=5000",
+            "train.lr=1e-4",
+            "train.embedding_lr=5e-4",
+            "encoder.max_length=256",
+        ],
     ),
 }
 
