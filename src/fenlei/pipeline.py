@@ -195,8 +195,9 @@ def _check_vocabulary(cfg: RunConfig, splits: Splits) -> None:
             f"(more than encoder.max_unknown_rate={cfg.encoder.max_unknown_rate}; a language "
             "it was not trained on?), so the model would learn from [UNK]; use --preset linear, "
             "nbsvm or lstm (they learn their vocabulary from your data), --set "
-            "encoder.extend_vocab=5000 to add the missing tokens to the vocabulary, or --set "
-            "encoder.max_unknown_rate=1 to train anyway",
+            "encoder.extend_vocab=5000 --set train.embedding_lr=5e-4 to add the missing tokens "
+            "to the vocabulary and learn them, or --set encoder.max_unknown_rate=1 to train "
+            "anyway",
             path=splits.train.source,
         )
 
