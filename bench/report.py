@@ -1008,8 +1008,11 @@ def _imdb_ensemble_target(run: dict[str, Any]) -> str:
 
 
 def _chinese_ensemble_target(
-    dataset: str, goal: float, best: dict[str, Any], zh: float | None
+    dataset: str, goal: float, found: list[tuple[dict[str, Any], dict[str, Any]]]
 ) -> str:
+    """Issue 13's Chinese row: the best ensemble on test, the one valid would choose, and the
+    MiniLM member (``encoder.extend_vocab``) they hold."""
+    best, members = max(found, key=lambda f: f[0]["test"]["accuracy"])
     accuracy = best["test"]["accuracy"]
     verdict = "met" if accuracy >= goal else f"missed by {(goal - accuracy) * 100:.2f} points"
     line = (
@@ -1017,11 +1020,20 @@ def _chinese_ensemble_target(
         f"≥ {goal}: best ensemble {accuracy:.4f} ({' + '.join(best['members'])}, "
         f"{best['weights']} weights), {verdict}."
     )
-    if zh is not None:
+    chosen, _ = max(found, key=lambda f: (f[0]["dev"]["accuracy"], f[0]["test"]["accuracy"]))
+    if chosen is not best:
         line += (
-            f" Its different, stronger member is minilm-zh: the English MiniLM with the "
-            f"training texts' unknown characters added to its vocabulary "
-            f"(`encoder.extend_vocab=5000`), {zh:.4f} alone."
+            f" The ensemble valid would choose ({' + '.join(chosen['members'])}, "
+            f"{chosen['weights']}; valid {chosen['dev']['accuracy']:.4f}) scores "
+            f"{chosen['test']['accuracy']:.4f}."
+        )
+    zh = [m for m in best["members"] if m.startswith("minilm-zh")]
+    if zh:
+        settings = " ".join(f"`{o}`" for o in members[zh[0]]["settings"]["overrides"])
+        line += (
+            f" Its different, stronger member {zh[0]} is the English MiniLM with the training "
+            f"texts' unknown characters added to its vocabulary ({settings}): "
+            f"{members[zh[0]]['test']['accuracy']:.4f} alone."
         )
     if accuracy < goal:
         line += (
@@ -1052,22 +1064,17 @@ def _ensembles() -> list[str]:
         "| dataset | models | weights | valid acc | test acc | test macro-F1 | folder MB |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    best: dict[str, dict[str, Any]] = {}
-    zh: dict[str, float] = {}  # the minilm-zh member's test accuracy per dataset
+    found: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}  # (ensemble, members)
     shown: set[tuple[str, str, float]] = set()
     for path in paths:
         run = json.loads(path.read_text("utf-8"))
         d = run["dataset"]
         out += _ensemble_rows(d, run, shown)
-        for e in run["ensembles"]:
-            if e["test"]["accuracy"] > best.get(d, {"test": {"accuracy": 0.0}})["test"]["accuracy"]:
-                best[d] = e
-        if "minilm-zh" in run["members"]:
-            zh[d] = run["members"]["minilm-zh"]["test"]["accuracy"]
+        found.setdefault(d, []).extend((e, run["members"]) for e in run["ensembles"])
     out += ["", "Targets (issue 13):", ""]
     for d, goal in (("chnsenticorp", 0.93), ("waimai_10k", 0.92)):
-        if d in best:
-            out.append(_chinese_ensemble_target(d, goal, best[d], zh.get(d)))
+        if d in found:
+            out.append(_chinese_ensemble_target(d, goal, found[d]))
     built = RESULTS / "ensemble_imdb.json"
     if built.is_file():
         out.append(_imdb_ensemble_target(json.loads(built.read_text("utf-8"))))
