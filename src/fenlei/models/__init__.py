@@ -148,6 +148,16 @@ def _families_with(has: Any) -> str:
     return " or ".join(name for name, family in REGISTRY.items() if has(family))
 
 
+def _has_dense_table(family: Family) -> bool:
+    """Whether the gradient loop trains a dense token embedding table of the family's (what
+    ``train.embedding_lr`` applies to)."""
+    return (
+        family.token_embedding is not None
+        and not family.sparse_table
+        and (family.trains_by == "loop")
+    )
+
+
 def _check_capabilities(cfg: RunConfig, family: Family) -> None:
     if cfg.model.freeze_embeddings and "freeze_embeddings" not in family.reads:
         users = _families_with(lambda f: "freeze_embeddings" in f.reads)
@@ -155,12 +165,8 @@ def _check_capabilities(cfg: RunConfig, family: Family) -> None:
             f"model.freeze_embeddings=true would leave {family.name} nothing (or only its head) "
             f"to learn; use it with {users}"
         )
-    if cfg.train.embedding_lr is not None and (
-        family.token_embedding is None or family.sparse_table or family.trains_by != "loop"
-    ):
-        users = _families_with(
-            lambda f: f.token_embedding is not None and not f.sparse_table and f.trains_by == "loop"
-        )
+    if cfg.train.embedding_lr is not None and not _has_dense_table(family):
+        users = _families_with(_has_dense_table)
         raise ConfigError(
             f"train.embedding_lr applies to a dense token embedding table ({users}); "
             f"{family.name} has none (a sparse table learns at train.sparse_lr)"

@@ -107,8 +107,8 @@ def _lr_groups(
     head = getattr(model, "head", None)
     if cfg.head_lr is not None and isinstance(head, nn.Module):
         own.append(({id(p) for p in head.parameters()}, cfg.head_lr))
-    table = _token_table(model, family) if cfg.embedding_lr is not None else None
-    if table is not None and cfg.embedding_lr is not None:
+    table = _token_table(model, family)
+    if cfg.embedding_lr is not None and table is not None:
         own.append(({id(p) for p in table.parameters()}, cfg.embedding_lr))
     if not own:
         return [{"params": dense}]
